@@ -1,0 +1,56 @@
+"""Settings shared by the services, the stack runner and the tests (environment variables)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+SERVICE_PORTS = {"referrals": 8001, "aids": 8002, "outcomes": 8003}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    data_dir: Path = Field(default=PROJECT_ROOT / "var", alias="E2C_DATA_DIR")
+    kafka_bootstrap_servers: str = Field(
+        default="127.0.0.1:9092", alias="KAFKA_BOOTSTRAP_SERVERS"
+    )
+    kafka_port: int = Field(default=9092, alias="E2C_KAFKA_PORT")
+    kafka_controller_port: int = Field(default=9093, alias="E2C_KAFKA_CONTROLLER_PORT")
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", alias="REDIS_URL")
+    topic_partitions: int = Field(default=3, ge=1, alias="E2C_TOPIC_PARTITIONS")
+    tokens_file: Path | None = Field(default=None, alias="E2C_TOKENS_FILE")
+    schools_file: Path | None = Field(default=None, alias="E2C_SCHOOLS_FILE")
+    referrals_database_url: str | None = Field(default=None, alias="REFERRALS_DATABASE_URL")
+    aids_database_url: str | None = Field(default=None, alias="AIDS_DATABASE_URL")
+    outcomes_database_url: str | None = Field(default=None, alias="OUTCOMES_DATABASE_URL")
+    host: str = Field(default="127.0.0.1", alias="E2C_HOST")
+    instance_id: str | None = Field(default=None, alias="E2C_INSTANCE_ID")
+    referrals_port: int = Field(default=SERVICE_PORTS["referrals"], alias="REFERRALS_PORT")
+    aids_port: int = Field(default=SERVICE_PORTS["aids"], alias="AIDS_PORT")
+    outcomes_port: int = Field(default=SERVICE_PORTS["outcomes"], alias="OUTCOMES_PORT")
+    consumer_batch_size: int = Field(default=500, ge=1, alias="E2C_CONSUMER_BATCH_SIZE")
+    log_level: str = Field(default="INFO", alias="E2C_LOG_LEVEL")
+
+    @cached_property
+    def stores_dir(self) -> Path:
+        return self.data_dir / "stores"
+
+    def database_url(self, service: str) -> str:
+        """The service's store: its `*_DATABASE_URL`, else a SQLite file in the data folder."""
+        url = getattr(self, f"{service}_database_url")
+        if url:
+            return url
+        return f"sqlite:///{self.stores_dir / f'{service}.db'}"
+
+    def port(self, service: str) -> int:
+        return getattr(self, f"{service}_port")
+
+
+def get_settings() -> Settings:
+    return Settings()
