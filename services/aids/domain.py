@@ -1,0 +1,1 @@
+"""Aids rules: pure functions, no I/O (the rules arrive with the aids issue)."""

@@ -1,0 +1,7 @@
+"""The aids store: its tables and queries."""
+
+from __future__ import annotations
+
+from sqlalchemy import Table
+
+TABLES: tuple[Table, ...] = ()

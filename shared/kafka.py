@@ -1,0 +1,234 @@
+"""The Kafka side of the plumbing: topics, the batch subscriber and the outbox relay."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from shared.messaging import BatchProcessor, Inbound, delete_outbox, outbox_backlog, pending_outbox
+from shared.observability import ServiceMetrics
+
+log = logging.getLogger(__name__)
+
+CRASH_POINT_ENV = "E2C_CRASH_POINT"
+CRASH_EXIT_CODE = 75
+
+
+async def ensure_topics(bootstrap: str, topics: Sequence[str], partitions: int) -> None:
+    """Create the missing topics; a topic another service created meanwhile is fine."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in topics if t not in existing]
+        if not missing:
+            return
+        new = [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in missing]
+        with contextlib.suppress(TopicAlreadyExistsError):
+            await admin.create_topics(new)
+    finally:
+        await admin.close()
+
+
+def _keep_undecoded(_message: Any) -> None:
+    """The processor decodes and validates each record itself (bad ones become dead letters)."""
+    return None
+
+
+def _crash_if(point: str) -> None:
+    """Fault injection for the tests: die like a SIGKILL at a named point."""
+    if os.environ.get(CRASH_POINT_ENV) == point:
+        log.warning("crash point %s reached: exiting", point)
+        os._exit(CRASH_EXIT_CODE)
+
+
+class BatchConsumer:
+    """Subscribes one consumer group to the service's input topics, a batch at a time.
+
+    Offsets are committed by hand (AckPolicy.MANUAL) only after the batch's transaction
+    committed. When the store fails, the batch is rewound (nack seeks back on every
+    partition) and read again after a backoff: nothing is skipped, nothing loops hot.
+    """
+
+    def __init__(
+        self,
+        processor: BatchProcessor,
+        metrics: ServiceMetrics,
+        on_committed: Any,
+    ) -> None:
+        self.processor = processor
+        self.metrics = metrics
+        self.on_committed = on_committed
+        self.failures = 0
+        self.last_processed_at: float | None = None
+
+    def subscribe(
+        self, broker: KafkaBroker, topics: Sequence[str], group_id: str, batch_size: int
+    ) -> None:
+        broker.subscriber(
+            *topics,
+            group_id=group_id,
+            batch=True,
+            max_records=batch_size,
+            batch_timeout_ms=100,
+            ack_policy=AckPolicy.MANUAL,
+            auto_offset_reset="earliest",
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=2_000,
+            decoder=_keep_undecoded,
+            title=f"{group_id}:inputs",
+            description=f"Inputs of {self.processor.service}; unreadable ones go to the DLT.",
+        )(self.consume)
+
+    async def consume(self, msg: KafkaMessage) -> None:
+        records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
+        inbound = [to_inbound(record) for record in records]
+        started = time.perf_counter()
+        try:
+            result = await anyio.to_thread.run_sync(self.processor.process, inbound)
+        except Exception:
+            self.failures += 1
+            self.metrics.batch_failures.labels(self.processor.service).inc()
+            log.exception("batch of %d rolled back; reading it again", len(inbound))
+            await asyncio.sleep(min(0.2 * 2**self.failures, 10.0))
+            await msg.nack()
+            return
+        self.failures = 0
+        self.last_processed_at = time.time()
+        self.metrics.record_batch(result, time.perf_counter() - started, len(inbound))
+        _crash_if("after_db_commit")
+        await msg.ack()
+        self.on_committed()
+
+
+def to_inbound(record: Any) -> Inbound:
+    key = record.key.decode("utf-8", errors="replace") if record.key is not None else None
+    return Inbound(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=key,
+        value=record.value if record.value is not None else b"",
+    )
+
+
+class OutboxRelay:
+    """Publishes committed outbox rows in order, then deletes them.
+
+    Woken after each committed batch, and polling besides, so that rows left by a crash
+    (or written by another instance) go out too. A publish that fails leaves the rows in
+    place for the next round: at-least-once, and consumers drop repeats by `event_id`.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        bootstrap: str,
+        metrics: ServiceMetrics,
+        batch_size: int = 1000,
+        poll_seconds: float = 0.5,
+    ) -> None:
+        self.engine = engine
+        self.bootstrap = bootstrap
+        self.metrics = metrics
+        self.batch_size = batch_size
+        self.poll_seconds = poll_seconds
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            enable_idempotence=True,
+            linger_ms=5,
+            max_batch_size=512 * 1024,
+        )
+        await self._producer.start()
+        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._producer is not None:
+            await self._producer.stop()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_seconds)
+            self._wake.clear()
+            try:
+                await self.drain()
+                failures = 0
+            except Exception:
+                failures += 1
+                self.metrics.relay_failures.labels(self.metrics.service).inc()
+                log.exception("outbox relay round failed")
+                await asyncio.sleep(min(0.2 * 2**failures, 10.0))
+
+    async def drain(self) -> int:
+        published = 0
+        while True:
+            rows = await anyio.to_thread.run_sync(self._fetch)
+            if not rows:
+                break
+            await self._publish(rows)
+            await anyio.to_thread.run_sync(self._delete, [row_id for row_id, *_ in rows])
+            published += len(rows)
+        backlog = await anyio.to_thread.run_sync(self._backlog)
+        self.metrics.outbox_backlog.labels(self.metrics.service).set(backlog)
+        return published
+
+    async def _publish(self, rows: list[tuple[int, str, str | None, str]]) -> None:
+        assert self._producer is not None
+        futures = []
+        for _id, topic, key, payload in rows:
+            futures.append(
+                await self._producer.send(
+                    topic,
+                    value=payload.encode("utf-8"),
+                    key=key.encode("utf-8") if key is not None else None,
+                )
+            )
+        await asyncio.gather(*futures)
+        counts: dict[str, int] = {}
+        for _id, topic, _key, _payload in rows:
+            counts[topic] = counts.get(topic, 0) + 1
+        for topic, count in counts.items():
+            self.metrics.record_published(topic, count)
+
+    def _fetch(self) -> list[tuple[int, str, str | None, str]]:
+        with Session(self.engine) as session:
+            rows = pending_outbox(session, self.batch_size)
+            return [(row.id, row.topic, row.key, row.payload) for row in rows]  # type: ignore[misc]
+
+    def _delete(self, ids: list[int]) -> None:
+        with Session(self.engine) as session:
+            delete_outbox(session, ids)
+            session.commit()
+
+    def _backlog(self) -> int:
+        with Session(self.engine) as session:
+            return outbox_backlog(session)

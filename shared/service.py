@@ -1,0 +1,217 @@
+"""Wiring shared by the three services: store, broker, consumer, relay, cache and HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import redis.asyncio as aioredis
+from faststream.asgi import AsgiFastStream, AsyncAPIRoute
+from faststream.kafka import KafkaBroker
+from faststream.kafka.prometheus import KafkaPrometheusMiddleware
+from faststream.specification import AsyncAPI
+from prometheus_client import CollectorRegistry
+from pydantic import BaseModel
+from sqlalchemy import Engine, Table, text
+from sqlmodel import SQLModel
+from starlette.applications import Starlette
+from starlette.routing import BaseRoute
+from starlette.types import Receive, Scope, Send
+
+from shared.contract import ALL_TOPICS
+from shared.db import make_engine
+from shared.http import Authorizer, health_routes, load_tokens
+from shared.kafka import BatchConsumer, OutboxRelay, ensure_topics
+from shared.messaging import PLUMBING_TABLES, BatchProcessor, Route
+from shared.observability import ServiceMetrics, configure_logging
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 5
+HEARTBEAT_TTL_SECONDS = 15
+
+
+@dataclass
+class ServiceSpec:
+    """What makes one service different from the others."""
+
+    name: str
+    routes: dict[str, Route]
+    outputs: dict[str, type[BaseModel]]
+    tables: Sequence[Table]
+    http_routes: Any = None  # Callable[[ServiceContext], list[BaseRoute]]
+    description: str = ""
+
+
+@dataclass
+class ServiceContext:
+    """The running service's resources, handed to its HTTP routes."""
+
+    spec: ServiceSpec
+    settings: Settings
+    engine: Engine
+    broker: KafkaBroker
+    registry: CollectorRegistry
+    metrics: ServiceMetrics
+    auth: Authorizer
+    consumer: BatchConsumer
+    relay: OutboxRelay
+    instance_id: str
+    redis: aioredis.Redis = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.redis = aioredis.from_url(
+            self.settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
+        )
+
+    @property
+    def group_id(self) -> str:
+        return f"e2c-{self.spec.name}"
+
+
+def create_schema(engine: Engine, tables: Sequence[Table]) -> None:
+    SQLModel.metadata.create_all(engine, tables=[*PLUMBING_TABLES, *tables])
+
+
+def build_context(spec: ServiceSpec, settings: Settings) -> ServiceContext:
+    engine = make_engine(settings.database_url(spec.name))
+    create_schema(engine, spec.tables)
+    registry = CollectorRegistry()
+    metrics = ServiceMetrics(spec.name, registry)
+    broker = KafkaBroker(
+        settings.kafka_bootstrap_servers,
+        client_id=f"e2c-{spec.name}",
+        middlewares=(KafkaPrometheusMiddleware(registry=registry, app_name=f"e2c_{spec.name}"),),
+    )
+    relay = OutboxRelay(engine, settings.kafka_bootstrap_servers, metrics)
+    consumer = BatchConsumer(BatchProcessor(spec.name, engine, spec.routes), metrics, relay.wake)
+    instance_id = settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
+    return ServiceContext(
+        spec=spec,
+        settings=settings,
+        engine=engine,
+        broker=broker,
+        registry=registry,
+        metrics=metrics,
+        auth=Authorizer(load_tokens(settings.tokens_file)),
+        consumer=consumer,
+        relay=relay,
+        instance_id=instance_id,
+    )
+
+
+def _document_outputs(ctx: ServiceContext) -> None:
+    """Publishers only describe the outputs in the AsyncAPI document; the relay sends."""
+    for topic, model in ctx.spec.outputs.items():
+        ctx.broker.publisher(topic, schema=model, title=f"{topic}:out")
+
+
+class ServiceApp:
+    """ASGI entry: faststream runs the lifespan and the AsyncAPI page, Starlette the rest."""
+
+    def __init__(self, stream: AsgiFastStream, http: Starlette, ctx: ServiceContext) -> None:
+        self.stream = stream
+        self.http = http
+        self.ctx = ctx
+        self._stream_paths = {path for path, _ in stream.routes}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan" or scope.get("path") in self._stream_paths:
+            await self.stream(scope, receive, send)  # type: ignore[arg-type]
+            return
+        await self.http(scope, receive, send)
+
+
+def build_app(spec: ServiceSpec, settings: Settings | None = None) -> ServiceApp:
+    settings = settings or Settings()
+    configure_logging(spec.name, settings.log_level)
+    ctx = build_context(spec, settings)
+    if spec.routes:
+        ctx.consumer.subscribe(
+            ctx.broker, list(spec.routes), ctx.group_id, settings.consumer_batch_size
+        )
+    _document_outputs(ctx)
+    heartbeat: dict[str, asyncio.Task[None]] = {}
+
+    async def create_topics() -> None:
+        await ensure_topics(settings.kafka_bootstrap_servers, ALL_TOPICS, settings.topic_partitions)
+
+    async def start_background() -> None:
+        await ctx.relay.start()
+        heartbeat["task"] = asyncio.create_task(_heartbeat(ctx), name="heartbeat")
+        log.info("%s ready (instance %s)", spec.name, ctx.instance_id)
+
+    async def stop_background() -> None:
+        if "task" in heartbeat:
+            heartbeat["task"].cancel()
+        await ctx.relay.stop()
+        with contextlib.suppress(Exception):
+            await ctx.redis.aclose()
+
+    stream = AsgiFastStream(
+        ctx.broker,
+        asyncapi_path=AsyncAPIRoute("/docs/asyncapi", try_it_out_path=None),
+        specification=AsyncAPI(title=f"e2c {spec.name}", version="1", description=spec.description),
+        on_startup=[create_topics],
+        after_startup=[start_background],
+        on_shutdown=[stop_background],
+    )
+    routes: list[BaseRoute] = list(health_routes(_readiness_checks(ctx), ctx.registry))
+    if spec.http_routes is not None:
+        routes.extend(spec.http_routes(ctx))
+    return ServiceApp(stream, Starlette(routes=routes), ctx)
+
+
+def _readiness_checks(ctx: ServiceContext) -> dict[str, Any]:
+    async def broker() -> None:
+        if not await ctx.broker.ping(timeout=2.0):
+            raise ConnectionError("broker does not answer")
+
+    async def store() -> None:
+        def select_one() -> None:
+            with ctx.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+
+        await anyio.to_thread.run_sync(select_one)
+
+    async def cache() -> None:
+        await ctx.redis.ping()
+
+    return {"broker": broker, "store": store, "cache": cache}
+
+
+async def _heartbeat(ctx: ServiceContext) -> None:
+    """Tells operations this instance is alive; Redis being away only degrades readiness."""
+    key = f"e2c:heartbeat:{ctx.spec.name}:{ctx.instance_id}"
+    while True:
+        beat = {"service": ctx.spec.name, "instance": ctx.instance_id, "at": time.time(),
+                "last_processed_at": ctx.consumer.last_processed_at}
+        try:
+            await ctx.redis.set(key, json.dumps(beat), ex=HEARTBEAT_TTL_SECONDS)
+        except Exception as error:
+            log.debug("heartbeat not written: %s", type(error).__name__)
+        await asyncio.sleep(HEARTBEAT_SECONDS)
+
+
+def run(app: ServiceApp) -> None:
+    """Serves the app with uvicorn on the service's configured host and port."""
+    import uvicorn
+
+    settings = app.ctx.settings
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port(app.ctx.spec.name),
+        log_level="warning",
+        lifespan="on",
+    )
