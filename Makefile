@@ -1,0 +1,46 @@
+# The two commands of the README: `make run` and `make test`. Everything else helps them.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+ARGS   ?=
+
+.PHONY: run test up down status demo install system-deps lint clean
+
+run: install system-deps          ## start the whole stack, feed a demo batch, leave it running
+	$(BIN)/e2c stack up
+	$(BIN)/e2c demo
+	@echo "The stack is still running: 'make status' to look, 'make down' to stop it."
+
+test: install system-deps         ## the whole suite against real Kafka, Redis and PostgreSQL
+	$(BIN)/python -m pytest $(ARGS)
+
+up: install system-deps
+	$(BIN)/e2c stack up
+
+down: install
+	$(BIN)/e2c stack down $(ARGS)
+
+status: install
+	$(BIN)/e2c stack status $(ARGS)
+
+demo: install
+	$(BIN)/e2c demo
+
+lint: install
+	$(BIN)/ruff check .
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+system-deps:
+	@bash deploy/install-system-deps.sh
+
+clean:
+	rm -rf $(VENV) var

@@ -1,0 +1,87 @@
+"""`e2c`: run the local stack and talk to it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+from shared.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    return int(args.run(args) or 0)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="e2c", description=__doc__)
+    commands = parser.add_subparsers(title="commands")
+
+    stack = commands.add_parser("stack", help="start, stop or inspect the local stack")
+    stack_commands = stack.add_subparsers(title="stack commands")
+    up = stack_commands.add_parser("up", help="start Kafka, Redis and the three services")
+    up.set_defaults(run=_stack_up)
+    down = stack_commands.add_parser("down", help="stop everything")
+    down.add_argument("--purge", action="store_true", help="also delete the broker log and stores")
+    down.set_defaults(run=_stack_down)
+    status = stack_commands.add_parser("status", help="each part with pid, port and health")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(run=_stack_status)
+
+    demo = commands.add_parser("demo", help="send a small batch of referrals, show decisions")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def _stack_up(_args: argparse.Namespace) -> int:
+    from deploy.stack import LocalStack
+
+    LocalStack().up()
+    return 0
+
+
+def _stack_down(args: argparse.Namespace) -> int:
+    from deploy.stack import LocalStack
+
+    LocalStack().down(purge=args.purge)
+    return 0
+
+
+def _stack_status(args: argparse.Namespace) -> int:
+    from deploy.stack import LocalStack
+
+    parts = LocalStack().status_dicts()
+    if args.json:
+        print(json.dumps(parts, indent=2))
+    else:
+        for part in parts:
+            print(f"{part['name']:<10} pid={part['pid'] or '-':<8} port={part['port']:<6} "
+                  f"{part['health']}")
+    healthy = all(part["health"] in ("up", "ready") for part in parts)
+    return 0 if healthy else 1
+
+
+def _demo(_args: argparse.Namespace) -> int:
+    from deploy.demo import print_rows, run_demo
+    from deploy.stack import LocalStack
+
+    bootstrap = Settings().kafka_bootstrap_servers
+    stack = LocalStack()
+    if stack.kafka.is_running():
+        bootstrap = stack.kafka.bootstrap
+    rows = asyncio.run(run_demo(bootstrap))
+    print_rows(rows)
+    answered = sum(row["status"] != "(no answer)" for row in rows)
+    print(f"\n{answered}/{len(rows)} referrals answered; one malformed message sent to "
+          "e2c.deadletter.v1")
+    return 0 if answered == len(rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""A small demo batch: referrals as partners send them, and the decisions that come back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import UTC, date, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from shared.contract import Topic
+
+DEMO_PROFILES: list[tuple[str, str, dict[str, Any], str]] = [
+    # (agency kind, school, candidate overrides, what it shows)
+    ("mission_locale", "toulouse", {}, "eligible"),
+    ("france_travail", "montpellier-1", {"birth_date": "2005-11-02"}, "eligible"),
+    ("spontaneous", "perpignan", {"birth_date": "2009-06-30"}, "under 16"),
+    ("mlds", "nimes", {"birth_date": "1998-01-15"}, "26: needs a derogation"),
+    ("mission_locale", "beziers", {"birth_date": "1990-04-04"}, "over 29"),
+    ("mission_locale", "carcassonne", {"highest_qualification": "bac"}, "has a diploma"),
+    ("other", "ales", {"in_school": True}, "still in school"),
+    ("mission_locale", "paris", {}, "unknown school"),
+]
+
+
+def demo_referral(kind: str, school: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    candidate = {
+        "first_name": "Camille", "last_name": f"Demo{uuid.uuid4().hex[:6]}",
+        "birth_date": "2006-05-17", "email": None, "phone": None,
+        "highest_qualification": "none", "in_school": False, "has_work_experience": False,
+        "rqth": False, "qpv_resident": True, **overrides,
+    }
+    return {
+        "event_id": str(uuid.uuid4()),
+        "occurred_at": datetime.now(UTC).isoformat(),
+        "schema_version": 1,
+        "referral_id": f"DEMO-{date.today():%Y}-{uuid.uuid4().hex[:8]}",
+        "agency": {"kind": kind, "id": f"{kind.replace('_', '-')}-demo", "name": "Demo agency"},
+        "school_id": school,
+        "candidate": candidate,
+    }
+
+
+async def run_demo(bootstrap: str, timeout: float = 60) -> list[dict[str, Any]]:
+    sent = [(demo_referral(k, s, o), what) for k, s, o, what in DEMO_PROFILES]
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        for event, _ in sent:
+            await producer.send(Topic.REFERRALS_SUBMITTED, json.dumps(event).encode(),
+                                key=event["referral_id"].encode())
+        await producer.send(Topic.REFERRALS_SUBMITTED, b'{"referral_id": "DEMO-broken"',
+                            key=b"DEMO-broken")
+        await producer.flush()
+    finally:
+        await producer.stop()
+    answers = await _collect({e["event_id"] for e, _ in sent}, bootstrap, timeout)
+    rows = []
+    for event, what in sent:
+        answer = answers.get(event["event_id"], {})
+        rows.append({"referral_id": event["referral_id"], "agency": event["agency"]["kind"],
+                     "school": event["school_id"], "case": what,
+                     "status": answer.get("status", "(no answer)"),
+                     "reasons": ",".join(answer.get("reasons", []))})
+    return rows
+
+
+async def _collect(event_ids: set[str], bootstrap: str, timeout: float) -> dict[str, Any]:
+    consumer = AIOKafkaConsumer(Topic.REFERRALS_DECIDED, bootstrap_servers=bootstrap,
+                                group_id=None, auto_offset_reset="earliest")
+    await consumer.start()
+    answers: dict[str, Any] = {}
+    try:
+        async with asyncio.timeout(timeout):
+            async for record in consumer:
+                body = json.loads(record.value)
+                if body.get("request_event_id") in event_ids:
+                    answers[body["request_event_id"]] = body
+                    if len(answers) == len(event_ids):
+                        break
+    except TimeoutError:
+        pass
+    finally:
+        await consumer.stop()
+    return answers
+
+
+def print_rows(rows: list[dict[str, Any]]) -> None:
+    columns = ["referral_id", "agency", "school", "case", "status", "reasons"]
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    for row in rows:
+        print("  ".join(str(row[c]).ljust(widths[c]) for c in columns))

@@ -1,0 +1,77 @@
+"""Session fixtures: real Kafka, Redis and PostgreSQL, and the three services as processes."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import pytest
+
+from shared.contract import Topic
+from tests.infra import (
+    SERVICES,
+    TEST_DATA,
+    Publisher,
+    Stack,
+    TopicWatcher,
+    kafka_bootstrap,
+    postgres_admin_url,
+    redis_url,
+)
+
+WATCHED_TOPICS = [
+    Topic.REFERRALS_DECIDED,
+    Topic.ENROLLMENTS_DECIDED,
+    Topic.AIDS_DECIDED,
+    Topic.EXITS_DECIDED,
+    Topic.DEADLETTER,
+]
+
+
+@pytest.fixture(scope="session")
+def kafka() -> Iterator[str]:
+    with kafka_bootstrap() as bootstrap:
+        yield bootstrap
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[str]:
+    with redis_url() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[Callable[[str], str]]:
+    with postgres_admin_url() as create_database:
+        yield create_database
+
+
+@pytest.fixture(scope="session")
+def stack(kafka: str, redis_server: str) -> Iterator[Stack]:
+    data_dir = TEST_DATA / "stack"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    data_dir.mkdir(parents=True)
+    (data_dir / "tokens.json").write_text('{"test-admin": "admin"}\n', encoding="utf-8")
+    running = Stack(kafka, redis_server, data_dir)
+    try:
+        for name in SERVICES:
+            running.add(name).start()
+        yield running
+    finally:
+        running.stop_all()
+
+
+@pytest.fixture(scope="session")
+async def watcher(stack: Stack) -> AsyncIterator[TopicWatcher]:
+    topic_watcher = TopicWatcher(stack.bootstrap, [str(t) for t in WATCHED_TOPICS])
+    await topic_watcher.start()
+    yield topic_watcher
+    await topic_watcher.stop()
+
+
+@pytest.fixture(scope="session")
+async def publisher(stack: Stack) -> AsyncIterator[Publisher]:
+    sender = Publisher(stack.bootstrap)
+    await sender.start()
+    yield sender
+    await sender.stop()

@@ -1,0 +1,177 @@
+"""The inbox/outbox plumbing and the referrals store, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
+from sqlmodel import Session, select
+
+from services.referrals.handlers import ReferralHandlers
+from services.referrals.store import TABLES, Referral, ReferralStore
+from shared.contract import Topic
+from shared.db import make_engine
+from shared.messaging import (
+    BatchProcessor,
+    Inbound,
+    InboxEvent,
+    OutboxMessage,
+    Route,
+    Unit,
+    delete_outbox,
+    outbox_backlog,
+    pending_outbox,
+)
+from shared.schools import load_schools
+from shared.service import create_schema
+from tests.events import referral
+
+pytestmark = pytest.mark.infra
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'referrals.db'}"
+    else:
+        create_database: Callable[[str], str] = request.getfixturevalue("postgres_database")
+        url = create_database("e2c_store_test")
+    store_engine = make_engine(url)
+    create_schema(store_engine, TABLES)
+    yield store_engine
+    store_engine.dispose()
+
+
+def processor(engine: Engine, routes: dict[str, Route] | None = None) -> BatchProcessor:
+    handlers = ReferralHandlers(set(load_schools()))
+    return BatchProcessor("referrals", engine, routes or handlers.routes())
+
+
+def record(value: dict[str, object] | bytes, offset: int, topic: str = Topic.REFERRALS_SUBMITTED) -> Inbound:
+    raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+    return Inbound(topic=topic, partition=0, offset=offset, key="k", value=raw)
+
+
+def outbox(engine: Engine) -> list[OutboxMessage]:
+    with Session(engine) as session:
+        return pending_outbox(session, 1000)
+
+
+def test_a_batch_stores_state_inbox_and_outbox_together(engine: Engine) -> None:
+    events = [referral(), referral(candidate={"in_school": True})]
+
+    result = processor(engine).process([record(e, i) for i, e in enumerate(events)])
+
+    assert result.handled == {Topic.REFERRALS_SUBMITTED: 2}
+    with Session(engine) as session:
+        stored = [ReferralStore(session).get(e["referral_id"]) for e in events]
+        assert [r.status for r in stored if r] == ["accepted", "rejected"]
+        assert len(ReferralStore(session).history(events[0]["referral_id"])) == 1
+        inbox = set(session.exec(select(InboxEvent.key)).all())
+    assert {e["event_id"] for e in events} <= inbox
+    messages = outbox(engine)
+    assert [m.topic for m in messages] == [Topic.REFERRALS_DECIDED] * 2
+    assert [m.key for m in messages] == [e["referral_id"] for e in events]
+    assert [json.loads(m.payload)["request_event_id"] for m in messages] == [
+        e["event_id"] for e in events
+    ]
+
+
+def test_a_redelivered_batch_has_no_effect(engine: Engine) -> None:
+    event = referral()
+    batch = [record(event, 0), record(b"not json", 1)]
+    processor(engine).process(batch)
+
+    again = processor(engine).process(batch)
+
+    assert again.duplicates == {Topic.REFERRALS_SUBMITTED: 2}
+    assert again.handled == {}
+    assert len(outbox(engine)) == 2  # one decision, one dead letter: nothing added
+
+
+def test_the_same_event_twice_in_one_batch_is_handled_once(engine: Engine) -> None:
+    event = referral()
+
+    result = processor(engine).process([record(event, 0), record(event, 1)])
+
+    assert result.handled == {Topic.REFERRALS_SUBMITTED: 1}
+    assert result.duplicates == {Topic.REFERRALS_SUBMITTED: 1}
+    assert len(outbox(engine)) == 1
+
+
+def test_unreadable_input_becomes_a_dead_letter_in_the_outbox(engine: Engine) -> None:
+    result = processor(engine).process([record(b"\xff\xfe garbage", 7)])
+
+    assert result.dead_letters == {Topic.REFERRALS_SUBMITTED: 1}
+    [message] = outbox(engine)
+    letter = json.loads(message.payload)
+    assert message.topic == Topic.DEADLETTER
+    assert message.key == "k"
+    assert letter["offset"] == 7
+    assert letter["source_topic"] == Topic.REFERRALS_SUBMITTED
+    assert letter["error"].startswith("invalid event")
+
+
+def test_a_store_failure_rolls_back_the_whole_batch(engine: Engine) -> None:
+    good = referral()
+    handlers = ReferralHandlers(set(load_schools()))
+
+    def failing(unit: Unit, event: object) -> None:
+        if unit.inbound.offset == 1:
+            raise OperationalError("SELECT 1", {}, Exception("store went away"))
+        handlers.on_referral_submitted(unit, event)  # type: ignore[arg-type]
+
+    routes = {Topic.REFERRALS_SUBMITTED: Route(handlers.routes()[Topic.REFERRALS_SUBMITTED].model, failing)}
+    with pytest.raises(OperationalError):
+        processor(engine, routes).process([record(good, 0), record(referral(), 1)])
+
+    assert outbox(engine) == []
+    with Session(engine) as session:
+        assert ReferralStore(session).get(good["referral_id"]) is None
+        assert session.exec(select(InboxEvent)).all() == []
+
+
+def test_a_handler_bug_dead_letters_that_event_only(engine: Engine) -> None:
+    handlers = ReferralHandlers(set(load_schools()))
+    bad = referral()
+
+    def buggy(unit: Unit, event: object) -> None:
+        handlers.on_referral_submitted(unit, event)  # type: ignore[arg-type]
+        if unit.inbound.offset == 0:
+            raise KeyError("bug after a write")
+
+    routes = {Topic.REFERRALS_SUBMITTED: Route(handlers.routes()[Topic.REFERRALS_SUBMITTED].model, buggy)}
+    good = referral()
+    result = processor(engine, routes).process([record(bad, 0), record(good, 1)])
+
+    assert result.dead_letters == {Topic.REFERRALS_SUBMITTED: 1}
+    assert result.handled == {Topic.REFERRALS_SUBMITTED: 1}
+    with Session(engine) as session:
+        assert ReferralStore(session).get(bad["referral_id"]) is None  # its writes rolled back
+        assert ReferralStore(session).get(good["referral_id"]) is not None
+    topics = [m.topic for m in outbox(engine)]
+    assert topics == [Topic.DEADLETTER, Topic.REFERRALS_DECIDED]
+
+
+def test_outbox_rows_are_deleted_once_published(engine: Engine) -> None:
+    processor(engine).process([record(referral(), 0), record(referral(), 1)])
+    with Session(engine) as session:
+        rows = pending_outbox(session, 1)
+        delete_outbox(session, [row.id for row in rows if row.id is not None])
+        session.commit()
+        assert outbox_backlog(session) == 1
+
+
+def test_personal_data_is_kept_only_in_the_referral_row(engine: Engine) -> None:
+    event = referral()
+    processor(engine).process([record(event, 0)])
+    with Session(engine) as session:
+        stored = session.get(Referral, event["referral_id"])
+        assert stored is not None and stored.last_name == "Martin"
+    assert all("Martin" not in m.payload for m in outbox(engine))
