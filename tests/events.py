@@ -30,7 +30,11 @@ def referral(**overrides: Any) -> dict[str, Any]:
         "occurred_at": "2024-03-04T09:12:00+01:00",
         "schema_version": 1,
         "referral_id": f"ML-TLS-{uuid.uuid4().hex[:12]}",
-        "agency": {"kind": "mission_locale", "id": "ml-toulouse", "name": "Mission Locale de Toulouse"},
+        "agency": {
+            "kind": "mission_locale",
+            "id": "ml-toulouse",
+            "name": "Mission Locale de Toulouse",
+        },
         "school_id": "toulouse",
         "candidate": candidate,
     }

@@ -13,7 +13,7 @@ from sqlmodel import Session, select
 
 from services.referrals.handlers import ReferralHandlers
 from services.referrals.store import TABLES, Referral, ReferralStore
-from shared.contract import Topic
+from shared.contract import ReferralSubmitted, Topic
 from shared.db import make_engine
 from shared.messaging import (
     BatchProcessor,
@@ -53,7 +53,9 @@ def processor(engine: Engine, routes: dict[str, Route] | None = None) -> BatchPr
     return BatchProcessor("referrals", engine, routes or handlers.routes())
 
 
-def record(value: dict[str, object] | bytes, offset: int, topic: str = Topic.REFERRALS_SUBMITTED) -> Inbound:
+def record(
+    value: dict[str, object] | bytes, offset: int, topic: str = Topic.REFERRALS_SUBMITTED
+) -> Inbound:
     raw = value if isinstance(value, bytes) else json.dumps(value).encode()
     return Inbound(topic=topic, partition=0, offset=offset, key="k", value=raw)
 
@@ -127,7 +129,7 @@ def test_a_store_failure_rolls_back_the_whole_batch(engine: Engine) -> None:
             raise OperationalError("SELECT 1", {}, Exception("store went away"))
         handlers.on_referral_submitted(unit, event)  # type: ignore[arg-type]
 
-    routes = {Topic.REFERRALS_SUBMITTED: Route(handlers.routes()[Topic.REFERRALS_SUBMITTED].model, failing)}
+    routes = {Topic.REFERRALS_SUBMITTED: Route(ReferralSubmitted, failing)}
     with pytest.raises(OperationalError):
         processor(engine, routes).process([record(good, 0), record(referral(), 1)])
 
@@ -146,7 +148,7 @@ def test_a_handler_bug_dead_letters_that_event_only(engine: Engine) -> None:
         if unit.inbound.offset == 0:
             raise KeyError("bug after a write")
 
-    routes = {Topic.REFERRALS_SUBMITTED: Route(handlers.routes()[Topic.REFERRALS_SUBMITTED].model, buggy)}
+    routes = {Topic.REFERRALS_SUBMITTED: Route(ReferralSubmitted, buggy)}
     good = referral()
     result = processor(engine, routes).process([record(bad, 0), record(good, 1)])
 
