@@ -1,0 +1,378 @@
+"""A single-node KRaft Kafka broker run from the Maven Central jars (no Docker needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import fcntl
+import hashlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+KAFKA_DIR = Path(__file__).resolve().parent / "kafka"
+POM_FILE = KAFKA_DIR / "pom.xml"
+LOG4J_CONFIG = KAFKA_DIR / "log4j2.properties"
+COPY_DEPENDENCIES = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies"
+POM_MARKER = ".pom-sha256"
+LOG_TAIL_LINES = 40
+
+T = TypeVar("T")
+
+
+def fetch_classpath(cache_dir: Path) -> Path:
+    """Copy the broker's runtime jars to `<cache_dir>/kafka-libs`, unless done for this POM."""
+    lib_dir = Path(cache_dir).resolve() / "kafka-libs"
+    digest = _pom_digest()
+    with _file_lock(lib_dir.parent / ".kafka-libs.lock"):
+        if _marker_matches(lib_dir / POM_MARKER, digest):
+            return lib_dir
+        if lib_dir.exists():
+            shutil.rmtree(lib_dir)
+        lib_dir.mkdir(parents=True)
+        _copy_dependencies(lib_dir)
+        (lib_dir / POM_MARKER).write_text(digest)
+    return lib_dir
+
+
+def broker_answers(bootstrap: str, timeout_ms: int = 5000) -> bool:
+    """True when a Kafka node at `bootstrap` answers an admin `describe_cluster`."""
+    if not any(_port_open(port, host) for host, port in _addresses(bootstrap)):
+        return False
+    try:
+        _run_sync(_describe_cluster(bootstrap, timeout_ms))
+    except (TimeoutError, KafkaError, OSError):
+        return False
+    return True
+
+
+class LocalKafka:
+    """One KRaft node (broker and controller) with its state under `<data_dir>/kafka`."""
+
+    def __init__(self, data_dir: Path, port: int = 9092, controller_port: int = 9093) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.port = port
+        self.controller_port = controller_port
+        self.home = self.data_dir / "kafka"
+        self.log_dirs = self.home / "logs"
+        self.properties_file = self.home / "server.properties"
+        self.pid_file = self.home / "kafka.pid"
+        self.server_log = self.home / "server.log"
+        self.console_log = self.home / "kafka.out"
+        self.cluster_id_file = self.home / "cluster.id"
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return _read_pid(self.pid_file)
+
+    def is_running(self) -> bool:
+        pid = self.pid
+        return pid is not None and _is_kafka_process(pid)
+
+    def start(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        process = None
+        if not self.is_running():
+            self._ensure_ports_free()
+            lib_dir = fetch_classpath(self.data_dir / "cache")
+            self._prepare(lib_dir)
+            process = self._launch(lib_dir)
+        self._wait_ready(deadline, process)
+
+    def stop(self, timeout: float = 30) -> None:
+        pid = self.pid
+        if pid is not None and _is_kafka_process(pid):
+            _terminate(pid, timeout)
+        self.pid_file.unlink(missing_ok=True)
+
+    def purge(self) -> None:
+        """Stop the node and delete its data (topics, offsets), keeping the jar cache."""
+        self.stop()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        tails = (_tail(path, lines) for path in (self.console_log, self.server_log))
+        return "\n".join(tail for tail in tails if tail)
+
+    def _ensure_ports_free(self) -> None:
+        for port in (self.port, self.controller_port):
+            if _port_open(port):
+                raise RuntimeError(f"127.0.0.1:{port} is taken by a process not started here")
+
+    def _prepare(self, lib_dir: Path) -> None:
+        self.log_dirs.mkdir(parents=True, exist_ok=True)
+        self.properties_file.write_text(self._server_properties())
+        if not (self.log_dirs / "meta.properties").exists():
+            self._format_storage(lib_dir)
+
+    def _server_properties(self) -> str:
+        settings = server_settings(self.port, self.controller_port, self.log_dirs)
+        return "".join(f"{key}={value}\n" for key, value in settings.items())
+
+    def _format_storage(self, lib_dir: Path) -> None:
+        cluster_id = _persisted_cluster_id(self.cluster_id_file)
+        args = ["format", "-t", cluster_id, "-c", str(self.properties_file), "--ignore-formatted"]
+        command = self._java_command(lib_dir, "kafka.tools.StorageTool", args)
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"Kafka storage format failed:\n{result.stdout}{result.stderr}")
+
+    def _launch(self, lib_dir: Path) -> subprocess.Popen[bytes]:
+        command = self._java_command(lib_dir, "kafka.Kafka", [str(self.properties_file)])
+        with self.console_log.open("ab") as log:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.home,
+                start_new_session=True,
+            )
+        self.pid_file.write_text(str(process.pid))
+        return process
+
+    def _java_command(self, lib_dir: Path, main_class: str, args: list[str]) -> list[str]:
+        return [
+            _java_binary(),
+            "-Xms256m",
+            "-Xmx768m",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
+            f"-De2c.kafka.log.file={self.server_log}",
+            "-cp",
+            f"{lib_dir}/*",
+            main_class,
+            *args,
+        ]
+
+    def _wait_ready(self, deadline: float, process: subprocess.Popen[bytes] | None) -> None:
+        while time.monotonic() < deadline:
+            if not self._alive(process):
+                self.pid_file.unlink(missing_ok=True)
+                raise RuntimeError(f"Kafka exited during start-up:\n{self.log_tail()}")
+            if broker_answers(self.bootstrap):
+                return
+            time.sleep(0.5)
+        tail = self.log_tail()
+        self.stop()
+        raise TimeoutError(f"Kafka did not answer on {self.bootstrap} in time:\n{tail}")
+
+    def _alive(self, process: subprocess.Popen[bytes] | None) -> bool:
+        # Right after exec, /proc/<pid>/cmdline can still be empty: trust our own child first.
+        if process is not None:
+            return process.poll() is None
+        return self.is_running()
+
+
+def server_settings(port: int, controller_port: int, log_dirs: Path) -> dict[str, str | int]:
+    return {
+        "process.roles": "broker,controller",
+        "node.id": 1,
+        "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
+        "controller.listener.names": "CONTROLLER",
+        "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "log.dirs": str(log_dirs),
+        "num.partitions": 3,
+        "default.replication.factor": 1,
+        "min.insync.replicas": 1,
+        "auto.create.topics.enable": "true",
+        "offsets.topic.replication.factor": 1,
+        "offsets.topic.num.partitions": 10,
+        "transaction.state.log.replication.factor": 1,
+        "transaction.state.log.min.isr": 1,
+        "transaction.state.log.num.partitions": 10,
+        "share.coordinator.state.topic.replication.factor": 1,
+        "share.coordinator.state.topic.min.isr": 1,
+        "group.initial.rebalance.delay.ms": 0,
+    }
+
+
+def new_cluster_id() -> str:
+    while True:
+        cluster_id = base64.urlsafe_b64encode(secrets.token_bytes(16)).rstrip(b"=").decode()
+        # A leading "-" would be read as an option by the storage tool (Kafka avoids it too).
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
+def _persisted_cluster_id(path: Path) -> str:
+    if path.exists():
+        return path.read_text().strip()
+    cluster_id = new_cluster_id()
+    path.write_text(cluster_id)
+    return cluster_id
+
+
+def _pom_digest() -> str:
+    return hashlib.sha256(POM_FILE.read_bytes()).hexdigest()
+
+
+def _marker_matches(marker: Path, digest: str) -> bool:
+    return marker.exists() and marker.read_text().strip() == digest
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _copy_dependencies(lib_dir: Path) -> None:
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise RuntimeError("Maven (mvn) is needed to fetch the Kafka jars: apt-get install maven")
+    command = [
+        mvn,
+        "-q",
+        "-B",
+        "-f",
+        str(POM_FILE),
+        COPY_DEPENDENCIES,
+        "-DincludeScope=runtime",
+        f"-DoutputDirectory={lib_dir}",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"Fetching the Kafka jars failed:\n{result.stdout}{result.stderr}")
+
+
+def _java_binary() -> str:
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home and (Path(java_home) / "bin" / "java").exists():
+        return str(Path(java_home) / "bin" / "java")
+    java = shutil.which("java")
+    if java is None:
+        raise RuntimeError("Java 17+ is needed to run Kafka (openjdk-17-jre-headless)")
+    return java
+
+
+async def _describe_cluster(bootstrap: str, timeout_ms: int) -> dict[str, Any]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms)
+    try:
+        await admin.start()
+        return await admin.describe_cluster()
+    finally:
+        await admin.close()
+
+
+def _run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion, also when called from inside a running event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
+def _addresses(bootstrap: str) -> list[tuple[str, int]]:
+    hosts = [address.strip().rpartition(":") for address in bootstrap.split(",")]
+    return [(host or "127.0.0.1", int(port)) for host, _, port in hosts]
+
+
+def _port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _read_pid(pid_file: Path) -> int | None:
+    try:
+        return int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _command_line(pid: int) -> list[str]:
+    """The process's arguments; empty for a dead process or a zombie."""
+    _reap(pid)
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status when the process is our child, so it does not linger as a zombie."""
+    with suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _is_kafka_process(pid: int) -> bool:
+    args = _command_line(pid)
+    return bool(args) and Path(args[0]).name == "java" and "kafka.Kafka" in args
+
+
+def _process_exists(pid: int) -> bool:
+    """True until every thread of the process has exited (zombies count as exited)."""
+    _reap(pid)
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return False
+    return any(_task_state(task) not in ("", "Z", "X") for task in tasks)
+
+
+def _task_state(task_dir: Path) -> str:
+    try:
+        stat = (task_dir / "stat").read_text()
+    except OSError:
+        return ""
+    return stat.rpartition(")")[2].split()[0]
+
+
+def _terminate(pid: int, timeout: float) -> None:
+    _signal(pid, signal.SIGTERM)
+    if not _wait_gone(pid, timeout):
+        _signal(pid, signal.SIGKILL)
+        _wait_gone(pid, 10)
+    _reap(pid)
+
+
+def _signal(pid: int, signum: signal.Signals) -> None:
+    with suppress(ProcessLookupError):
+        os.kill(pid, signum)
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _process_exists(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        content = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(content[-lines:])
