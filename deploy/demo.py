@@ -12,13 +12,20 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from shared.contract import Topic
 
+
+def born_aged(years: int) -> str:
+    """A birth date making the person `years` old today (born on the 1st of this month)."""
+    today = date.today()
+    return date(today.year - years, today.month, 1).isoformat()
+
+
 DEMO_PROFILES: list[tuple[str, str, dict[str, Any], str]] = [
     # (agency kind, school, candidate overrides, what it shows)
-    ("mission_locale", "toulouse", {}, "eligible"),
-    ("france_travail", "montpellier-1", {"birth_date": "2005-11-02"}, "eligible"),
-    ("spontaneous", "perpignan", {"birth_date": "2009-06-30"}, "under 16"),
-    ("mlds", "nimes", {"birth_date": "1998-01-15"}, "26: needs a derogation"),
-    ("mission_locale", "beziers", {"birth_date": "1990-04-04"}, "over 29"),
+    ("mission_locale", "toulouse", {"birth_date": born_aged(18)}, "eligible"),
+    ("france_travail", "montpellier-1", {"birth_date": born_aged(21)}, "eligible"),
+    ("spontaneous", "perpignan", {"birth_date": born_aged(15)}, "under 16"),
+    ("mlds", "nimes", {"birth_date": born_aged(26)}, "26: needs a derogation"),
+    ("mission_locale", "beziers", {"birth_date": born_aged(31)}, "over 29"),
     ("mission_locale", "carcassonne", {"highest_qualification": "bac"}, "has a diploma"),
     ("other", "ales", {"in_school": True}, "still in school"),
     ("mission_locale", "paris", {}, "unknown school"),
@@ -28,7 +35,7 @@ DEMO_PROFILES: list[tuple[str, str, dict[str, Any], str]] = [
 def demo_referral(kind: str, school: str, overrides: dict[str, Any]) -> dict[str, Any]:
     candidate = {
         "first_name": "Camille", "last_name": f"Demo{uuid.uuid4().hex[:6]}",
-        "birth_date": "2006-05-17", "email": None, "phone": None,
+        "birth_date": born_aged(19), "email": None, "phone": None,
         "highest_qualification": "none", "in_school": False, "has_work_experience": False,
         "rqth": False, "qpv_resident": True, **overrides,
     }
