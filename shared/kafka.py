@@ -8,7 +8,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Union
 
 import anyio
 from aiokafka import AIOKafkaProducer
@@ -16,7 +16,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
-from faststream.kafka.annotations import KafkaMessage
+from faststream.kafka.message import KafkaMessage
+from pydantic import BaseModel
 from sqlalchemy import Engine
 from sqlmodel import Session
 
@@ -78,8 +79,24 @@ class BatchConsumer:
         self.last_processed_at: float | None = None
 
     def subscribe(
-        self, broker: KafkaBroker, topics: Sequence[str], group_id: str, batch_size: int
+        self,
+        broker: KafkaBroker,
+        topics: Sequence[str],
+        group_id: str,
+        batch_size: int,
+        models: Sequence[type[BaseModel]],
     ) -> None:
+        """Registers the batch handler; `models` only document the payloads (AsyncAPI).
+
+        The broker must be built with `apply_types=False`: the records are decoded and
+        validated here, one by one, so that an unreadable one becomes a dead letter
+        instead of failing the whole batch before our code runs.
+        """
+        async def on_batch(body: Any) -> None:
+            await self.consume(broker.context.get_local("message"))
+
+        payload = list[Union[tuple(models)]]  # type: ignore[valid-type]  # noqa: UP007
+        on_batch.__annotations__ = {"body": payload, "return": None}
         broker.subscriber(
             *topics,
             group_id=group_id,
@@ -93,10 +110,11 @@ class BatchConsumer:
             decoder=_keep_undecoded,
             title=f"{group_id}:inputs",
             description=f"Inputs of {self.processor.service}; unreadable ones go to the DLT.",
-        )(self.consume)
+        )(on_batch)
 
     async def consume(self, msg: KafkaMessage) -> None:
-        records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
+        raw = msg.raw_message
+        records = raw if isinstance(raw, tuple | list) else (raw,)
         inbound = [to_inbound(record) for record in records]
         started = time.perf_counter()
         try:

@@ -91,6 +91,7 @@ def build_context(spec: ServiceSpec, settings: Settings) -> ServiceContext:
     broker = KafkaBroker(
         settings.kafka_bootstrap_servers,
         client_id=f"e2c-{spec.name}",
+        apply_types=False,  # the BatchConsumer validates each record itself
         middlewares=(KafkaPrometheusMiddleware(registry=registry, app_name=f"e2c_{spec.name}"),),
     )
     relay = OutboxRelay(engine, settings.kafka_bootstrap_servers, metrics)
@@ -138,7 +139,11 @@ def build_app(spec: ServiceSpec, settings: Settings | None = None) -> ServiceApp
     ctx = build_context(spec, settings)
     if spec.routes:
         ctx.consumer.subscribe(
-            ctx.broker, list(spec.routes), ctx.group_id, settings.consumer_batch_size
+            ctx.broker,
+            list(spec.routes),
+            ctx.group_id,
+            settings.consumer_batch_size,
+            [route.model for route in spec.routes.values()],
         )
     _document_outputs(ctx)
     heartbeat: dict[str, asyncio.Task[None]] = {}

@@ -174,5 +174,8 @@ async def test_every_service_reports_ready_with_health_and_metrics(stack: Stack)
             doc = await client.get(f"{service.url}/docs/asyncapi.json")
             assert doc.status_code == 200
             assert doc.json()["asyncapi"].startswith("3.")
+            if service.name == "referrals":
+                schemas = doc.json()["components"]["schemas"]
+                assert {"ReferralSubmitted", "ReferralDecided"} <= set(schemas)
             try_it = await client.post(f"{service.url}/docs/asyncapi/try", json={})
             assert try_it.status_code != 200  # nobody publishes events over HTTP
