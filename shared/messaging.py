@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from shared.contract import DeadLetter, Topic, event_key, new_event_fields
+from shared.db import UtcDateTime
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class InboxEvent(SQLModel, table=True):
 
     key: str = Field(primary_key=True, max_length=200)
     topic: str = Field(max_length=200)
-    processed_at: datetime
+    processed_at: datetime = Field(sa_type=UtcDateTime)
 
 
 class OutboxMessage(SQLModel, table=True):
@@ -47,7 +48,7 @@ class OutboxMessage(SQLModel, table=True):
     topic: str = Field(max_length=200)
     key: str | None = Field(default=None, max_length=200)
     payload: str
-    created_at: datetime
+    created_at: datetime = Field(sa_type=UtcDateTime)
 
 
 PLUMBING_TABLES = (InboxEvent.__table__, OutboxMessage.__table__)

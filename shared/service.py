@@ -9,7 +9,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,15 @@ HEARTBEAT_SECONDS = 5
 HEARTBEAT_TTL_SECONDS = 15
 
 
+@dataclass(frozen=True)
+class PeriodicJob:
+    """Work a service does on a timer (retention, sweeps), in a worker thread."""
+
+    name: str
+    interval_seconds: float
+    run: Callable[[ServiceContext], object]
+
+
 @dataclass
 class ServiceSpec:
     """What makes one service different from the others."""
@@ -49,7 +58,8 @@ class ServiceSpec:
     routes: dict[str, Route]
     outputs: dict[str, type[BaseModel]]
     tables: Sequence[Table]
-    http_routes: Any = None  # Callable[[ServiceContext], list[BaseRoute]]
+    http_routes: Callable[[ServiceContext], list[BaseRoute]] | None = None
+    periodic: Sequence[PeriodicJob] = ()
     description: str = ""
 
 
@@ -146,19 +156,21 @@ def build_app(spec: ServiceSpec, settings: Settings | None = None) -> ServiceApp
             [route.model for route in spec.routes.values()],
         )
     _document_outputs(ctx)
-    heartbeat: dict[str, asyncio.Task[None]] = {}
+    tasks: list[asyncio.Task[None]] = []
 
     async def create_topics() -> None:
         await ensure_topics(settings.kafka_bootstrap_servers, ALL_TOPICS, settings.topic_partitions)
 
     async def start_background() -> None:
         await ctx.relay.start()
-        heartbeat["task"] = asyncio.create_task(_heartbeat(ctx), name="heartbeat")
+        tasks.append(asyncio.create_task(_heartbeat(ctx), name="heartbeat"))
+        for job in spec.periodic:
+            tasks.append(asyncio.create_task(_every(ctx, job), name=job.name))
         log.info("%s ready (instance %s)", spec.name, ctx.instance_id)
 
     async def stop_background() -> None:
-        if "task" in heartbeat:
-            heartbeat["task"].cancel()
+        for task in tasks:
+            task.cancel()
         await ctx.relay.stop()
         with contextlib.suppress(Exception):
             await ctx.redis.aclose()
@@ -206,6 +218,16 @@ async def _heartbeat(ctx: ServiceContext) -> None:
         except Exception as error:
             log.debug("heartbeat not written: %s", type(error).__name__)
         await asyncio.sleep(HEARTBEAT_SECONDS)
+
+
+async def _every(ctx: ServiceContext, job: PeriodicJob) -> None:
+    while True:
+        await asyncio.sleep(job.interval_seconds)
+        try:
+            result = await anyio.to_thread.run_sync(job.run, ctx)
+            log.info("%s done: %s", job.name, result)
+        except Exception:
+            log.exception("%s failed; next try in %ss", job.name, job.interval_seconds)
 
 
 def run(app: ServiceApp) -> None:

@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     aids_port: int = Field(default=SERVICE_PORTS["aids"], alias="AIDS_PORT")
     outcomes_port: int = Field(default=SERVICE_PORTS["outcomes"], alias="OUTCOMES_PORT")
     consumer_batch_size: int = Field(default=500, ge=1, alias="E2C_CONSUMER_BATCH_SIZE")
+    retention_months: int = Field(default=24, ge=1, alias="E2C_RETENTION_MONTHS")
+    retention_interval_hours: float = Field(
+        default=24, gt=0, alias="E2C_RETENTION_INTERVAL_HOURS"
+    )
     log_level: str = Field(default="INFO", alias="E2C_LOG_LEVEL")
 
     @cached_property

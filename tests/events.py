@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import string
 import uuid
 from typing import Any
 
@@ -10,11 +12,16 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+def unique_last_name() -> str:
+    """A surname nobody else in the test run has, so that referrals are not duplicates."""
+    return "Martin-" + "".join(random.choices(string.ascii_lowercase, k=10))
+
+
 def referral(**overrides: Any) -> dict[str, Any]:
-    """A valid, eligible referral; `candidate` overrides are merged into the candidate."""
+    """A valid, eligible referral of a new person; `candidate` overrides are merged in."""
     candidate = {
         "first_name": "Inès",
-        "last_name": "Martin",
+        "last_name": unique_last_name(),
         "birth_date": "2006-05-17",
         "email": None,
         "phone": None,

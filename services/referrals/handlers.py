@@ -1,15 +1,29 @@
-"""Referral subscribers: decode (done by the processor), decide, persist, emit."""
+"""Referral subscribers: decide (domain), persist (store), emit (outbox)."""
 
 from __future__ import annotations
 
+import json
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 
-from shared.contract import ReferralDecided, ReferralSubmitted, Topic, new_event_fields
+from shared.contract import (
+    DerogationSubmitted,
+    EnrollmentDecided,
+    EnrollmentReason,
+    EnrollmentStatus,
+    EnrollmentSubmitted,
+    ExitDecided,
+    ExitStatus,
+    ReferralDecided,
+    ReferralStatus,
+    ReferralSubmitted,
+    Topic,
+    new_event_fields,
+)
 from shared.messaging import Route, Unit
 
 from . import domain
-from .store import Referral, ReferralStore
+from .store import Referral, ReferralStore, now
 
 
 class ReferralHandlers:
@@ -17,34 +31,118 @@ class ReferralHandlers:
         self.known_schools = frozenset(known_schools)
 
     def routes(self) -> dict[str, Route]:
-        return {Topic.REFERRALS_SUBMITTED: Route(ReferralSubmitted, self.on_referral_submitted)}
+        return {
+            Topic.REFERRALS_SUBMITTED: Route(ReferralSubmitted, self.on_referral),
+            Topic.DEROGATIONS_SUBMITTED: Route(DerogationSubmitted, self.on_derogation),
+            Topic.ENROLLMENTS_SUBMITTED: Route(EnrollmentSubmitted, self.on_enrollment),
+            Topic.EXITS_DECIDED: Route(ExitDecided, self.on_exit),
+        }
 
-    def on_referral_submitted(self, unit: Unit, event: ReferralSubmitted) -> None:  # type: ignore[override]
+    def on_referral(self, unit: Unit, event: ReferralSubmitted) -> None:
         store = ReferralStore(unit.session)
         existing = store.get(event.referral_id)
         if existing is not None:
-            # Re-sent under a new event_id: answer with the decision already taken.
-            unit.emit(Topic.REFERRALS_DECIDED, decided_event(existing, event.event_id))
+            # Re-sent under a new event_id: the decision already taken, nothing changes.
+            store.log(existing.referral_id, "resend", existing.status, existing.reason_codes,
+                      str(event.event_id))
+            unit.emit(Topic.REFERRALS_DECIDED, referral_decided(existing, event.event_id))
             return
-        applicant = domain.Applicant(
-            birth_date=event.candidate.birth_date,
-            highest_qualification=event.candidate.highest_qualification,
-            in_school=event.candidate.in_school,
-            school_id=event.school_id,
+        candidate = event.candidate
+        key = domain.person_key(candidate.first_name, candidate.last_name, candidate.birth_date)
+        live = store.live_referral_of(key)
+        decision = domain.decide_referral(
+            domain.Applicant(
+                birth_date=candidate.birth_date,
+                highest_qualification=candidate.highest_qualification,
+                in_school=candidate.in_school,
+                school_id=event.school_id,
+            ),
+            event.occurred_at.date(),
+            self.known_schools,
+            live,
         )
-        decision = domain.decide_eligibility(
-            applicant, event.occurred_at.date(), self.known_schools
+        trainee_id = self._trainee_for(store, decision)
+        referral = new_referral(event, decision, key, trainee_id)
+        store.add(referral, live=decision.is_live)
+        store.log(referral.referral_id, "referral", decision.status,
+                  [str(r) for r in decision.reasons], str(event.event_id))
+        unit.emit(Topic.REFERRALS_DECIDED, referral_decided(referral, event.event_id))
+
+    @staticmethod
+    def _trainee_for(store: ReferralStore, decision: domain.Decision) -> str | None:
+        if decision.duplicate_of is not None:
+            original = store.get(decision.duplicate_of)
+            return original.trainee_id if original else None  # no new trainee
+        return new_trainee_id() if decision.gives_trainee else None
+
+    def on_derogation(self, unit: Unit, event: DerogationSubmitted) -> None:
+        store = ReferralStore(unit.session)
+        referral = store.get(event.referral_id)
+        current = ReferralStatus(referral.status) if referral else ReferralStatus.REJECTED
+        decision = domain.decide_derogation(current, event.granted)
+        reasons = [str(r) for r in decision.reasons]
+        if referral is None:
+            unit.emit(Topic.REFERRALS_DECIDED, not_pending_unknown(event))
+            return
+        if current is ReferralStatus.PENDING_DEROGATION:
+            store.set_status(referral, decision.status, reasons)
+            if not decision.gives_trainee:
+                store.release_claim(referral)
+                referral.trainee_id = None
+            store.log(referral.referral_id, "derogation", decision.status, reasons,
+                      str(event.event_id))
+            unit.emit(Topic.REFERRALS_DECIDED, referral_decided(referral, event.event_id))
+            return
+        store.log(referral.referral_id, "derogation", decision.status, reasons,
+                  str(event.event_id))
+        unit.emit(
+            Topic.REFERRALS_DECIDED,
+            referral_decided(referral, event.event_id, decision.status, reasons),
         )
-        referral = new_referral(event, decision)
-        store.add(referral)
-        store.record_decision(
-            referral, str(event.event_id), decision.status, [str(r) for r in decision.reasons]
-        )
-        unit.emit(Topic.REFERRALS_DECIDED, decided_event(referral, event.event_id))
+
+    def on_enrollment(self, unit: Unit, event: EnrollmentSubmitted) -> None:
+        store = ReferralStore(unit.session)
+        referral = store.get(event.referral_id)
+        state = None
+        if referral is not None:
+            state = domain.ReferralState(
+                status=ReferralStatus(referral.status),
+                enrolled=referral.enrolled_on is not None,
+                erased=referral.erased_at is not None,
+            )
+        refusal = domain.enrollment_refusal(state)
+        if refusal is not None:
+            if referral is not None:
+                store.log(referral.referral_id, "enrollment", "rejected", [str(refusal)],
+                          str(event.event_id))
+            unit.emit(Topic.ENROLLMENTS_DECIDED, enrollment_refused(event, refusal))
+            return
+        assert referral is not None and referral.birth_date is not None
+        referral.enrolled_on = event.enrolled_on
+        referral.enrolled_school_id = event.school_id
+        referral.age_at_entry = domain.age_on(referral.birth_date, event.enrolled_on)
+        store.touch(referral)
+        store.log(referral.referral_id, "enrollment", "enrolled", [], str(event.event_id))
+        unit.emit(Topic.ENROLLMENTS_DECIDED, enrolled(referral, event))
+
+    def on_exit(self, unit: Unit, event: ExitDecided) -> None:
+        """Learns from outcomes that a trainee left: the person may be referred again."""
+        if event.status is not ExitStatus.RECORDED:
+            return
+        store = ReferralStore(unit.session)
+        referral = store.by_trainee(event.trainee_id)
+        if referral is None or referral.exited_on is not None:
+            return
+        referral.exited_on = event.exited_on
+        store.release_claim(referral)
+        store.touch(referral)
+        store.log(referral.referral_id, "exit", str(event.outcome), [], str(event.event_id))
 
 
-def new_referral(event: ReferralSubmitted, decision: domain.Decision) -> Referral:
-    now = datetime.now(UTC)
+def new_referral(
+    event: ReferralSubmitted, decision: domain.Decision, person_key: str, trainee_id: str | None
+) -> Referral:
+    moment = now()
     candidate = event.candidate
     return Referral(
         referral_id=event.referral_id,
@@ -53,7 +151,10 @@ def new_referral(event: ReferralSubmitted, decision: domain.Decision) -> Referra
         school_id=event.school_id,
         referred_on=event.occurred_at.date(),
         status=decision.status,
-        trainee_id=new_trainee_id() if decision.gives_trainee else None,
+        reasons=_json_reasons(decision),
+        status_changed_at=moment,
+        trainee_id=trainee_id,
+        duplicate_of=decision.duplicate_of,
         highest_qualification=candidate.highest_qualification,
         in_school=candidate.in_school,
         has_work_experience=candidate.has_work_experience,
@@ -64,9 +165,14 @@ def new_referral(event: ReferralSubmitted, decision: domain.Decision) -> Referra
         birth_date=candidate.birth_date,
         email=candidate.email,
         phone=candidate.phone,
-        created_at=now,
-        updated_at=now,
+        person_key=person_key,
+        created_at=moment,
+        updated_at=moment,
     )
+
+
+def _json_reasons(decision: domain.Decision) -> str:
+    return json.dumps([str(r) for r in decision.reasons])
 
 
 def new_trainee_id() -> str:
@@ -74,15 +180,75 @@ def new_trainee_id() -> str:
     return uuid.uuid4().hex
 
 
-def decided_event(referral: Referral, request_event_id: uuid.UUID) -> ReferralDecided:
+def referral_decided(
+    referral: Referral,
+    request_event_id: uuid.UUID,
+    status: str | None = None,
+    reasons: list[str] | None = None,
+) -> ReferralDecided:
+    """The referral's decision; `status`/`reasons` override it for an answer that changes
+    nothing (a derogation on a referral that is not pending)."""
+    status = status or referral.status
     return ReferralDecided(
         **new_event_fields(),
         request_event_id=request_event_id,
         referral_id=referral.referral_id,
         agency_id=referral.agency_id,
         school_id=referral.school_id,
-        status=referral.status,
-        reasons=referral.reason_codes,
-        trainee_id=referral.trainee_id,
-        duplicate_of=referral.duplicate_of,
+        status=status,
+        reasons=referral.reason_codes if reasons is None else reasons,
+        trainee_id=referral.trainee_id if status != ReferralStatus.REJECTED else None,
+        duplicate_of=referral.duplicate_of if status == ReferralStatus.DUPLICATE else None,
     )
+
+
+def not_pending_unknown(event: DerogationSubmitted) -> ReferralDecided:
+    """A derogation for a referral never seen: not pending; agency and school are unknown."""
+    return ReferralDecided(
+        **new_event_fields(),
+        request_event_id=event.event_id,
+        referral_id=event.referral_id,
+        agency_id="",
+        school_id="",
+        status=ReferralStatus.REJECTED,
+        reasons=["not_pending"],
+    )
+
+
+def enrollment_refused(event: EnrollmentSubmitted, reason: EnrollmentReason) -> EnrollmentDecided:
+    return EnrollmentDecided(
+        **new_event_fields(),
+        request_event_id=event.event_id,
+        referral_id=event.referral_id,
+        status=EnrollmentStatus.REJECTED,
+        reasons=[reason],
+    )
+
+
+def enrolled(referral: Referral, event: EnrollmentSubmitted) -> EnrollmentDecided:
+    return EnrollmentDecided(
+        **new_event_fields(),
+        request_event_id=event.event_id,
+        referral_id=referral.referral_id,
+        status=EnrollmentStatus.ENROLLED,
+        trainee_id=referral.trainee_id,
+        school_id=event.school_id,
+        enrolled_on=event.enrolled_on,
+        agency_kind=referral.agency_kind,
+        age_at_entry=referral.age_at_entry,
+        rqth=referral.rqth,
+        qpv_resident=referral.qpv_resident,
+        has_work_experience=referral.has_work_experience,
+    )
+
+
+def erase_due(store: ReferralStore, retention_months: int, reference: datetime) -> int:
+    """Erases personal data of referrals settled or exited `retention_months` before `reference`."""
+    cutoff = domain.months_before(reference, retention_months)
+    erased = 0
+    for referral in store.erasure_candidates(cutoff):
+        if domain.due_for_erasure(
+            ReferralStatus(referral.status), referral.status_changed_at, referral.exited_on, cutoff
+        ) and store.erase(referral, "retention"):
+            erased += 1
+    return erased

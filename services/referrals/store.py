@@ -1,15 +1,23 @@
-"""The referrals store: referrals (with the only copy of personal data) and their decisions."""
+"""The referrals store: referrals (the only copy of personal data), claims and history."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from sqlmodel import Field, Session, SQLModel, col, select
+from sqlalchemy import func, or_
+from sqlmodel import Field, Session, SQLModel, col, delete, select
+
+from shared.contract import ReferralStatus
+from shared.db import UtcDateTime
+
+PERSONAL_FIELDS = ("first_name", "last_name", "birth_date", "email", "phone", "person_key")
 
 
 class Referral(SQLModel, table=True):
-    """One referral. Name, birth date and contacts are erasable; the rest is pseudonymous."""
+    """One referral. Names, birth date, contacts and person key are erasable; the rest is not
+    personal (the pseudonymous trainee id and the minimised profile)."""
 
     __tablename__ = "referral"
 
@@ -20,6 +28,7 @@ class Referral(SQLModel, table=True):
     referred_on: date
     status: str = Field(max_length=32)
     reasons: str = "[]"
+    status_changed_at: datetime = Field(sa_type=UtcDateTime)
     trainee_id: str | None = Field(default=None, index=True, max_length=64)
     duplicate_of: str | None = Field(default=None, max_length=64)
     highest_qualification: str = Field(max_length=16)
@@ -27,33 +36,71 @@ class Referral(SQLModel, table=True):
     has_work_experience: bool
     rqth: bool
     qpv_resident: bool
+    enrolled_on: date | None = None
+    enrolled_school_id: str | None = Field(default=None, max_length=100)
+    age_at_entry: int | None = None
+    exited_on: date | None = None
+    erased_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     first_name: str | None = None
     last_name: str | None = None
     birth_date: date | None = None
     email: str | None = None
     phone: str | None = None
-    created_at: datetime
-    updated_at: datetime
+    person_key: str | None = Field(default=None, max_length=400)
+    created_at: datetime = Field(sa_type=UtcDateTime)
+    updated_at: datetime = Field(index=True, sa_type=UtcDateTime)
 
     @property
     def reason_codes(self) -> list[str]:
-        return json.loads(self.reasons)
+        return list(json.loads(self.reasons))
+
+    @property
+    def stage(self) -> str:
+        """Where the young person is: the decision, or enrolled / exited after it."""
+        if self.exited_on is not None:
+            return "exited"
+        if self.enrolled_on is not None:
+            return "enrolled"
+        return self.status
 
 
-class ReferralDecision(SQLModel, table=True):
-    """The history of a referral: every decision taken, in order, with its reasons."""
+class PersonClaim(SQLModel, table=True):
+    """At most one live referral per person: the primary key makes a concurrent second
+    acceptance of the same person fail (and its batch retry), whatever the partition."""
 
-    __tablename__ = "referral_decision"
+    __tablename__ = "person_claim"
+
+    person_key: str = Field(primary_key=True, max_length=400)
+    referral_id: str = Field(max_length=64)
+
+
+class ReferralEvent(SQLModel, table=True):
+    """The history of a referral: every decision taken on it, in order, with its reasons."""
+
+    __tablename__ = "referral_history"
 
     id: int | None = Field(default=None, primary_key=True)
     referral_id: str = Field(index=True, max_length=64)
-    request_event_id: str = Field(max_length=36)
+    kind: str = Field(max_length=32)  # referral, resend, derogation, enrollment, exit, erasure
+    request_event_id: str | None = Field(default=None, max_length=36)
     status: str = Field(max_length=32)
     reasons: str = "[]"
-    decided_at: datetime
+    at: datetime = Field(sa_type=UtcDateTime)
 
 
-TABLES = (Referral.__table__, ReferralDecision.__table__)
+TABLES = (Referral.__table__, PersonClaim.__table__, ReferralEvent.__table__)
+
+STAGES = ("accepted", "rejected", "pending_derogation", "duplicate", "enrolled", "exited")
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[Referral]
+    total: int
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
 
 
 class ReferralStore:
@@ -63,31 +110,126 @@ class ReferralStore:
     def get(self, referral_id: str) -> Referral | None:
         return self.session.get(Referral, referral_id)
 
-    def add(self, referral: Referral) -> None:
-        self.session.add(referral)
+    def by_trainee(self, trainee_id: str) -> Referral | None:
+        query = select(Referral).where(
+            Referral.trainee_id == trainee_id, Referral.duplicate_of == None  # noqa: E711
+        )
+        return self.session.exec(query).first()
 
-    def record_decision(
-        self, referral: Referral, request_event_id: str, status: str, reasons: list[str]
-    ) -> None:
-        now = datetime.now(UTC)
-        referral.status = status
-        referral.reasons = json.dumps(reasons)
-        referral.updated_at = now
+    def live_referral_of(self, person_key: str) -> str | None:
+        query = select(PersonClaim.referral_id).where(PersonClaim.person_key == person_key)
+        return self.session.exec(query).first()
+
+    def add(self, referral: Referral, live: bool) -> None:
         self.session.add(referral)
-        self.session.add(
-            ReferralDecision(
-                referral_id=referral.referral_id,
-                request_event_id=request_event_id,
-                status=status,
-                reasons=json.dumps(reasons),
-                decided_at=now,
+        if live and referral.person_key is not None:
+            self.session.add(PersonClaim(person_key=referral.person_key,
+                                         referral_id=referral.referral_id))
+
+    def release_claim(self, referral: Referral) -> None:
+        if referral.person_key is None:
+            return
+        self.session.exec(
+            delete(PersonClaim).where(
+                col(PersonClaim.person_key) == referral.person_key,
+                col(PersonClaim.referral_id) == referral.referral_id,
             )
         )
 
-    def history(self, referral_id: str) -> list[ReferralDecision]:
+    def set_status(self, referral: Referral, status: str, reasons: list[str]) -> None:
+        moment = now()
+        referral.status = status
+        referral.reasons = json.dumps(reasons)
+        referral.status_changed_at = moment
+        referral.updated_at = moment
+        self.session.add(referral)
+
+    def touch(self, referral: Referral) -> None:
+        referral.updated_at = now()
+        self.session.add(referral)
+
+    def log(
+        self,
+        referral_id: str,
+        kind: str,
+        status: str,
+        reasons: list[str],
+        request_event_id: str | None,
+    ) -> None:
+        self.session.add(
+            ReferralEvent(
+                referral_id=referral_id,
+                kind=kind,
+                request_event_id=request_event_id,
+                status=status,
+                reasons=json.dumps(reasons),
+                at=now(),
+            )
+        )
+
+    def history(self, referral_id: str) -> list[ReferralEvent]:
         query = (
-            select(ReferralDecision)
-            .where(ReferralDecision.referral_id == referral_id)
-            .order_by(col(ReferralDecision.id))
+            select(ReferralEvent)
+            .where(ReferralEvent.referral_id == referral_id)
+            .order_by(col(ReferralEvent.id))
         )
         return list(self.session.exec(query).all())
+
+    def erase(self, referral: Referral, why: str) -> bool:
+        """Deletes the person's data; the pseudonymous decisions stay. False if already done."""
+        if referral.erased_at is not None:
+            return False
+        self.release_claim(referral)
+        for name in PERSONAL_FIELDS:
+            setattr(referral, name, None)
+        referral.erased_at = now()
+        self.touch(referral)
+        self.log(referral.referral_id, "erasure", referral.status, [why], None)
+        return True
+
+    def erasure_candidates(self, cutoff: datetime) -> list[Referral]:
+        settled = col(Referral.status).in_(
+            [ReferralStatus.REJECTED.value, ReferralStatus.DUPLICATE.value]
+        )
+        not_exited = col(Referral.exited_on).is_(None)
+        settled_before = settled & (col(Referral.status_changed_at) < cutoff) & not_exited
+        query = select(Referral).where(
+            col(Referral.erased_at).is_(None),
+            or_(col(Referral.exited_on) < cutoff.date(), settled_before),
+        )
+        return list(self.session.exec(query).all())
+
+    def page_for_agency(
+        self,
+        agency_id: str,
+        stage: str | None,
+        since: datetime | None,
+        page: int,
+        page_size: int,
+    ) -> Page:
+        conditions = [col(Referral.agency_id) == agency_id]
+        if since is not None:
+            conditions.append(col(Referral.updated_at) >= since)
+        if stage is not None:
+            conditions.append(_stage_condition(stage))
+        total = self.session.exec(
+            select(func.count()).select_from(Referral).where(*conditions)
+        ).one()
+        query = (
+            select(Referral)
+            .where(*conditions)
+            .order_by(col(Referral.updated_at), col(Referral.referral_id))
+            .offset((page - 1) * page_size)
+            .limit(page_size)
+        )
+        return Page(items=list(self.session.exec(query).all()), total=int(total))
+
+
+def _stage_condition(stage: str):  # type: ignore[no-untyped-def]
+    exited = col(Referral.exited_on).is_not(None)
+    enrolled = col(Referral.enrolled_on).is_not(None)
+    if stage == "exited":
+        return exited
+    if stage == "enrolled":
+        return enrolled & col(Referral.exited_on).is_(None)
+    return (col(Referral.status) == stage) & col(Referral.enrolled_on).is_(None) & ~exited
