@@ -9,18 +9,17 @@ import hashlib
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
-import time
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
+
+from deploy.processes import DetachedServer, command_line, port_open, spawn, tail
 
 KAFKA_DIR = Path(__file__).resolve().parent / "kafka"
 POM_FILE = KAFKA_DIR / "pom.xml"
@@ -49,7 +48,7 @@ def fetch_classpath(cache_dir: Path) -> Path:
 
 def broker_answers(bootstrap: str, timeout_ms: int = 5000) -> bool:
     """True when a Kafka node at `bootstrap` answers an admin `describe_cluster`."""
-    if not any(_port_open(port, host) for host, port in _addresses(bootstrap)):
+    if not any(port_open(port, host) for host, port in _addresses(bootstrap)):
         return False
     try:
         _run_sync(_describe_cluster(bootstrap, timeout_ms))
@@ -58,48 +57,26 @@ def broker_answers(bootstrap: str, timeout_ms: int = 5000) -> bool:
     return True
 
 
-class LocalKafka:
+class LocalKafka(DetachedServer):
     """One KRaft node (broker and controller) with its state under `<data_dir>/kafka`."""
 
+    name = "Kafka"
+    start_timeout = 90.0
+    stop_timeout = 30.0
+    ready_poll = 0.5
+
     def __init__(self, data_dir: Path, port: int = 9092, controller_port: int = 9093) -> None:
-        self.data_dir = Path(data_dir).resolve()
-        self.port = port
+        super().__init__(data_dir, "kafka", port, _is_kafka_process)
         self.controller_port = controller_port
-        self.home = self.data_dir / "kafka"
         self.log_dirs = self.home / "logs"
         self.properties_file = self.home / "server.properties"
-        self.pid_file = self.home / "kafka.pid"
         self.server_log = self.home / "server.log"
         self.console_log = self.home / "kafka.out"
         self.cluster_id_file = self.home / "cluster.id"
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return _read_pid(self.pid_file)
-
-    def is_running(self) -> bool:
-        pid = self.pid
-        return pid is not None and _is_kafka_process(pid)
-
-    def start(self, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        process = None
-        if not self.is_running():
-            self._ensure_ports_free()
-            lib_dir = fetch_classpath(self.data_dir / "cache")
-            self._prepare(lib_dir)
-            process = self._launch(lib_dir)
-        self._wait_ready(deadline, process)
-
-    def stop(self, timeout: float = 30) -> None:
-        pid = self.pid
-        if pid is not None and _is_kafka_process(pid):
-            _terminate(pid, timeout)
-        self.pid_file.unlink(missing_ok=True)
+        return self.address
 
     def purge(self) -> None:
         """Stop the node and delete its data (topics, offsets), keeping the jar cache."""
@@ -107,12 +84,15 @@ class LocalKafka:
         shutil.rmtree(self.home, ignore_errors=True)
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        tails = (_tail(path, lines) for path in (self.console_log, self.server_log))
-        return "\n".join(tail for tail in tails if tail)
+        tails = (tail(path, lines) for path in (self.console_log, self.server_log))
+        return "\n".join(text for text in tails if text)
+
+    def answers(self) -> bool:
+        return broker_answers(self.bootstrap)
 
     def _ensure_ports_free(self) -> None:
         for port in (self.port, self.controller_port):
-            if _port_open(port):
+            if port_open(port):
                 raise RuntimeError(f"127.0.0.1:{port} is taken by a process not started here")
 
     def _prepare(self, lib_dir: Path) -> None:
@@ -133,19 +113,12 @@ class LocalKafka:
         if result.returncode != 0:
             raise RuntimeError(f"Kafka storage format failed:\n{result.stdout}{result.stderr}")
 
-    def _launch(self, lib_dir: Path) -> subprocess.Popen[bytes]:
+    def _launch(self) -> subprocess.Popen[bytes]:
+        self._ensure_ports_free()
+        lib_dir = fetch_classpath(self.data_dir / "cache")
+        self._prepare(lib_dir)
         command = self._java_command(lib_dir, "kafka.Kafka", [str(self.properties_file)])
-        with self.console_log.open("ab") as log:
-            process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.home,
-                start_new_session=True,
-            )
-        self.pid_file.write_text(str(process.pid))
-        return process
+        return spawn(command, self.home, self.console_log, self.pid_file)
 
     def _java_command(self, lib_dir: Path, main_class: str, args: list[str]) -> list[str]:
         return [
@@ -160,24 +133,6 @@ class LocalKafka:
             main_class,
             *args,
         ]
-
-    def _wait_ready(self, deadline: float, process: subprocess.Popen[bytes] | None) -> None:
-        while time.monotonic() < deadline:
-            if not self._alive(process):
-                self.pid_file.unlink(missing_ok=True)
-                raise RuntimeError(f"Kafka exited during start-up:\n{self.log_tail()}")
-            if broker_answers(self.bootstrap):
-                return
-            time.sleep(0.5)
-        tail = self.log_tail()
-        self.stop()
-        raise TimeoutError(f"Kafka did not answer on {self.bootstrap} in time:\n{tail}")
-
-    def _alive(self, process: subprocess.Popen[bytes] | None) -> bool:
-        # Right after exec, /proc/<pid>/cmdline can still be empty: trust our own child first.
-        if process is not None:
-            return process.poll() is None
-        return self.is_running()
 
 
 def server_settings(port: int, controller_port: int, log_dirs: Path) -> dict[str, str | int]:
@@ -294,85 +249,6 @@ def _addresses(bootstrap: str) -> list[tuple[str, int]]:
     return [(host or "127.0.0.1", int(port)) for host, _, port in hosts]
 
 
-def _port_open(port: int, host: str = "127.0.0.1") -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _read_pid(pid_file: Path) -> int | None:
-    try:
-        return int(pid_file.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _command_line(pid: int) -> list[str]:
-    """The process's arguments; empty for a dead process or a zombie."""
-    _reap(pid)
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
-
-
-def _reap(pid: int) -> None:
-    """Collect the exit status when the process is our child, so it does not linger as a zombie."""
-    with suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-
-
 def _is_kafka_process(pid: int) -> bool:
-    args = _command_line(pid)
+    args = command_line(pid)
     return bool(args) and Path(args[0]).name == "java" and "kafka.Kafka" in args
-
-
-def _process_exists(pid: int) -> bool:
-    """True until every thread of the process has exited (zombies count as exited)."""
-    _reap(pid)
-    try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
-    except OSError:
-        return False
-    return any(_task_state(task) not in ("", "Z", "X") for task in tasks)
-
-
-def _task_state(task_dir: Path) -> str:
-    try:
-        stat = (task_dir / "stat").read_text()
-    except OSError:
-        return ""
-    return stat.rpartition(")")[2].split()[0]
-
-
-def _terminate(pid: int, timeout: float) -> None:
-    _signal(pid, signal.SIGTERM)
-    if not _wait_gone(pid, timeout):
-        _signal(pid, signal.SIGKILL)
-        _wait_gone(pid, 10)
-    _reap(pid)
-
-
-def _signal(pid: int, signum: signal.Signals) -> None:
-    with suppress(ProcessLookupError):
-        os.kill(pid, signum)
-
-
-def _wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while _process_exists(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.2)
-    return True
-
-
-def _tail(path: Path, lines: int) -> str:
-    try:
-        content = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return ""
-    return "\n".join(content[-lines:])

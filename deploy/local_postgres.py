@@ -15,7 +15,6 @@ import os
 import pwd
 import shlex
 import shutil
-import socket
 import subprocess
 import time
 from contextlib import suppress
@@ -24,17 +23,18 @@ from pathlib import Path
 import psycopg
 from psycopg import errors, sql
 
+from deploy.processes import apt_install, port_open, tail
+
 SYSTEM_USER = "postgres"
 PG_LIB = Path("/usr/lib/postgresql")
 MAX_SOCKET_PATH = 100
-APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
 
 
 def ensure_installed() -> Path:
     """The bin folder of the newest installed PostgreSQL, installed with apt-get when missing."""
     bin_dir = _find_bin_dir()
     if bin_dir is None:
-        _apt_install("postgresql")
+        apt_install("postgresql")
         bin_dir = _find_bin_dir()
     if bin_dir is None:
         raise RuntimeError("initdb/pg_ctl are still missing after apt-get install postgresql")
@@ -86,7 +86,7 @@ class LocalPostgres:
     def start(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         if not self.is_running():
-            if _port_open(self.port):
+            if port_open(self.port):
                 raise RuntimeError(f"127.0.0.1:{self.port} is taken by a process not started here")
             self._prepare()
             self._launch(timeout)
@@ -203,10 +203,7 @@ class LocalPostgres:
         )
 
     def _log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return tail(self.log_file, lines)
 
 
 def _find_bin_dir() -> Path | None:
@@ -252,24 +249,3 @@ def _reachable_by_system_user(folder: Path) -> bool:
 
 def _initdb_locale() -> str:
     return "C.UTF-8" if Path("/usr/lib/locale/C.utf8").exists() else "C"
-
-
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _apt_install(package: str) -> None:
-    env = {**os.environ, **APT_ENV}
-    lock_wait = ["-o", "DPkg::Lock::Timeout=300"]
-    commands = [
-        ["apt-get", "-qq", *lock_wait, "update"],
-        ["apt-get", "-qq", "-y", *lock_wait, "install", "--no-install-recommends", package],
-    ]
-    for command in commands:
-        result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout}{result.stderr}")

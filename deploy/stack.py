@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -17,10 +14,12 @@ import httpx
 
 from deploy.local_kafka import LocalKafka, broker_answers
 from deploy.local_redis import LocalRedis, ensure_installed, redis_answers
+from deploy.processes import DetachedProcess, command_contains, spawn
 from shared.http import create_tokens_file
 from shared.settings import PROJECT_ROOT, SERVICE_PORTS, Settings
 
 SERVICES = tuple(SERVICE_PORTS)
+SERVICE_STOP_TIMEOUT = 20.0
 Say = Callable[[str], None]
 
 
@@ -90,7 +89,8 @@ class LocalStack:
         return path
 
     def _start_service(self, name: str, bootstrap: str, redis_url: str, tokens: Path) -> None:
-        if self._service_pid(name) is not None:
+        service = self._service(name)
+        if service.is_running():
             return
         env = {
             **os.environ,
@@ -100,22 +100,13 @@ class LocalStack:
             "E2C_TOKENS_FILE": str(tokens),
             "PYTHONUNBUFFERED": "1",
         }
-        with (self.log_dir / f"{name}.log").open("ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", f"services.{name}"],
-                env=env,
-                cwd=PROJECT_ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        self._pid_file(name).write_text(str(process.pid))
+        command = [sys.executable, "-m", f"services.{name}"]
+        spawn(command, PROJECT_ROOT, self.log_dir / f"{name}.log", service.pid_file, env)
 
     def _wait_ready(self, name: str, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._service_pid(name) is None:
+            if not self._service(name).is_running():
                 raise RuntimeError(f"{name} exited; see {self.log_dir / f'{name}.log'}")
             if self._health(name) == "ready":
                 return
@@ -127,11 +118,11 @@ class LocalStack:
     def down(self, purge: bool = False, echo: bool = True) -> None:
         say: Say = print if echo else _quiet
         for name in SERVICES:
-            pid = self._service_pid(name)
-            if pid is not None:
-                _terminate(pid)
+            service = self._service(name)
+            running = service.is_running()
+            service.stop(SERVICE_STOP_TIMEOUT)  # also clears a stale pid file
+            if running:
                 say(f"{name:<10} stopped")
-            self._pid_file(name).unlink(missing_ok=True)
         if self.redis.is_running():
             self.redis.stop()
             say("redis      stopped")
@@ -150,21 +141,22 @@ class LocalStack:
         parts = [
             PartStatus(
                 "kafka",
-                self.kafka.pid if self.kafka.is_running() else None,
+                self.kafka.pid,
                 self.kafka.port,
                 "up" if broker_answers(self.kafka.bootstrap, 3000) else "down",
             ),
             PartStatus(
                 "redis",
-                self.redis.pid if self.redis.is_running() else None,
+                self.redis.pid,
                 self.redis.port,
                 "up" if redis_answers(self.settings.redis_url) else "down",
             ),
         ]
         for name in SERVICES:
             parts.append(
-                PartStatus(name, self._service_pid(name), self.settings.port(name),
-                           self._health(name))
+                PartStatus(
+                    name, self._service(name).pid, self.settings.port(name), self._health(name)
+                )
             )
         return parts
 
@@ -173,15 +165,11 @@ class LocalStack:
 
     # --- helpers --------------------------------------------------------------------------
 
-    def _pid_file(self, name: str) -> Path:
-        return self.run_dir / f"{name}.pid"
-
-    def _service_pid(self, name: str) -> int | None:
-        path = self._pid_file(name)
-        if not path.exists():
-            return None
-        pid = int(path.read_text().strip() or 0)
-        return pid if pid and _alive(pid, f"services.{name}") else None
+    def _service(self, name: str) -> DetachedProcess:
+        marker = f"services.{name}"
+        return DetachedProcess(
+            self.run_dir / f"{name}.pid", lambda pid: command_contains(pid, marker)
+        )
 
     def _health(self, name: str) -> str:
         try:
@@ -201,30 +189,3 @@ def _port_of(url: str, default: int) -> int:
     from urllib.parse import urlparse
 
     return urlparse(url).port or default
-
-
-def _alive(pid: int, marker: str) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return False
-    return marker in cmdline
-
-
-def _terminate(pid: int, timeout: float = 20) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not Path(f"/proc/{pid}").exists() or _zombie(pid):
-            return
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return " Z " in Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
