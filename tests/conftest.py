@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
 
@@ -46,16 +47,34 @@ def postgres_database() -> Iterator[Callable[[str], str]]:
         yield create_database
 
 
+TOKENS = {
+    "test-admin": "admin",
+    "test-finance": "finance",
+    "test-outcomes": "outcomes",
+    "test-ops": "ops",
+    "test-ml-toulouse": "partner:ml-toulouse",
+    "test-ft-toulouse": "partner:ft-toulouse",
+}
+
+
 @pytest.fixture(scope="session")
-def stack(kafka: str, redis_server: str) -> Iterator[Stack]:
+def stack(
+    kafka: str, redis_server: str, postgres_database: Callable[[str], str]
+) -> Iterator[Stack]:
+    """The services as processes. Referrals runs two instances in one consumer group on one
+    PostgreSQL store, so that races between partitions are real; the others use SQLite."""
     data_dir = TEST_DATA / "stack"
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
-    (data_dir / "tokens.json").write_text('{"test-admin": "admin"}\n', encoding="utf-8")
+    (data_dir / "tokens.json").write_text(json.dumps(TOKENS), encoding="utf-8")
     running = Stack(kafka, redis_server, data_dir)
+    referrals_store = {"REFERRALS_DATABASE_URL": postgres_database("e2c_stack_referrals")}
     try:
+        running.add("referrals", extra_env=referrals_store).start()
+        running.add("referrals", instance="-2", extra_env=referrals_store).start()
         for name in SERVICES:
-            running.add(name).start()
+            if name != "referrals":
+                running.add(name).start()
         yield running
     finally:
         running.stop_all()

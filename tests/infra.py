@@ -222,12 +222,15 @@ class Stack:
         )
         return env
 
-    def add(self, name: str) -> ServiceProcess:
+    def add(
+        self, name: str, instance: str = "", extra_env: dict[str, str] | None = None
+    ) -> ServiceProcess:
+        """One instance of a service; several instances of one service share its store."""
         port = free_port()
-        service = ServiceProcess(
-            name, self.service_env(name, port), port, self.data_dir / f"{name}.log"
-        )
-        self.services[name] = service
+        label = f"{name}{instance}"
+        env = {**self.service_env(name, port), "E2C_INSTANCE_ID": label, **(extra_env or {})}
+        service = ServiceProcess(name, env, port, self.data_dir / f"{label}.log")
+        self.services[label] = service
         return service
 
     def stop_all(self) -> None:
@@ -321,9 +324,18 @@ class Publisher:
         if self._producer is not None:
             await self._producer.stop()
 
-    async def send(self, topic: str, value: bytes | dict[str, Any], key: str | None) -> None:
+    async def send(
+        self,
+        topic: str,
+        value: bytes | dict[str, Any],
+        key: str | None,
+        partition: int | None = None,
+    ) -> None:
         assert self._producer is not None
         raw = value if isinstance(value, bytes) else json.dumps(value).encode("utf-8")
         await self._producer.send_and_wait(
-            topic, raw, key=key.encode("utf-8") if key is not None else None
+            topic,
+            raw,
+            key=key.encode("utf-8") if key is not None else None,
+            partition=partition,
         )

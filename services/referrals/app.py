@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlmodel import Session
 
 from shared.contract import EnrollmentDecided, ReferralDecided, Topic
+from shared.db import make_engine
 from shared.schools import load_schools
-from shared.service import PeriodicJob, ServiceApp, ServiceContext, ServiceSpec, build_app
+from shared.service import (
+    PeriodicJob,
+    ServiceApp,
+    ServiceContext,
+    ServiceSpec,
+    build_app,
+    create_schema,
+)
 from shared.settings import Settings
 
 from . import api
@@ -20,6 +30,36 @@ def apply_retention(ctx: ServiceContext) -> int:
         erased = erase_due(ReferralStore(session), ctx.settings.retention_months, now())
         session.commit()
     return erased
+
+
+def erase_referral(settings: Settings, referral_id: str) -> bool | None:
+    """Erases one referral's personal data from the store (None: no such referral)."""
+    engine = make_engine(settings.database_url("referrals"))
+    create_schema(engine, TABLES)
+    try:
+        with Session(engine) as session:
+            store = ReferralStore(session)
+            referral = store.get(referral_id)
+            if referral is None:
+                return None
+            erased = store.erase(referral, "erasure_request")
+            session.commit()
+            return erased
+    finally:
+        engine.dispose()
+
+
+def run_retention(settings: Settings, months: int, as_of: datetime) -> int:
+    """The retention job as a command (for cron): erases what is past `months`."""
+    engine = make_engine(settings.database_url("referrals"))
+    create_schema(engine, TABLES)
+    try:
+        with Session(engine) as session:
+            erased = erase_due(ReferralStore(session), months, as_of)
+            session.commit()
+            return erased
+    finally:
+        engine.dispose()
 
 
 def create_app(settings: Settings | None = None) -> ServiceApp:
