@@ -23,7 +23,7 @@ from pathlib import Path
 import psycopg
 from psycopg import errors, sql
 
-from deploy.processes import apt_install, port_open, tail
+from deploy.processes import apt_install, port_open, read_pid, tail
 
 SYSTEM_USER = "postgres"
 PG_LIB = Path("/usr/lib/postgresql")
@@ -78,6 +78,16 @@ class LocalPostgres:
             return False
         return True
 
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's pid when the server runs, else None."""
+        return read_pid(self.pgdata / "postmaster.pid") if self.is_running() else None
+
+    def has_cluster(self) -> bool:
+        """Whether this data folder has a cluster (looked up without creating users or folders)."""
+        roots = (self._preferred_root(), self._fallback_root())
+        return any((root / "data" / "PG_VERSION").exists() for root in roots)
+
     def is_running(self) -> bool:
         if not (self.pgdata / "PG_VERSION").exists():
             return False
@@ -115,10 +125,15 @@ class LocalPostgres:
                 connection.execute(create)
 
     def _choose_root(self) -> Path:
-        preferred = self.data_dir / "postgres"
         if os.geteuid() != 0 or _reachable_by_system_user(self.data_dir):
-            return preferred
-        digest = hashlib.sha256(str(preferred).encode()).hexdigest()[:10]
+            return self._preferred_root()
+        return self._fallback_root()
+
+    def _preferred_root(self) -> Path:
+        return self.data_dir / "postgres"
+
+    def _fallback_root(self) -> Path:
+        digest = hashlib.sha256(str(self._preferred_root()).encode()).hexdigest()[:10]
         return Path("/tmp") / f"e2c-postgres-{digest}"
 
     def _prepare(self) -> None:
