@@ -26,9 +26,19 @@ def _parser() -> argparse.ArgumentParser:
     stack = commands.add_parser("stack", help="start, stop or inspect the local stack")
     stack_commands = stack.add_subparsers(title="stack commands")
     up = stack_commands.add_parser("up", help="start Kafka, Redis and the three services")
+    up.add_argument(
+        "--postgres",
+        action="store_true",
+        help="keep the services' stores in a local PostgreSQL (port 5433 or E2C_POSTGRES_PORT) "
+        "instead of SQLite; *_DATABASE_URL variables already set are kept",
+    )
     up.set_defaults(run=_stack_up)
     down = stack_commands.add_parser("down", help="stop everything")
-    down.add_argument("--purge", action="store_true", help="also delete the broker log and stores")
+    down.add_argument(
+        "--purge",
+        action="store_true",
+        help="also delete the broker log, the stores and the PostgreSQL cluster",
+    )
     down.set_defaults(run=_stack_down)
     status = stack_commands.add_parser("status", help="each part with pid, port and health")
     status.add_argument("--json", action="store_true")
@@ -39,10 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _stack_up(_args: argparse.Namespace) -> int:
+def _stack_up(args: argparse.Namespace) -> int:
     from deploy.stack import LocalStack
 
-    LocalStack().up()
+    LocalStack().up(postgres=args.postgres)
     return 0
 
 

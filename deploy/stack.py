@@ -1,4 +1,9 @@
-"""The local stack: Kafka, Redis and the three services as background processes."""
+"""The local stack: Kafka, Redis and the three services as background processes.
+
+With `up(postgres=True)` a local PostgreSQL (port 5433, or E2C_POSTGRES_PORT) joins it and
+holds the services' stores, one database each; `run/postgres.port` records that it is part
+of the stack until `down`.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from pathlib import Path
 import httpx
 
 from deploy.local_kafka import LocalKafka, broker_answers
+from deploy.local_postgres import LocalPostgres
 from deploy.local_redis import LocalRedis, ensure_installed, redis_answers
 from deploy.processes import DetachedProcess, command_contains, spawn
 from shared.http import create_tokens_file
@@ -20,6 +26,7 @@ from shared.settings import PROJECT_ROOT, SERVICE_PORTS, Settings
 
 SERVICES = tuple(SERVICE_PORTS)
 SERVICE_STOP_TIMEOUT = 20.0
+POSTGRES_PORT = 5433
 Say = Callable[[str], None]
 
 
@@ -42,18 +49,25 @@ class LocalStack:
             self.data_dir, self.settings.kafka_port, self.settings.kafka_controller_port
         )
         self.redis = LocalRedis(self.data_dir, _port_of(self.settings.redis_url, 6379))
+        self.postgres_marker = self.run_dir / "postgres.port"
+        self.postgres = LocalPostgres(self.data_dir, self._postgres_port())
 
     # --- up -------------------------------------------------------------------------------
 
-    def up(self, echo: bool = True) -> None:
+    def up(self, echo: bool = True, postgres: bool = False) -> None:
+        """Start what is not running; with `postgres` (or when it already is part of the
+        stack) the services keep their stores in the stack's PostgreSQL."""
         say: Say = print if echo else _quiet
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         bootstrap = self._ensure_kafka(say)
         redis_url = self._ensure_redis(say)
+        database_urls: dict[str, str] = {}
+        if postgres or self.uses_postgres():
+            database_urls = self._ensure_postgres(say)
         tokens = self._ensure_tokens(say)
         for name in SERVICES:
-            self._start_service(name, bootstrap, redis_url, tokens)
+            self._start_service(name, bootstrap, redis_url, tokens, database_urls.get(name))
         for name in SERVICES:
             self._wait_ready(name)
             say(f"{name:<10} ready on http://127.0.0.1:{self.settings.port(name)}")
@@ -77,6 +91,32 @@ class LocalStack:
         say(f"redis      ready on {self.redis.url}")
         return self.redis.url
 
+    def _ensure_postgres(self, say: Say) -> dict[str, str]:
+        """Start the stack's PostgreSQL with a database per service whose `*_DATABASE_URL` is
+        not set; returns those services' URLs (the others keep the URL they were given)."""
+        given = [name for name in SERVICES if getattr(self.settings, f"{name}_database_url")]
+        for name in given:
+            say(f"postgres   {name} keeps {_database_variable(name)} from the environment")
+        wanted = [name for name in SERVICES if name not in given]
+        if not wanted:
+            return {}
+        running = [name for name in wanted if self._service(name).is_running()]
+        if running and not self.uses_postgres():
+            say(
+                f"postgres   {', '.join(running)} already running on their stores: "
+                "`e2c stack down` first to move them"
+            )
+        self.postgres_marker.write_text(f"{self.postgres.port}\n")
+        started = time.monotonic()
+        self.postgres.start()
+        for name in wanted:
+            self.postgres.create_database(name)
+        say(
+            f"postgres   ready on 127.0.0.1:{self.postgres.port} "
+            f"({time.monotonic() - started:.1f}s), databases {', '.join(wanted)}"
+        )
+        return {name: self.postgres.url(name) for name in wanted}
+
     def _ensure_tokens(self, say: Say) -> Path:
         if self.settings.tokens_file is not None:
             return self.settings.tokens_file
@@ -88,7 +128,9 @@ class LocalStack:
             say(f"tokens     {path}")
         return path
 
-    def _start_service(self, name: str, bootstrap: str, redis_url: str, tokens: Path) -> None:
+    def _start_service(
+        self, name: str, bootstrap: str, redis_url: str, tokens: Path, database_url: str | None
+    ) -> None:
         service = self._service(name)
         if service.is_running():
             return
@@ -100,6 +142,8 @@ class LocalStack:
             "E2C_TOKENS_FILE": str(tokens),
             "PYTHONUNBUFFERED": "1",
         }
+        if database_url is not None:
+            env[_database_variable(name)] = database_url
         command = [sys.executable, "-m", f"services.{name}"]
         spawn(command, PROJECT_ROOT, self.log_dir / f"{name}.log", service.pid_file, env)
 
@@ -129,8 +173,16 @@ class LocalStack:
         if self.kafka.is_running():
             self.kafka.stop()
             say("kafka      stopped")
+        # has_cluster() first: it creates nothing, where is_running() may (the postgres user).
+        if self.postgres.has_cluster() and self.postgres.is_running():
+            self.postgres.stop()
+            say("postgres   stopped")
+        self.postgres_marker.unlink(missing_ok=True)
         if purge:
             self.kafka.purge()
+            if self.postgres.has_cluster():
+                self.postgres.purge()
+                say(f"postgres   cluster deleted ({self.postgres.cluster_root})")
             for folder in ("stores", "redis", "logs", "run", "demo"):
                 shutil.rmtree(self.data_dir / folder, ignore_errors=True)
             say(f"purged     broker log and stores under {self.data_dir}")
@@ -152,6 +204,15 @@ class LocalStack:
                 "up" if redis_answers(self.settings.redis_url) else "down",
             ),
         ]
+        if self.uses_postgres():
+            parts.append(
+                PartStatus(
+                    "postgres",
+                    self.postgres.pid,
+                    self.postgres.port,
+                    "up" if self.postgres.answers() else "down",
+                )
+            )
         for name in SERVICES:
             parts.append(
                 PartStatus(
@@ -164,6 +225,17 @@ class LocalStack:
         return [asdict(part) for part in self.status()]
 
     # --- helpers --------------------------------------------------------------------------
+
+    def uses_postgres(self) -> bool:
+        """Whether PostgreSQL is part of the running stack (started by `up --postgres`)."""
+        return self.postgres_marker.exists()
+
+    def _postgres_port(self) -> int:
+        """The port recorded by `up --postgres`, else E2C_POSTGRES_PORT, else 5433."""
+        for text in (_read_text(self.postgres_marker), os.environ.get("E2C_POSTGRES_PORT")):
+            if text and text.strip().isdigit():
+                return int(text)
+        return POSTGRES_PORT
 
     def _service(self, name: str) -> DetachedProcess:
         marker = f"services.{name}"
@@ -183,6 +255,17 @@ class LocalStack:
 
 def _quiet(_text: str) -> None:
     return None
+
+
+def _database_variable(service: str) -> str:
+    return f"{service.upper()}_DATABASE_URL"
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
 
 
 def _port_of(url: str, default: int) -> int:
