@@ -1,8 +1,12 @@
-"""The local Redis and PostgreSQL runners start real servers, answer, and stop cleanly."""
+"""The local Redis and PostgreSQL runners start real servers, answer, and stop cleanly;
+the process helpers they share find, recognise and stop processes."""
 
 from __future__ import annotations
 
+import os
 import socket
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +18,16 @@ from deploy.local_postgres import LocalPostgres
 from deploy.local_postgres import ensure_installed as ensure_postgres
 from deploy.local_redis import LocalRedis, redis_answers
 from deploy.local_redis import ensure_installed as ensure_redis
+from deploy.processes import (
+    DetachedProcess,
+    command_contains,
+    port_open,
+    process_exists,
+    read_pid,
+    spawn,
+    tail,
+    terminate,
+)
 
 pytestmark = pytest.mark.infra
 
@@ -119,3 +133,62 @@ def test_postgres_url_works_with_sqlalchemy(local_postgres: LocalPostgres) -> No
     with engine.connect() as connection:
         assert connection.execute(text("SELECT current_database()")).scalar() == "aids_test"
     engine.dispose()
+
+
+def test_read_pid_takes_the_first_line(tmp_path: Path) -> None:
+    pid_file = tmp_path / "server.pid"
+    assert read_pid(pid_file) is None
+    pid_file.write_text("garbage\n")
+    assert read_pid(pid_file) is None
+    pid_file.write_text("4242\n/var/lib/postgresql\n1700000000\n")
+    assert read_pid(pid_file) == 4242
+
+
+def test_detached_process_is_found_by_pid_file_and_stopped(tmp_path: Path) -> None:
+    marker = f"e2c-test-{tmp_path.name}"
+    command = [sys.executable, "-c", "import time, sys; time.sleep(60)", marker]
+    process = DetachedProcess(tmp_path / "sleeper.pid", lambda pid: command_contains(pid, marker))
+    child = spawn(command, tmp_path, tmp_path / "sleeper.log", process.pid_file)
+
+    assert process.alive(child)
+    assert process.pid == child.pid
+    process.stop(timeout=5)
+
+    assert not process_exists(child.pid)
+    assert not process.pid_file.exists()
+    assert process.pid is None
+
+
+def test_a_stale_pid_naming_another_process_is_ignored(tmp_path: Path) -> None:
+    process = DetachedProcess(tmp_path / "stale.pid", lambda pid: command_contains(pid, "no-such"))
+    process.pid_file.write_text(str(os.getpid()))
+
+    assert process.pid is None
+    process.stop(timeout=1)  # must not signal the test runner
+
+    assert not process.pid_file.exists()
+
+
+def test_terminate_kills_a_process_that_ignores_sigterm(tmp_path: Path) -> None:
+    code = (
+        "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print('ready', flush=True); time.sleep(60)"
+    )
+    log_file = tmp_path / "stubborn.log"
+    child = spawn([sys.executable, "-c", code], tmp_path, log_file, tmp_path / "stubborn.pid")
+    deadline = time.monotonic() + 10
+    while "ready" not in tail(log_file, 1) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    terminate(child.pid, timeout=0.5)
+
+    assert child.poll() is not None
+    assert not process_exists(child.pid)
+
+
+def test_port_open_tells_a_listening_port_from_a_free_one() -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        assert port_open(server.getsockname()[1])
+    assert not port_open(free_port())

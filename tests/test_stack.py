@@ -1,0 +1,123 @@
+"""`e2c stack up --postgres`: the stack's PostgreSQL, a database per service, its status line,
+and `down` / `down --purge` (without Kafka or the services: those are covered elsewhere)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from deploy.local_postgres import ensure_installed as ensure_postgres
+from deploy.stack import SERVICES, LocalStack
+from shared.settings import Settings
+from tests.test_local_infra import free_port
+
+pytestmark = pytest.mark.infra
+
+
+def stack_settings(data_dir: Path, **overrides: object) -> Settings:
+    """Settings on free ports, so nothing here meets a stack already running on the defaults."""
+    ports = {
+        "kafka_port": free_port(),
+        "kafka_controller_port": free_port(),
+        "redis_url": f"redis://127.0.0.1:{free_port()}/0",
+        **{f"{name}_port": free_port() for name in SERVICES},
+        **{f"{name}_database_url": None for name in SERVICES},
+    }
+    return Settings(data_dir=data_dir, **{**ports, **overrides})  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def postgres_port(monkeypatch: pytest.MonkeyPatch) -> int:
+    ensure_postgres()
+    port = free_port()
+    monkeypatch.setenv("E2C_POSTGRES_PORT", str(port))
+    return port
+
+
+@pytest.fixture
+def stack(tmp_path: Path, postgres_port: int) -> Iterator[LocalStack]:
+    local = LocalStack(stack_settings(tmp_path))
+    local.run_dir.mkdir(parents=True)
+    yield local
+    local.down(purge=True, echo=False)
+
+
+def status_of(stack: LocalStack) -> dict[str, dict[str, object]]:
+    return {str(part["name"]): part for part in stack.status_dicts()}
+
+
+def test_postgres_gets_a_database_per_service(stack: LocalStack, postgres_port: int) -> None:
+    said: list[str] = []
+
+    urls = stack._ensure_postgres(said.append)
+
+    assert urls == {name: stack.postgres.url(name) for name in SERVICES}
+    assert all(f":{postgres_port}/" in url for url in urls.values())
+    for name in SERVICES:
+        with psycopg.connect(stack.postgres.dsn(name)) as connection:
+            assert connection.execute("SELECT current_database()").fetchone() == (name,)
+    assert stack.uses_postgres()
+    assert said[-1].startswith(f"postgres   ready on 127.0.0.1:{postgres_port}")
+
+
+def test_status_shows_postgres_only_when_it_is_part_of_the_stack(
+    stack: LocalStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert "postgres" not in status_of(stack)
+    assert not stack.postgres.has_cluster()
+
+    stack._ensure_postgres(lambda _text: None)
+
+    part = status_of(stack)["postgres"]
+    assert part["health"] == "up"
+    assert part["port"] == stack.postgres.port
+    assert part["pid"] == stack.postgres.pid is not None
+    # A later `e2c stack status` finds it through the run folder, whatever the environment says.
+    monkeypatch.setenv("E2C_POSTGRES_PORT", str(free_port()))
+    again = LocalStack(stack.settings)
+    assert again.postgres.port == stack.postgres.port
+    assert status_of(again)["postgres"]["health"] == "up"
+
+
+def test_database_urls_already_set_are_kept(tmp_path: Path, postgres_port: int) -> None:
+    given = f"sqlite:///{tmp_path / 'mine.db'}"
+    stack = LocalStack(stack_settings(tmp_path, referrals_database_url=given))
+    stack.run_dir.mkdir(parents=True)
+    said: list[str] = []
+    try:
+        urls = stack._ensure_postgres(said.append)
+    finally:
+        stack.down(purge=True, echo=False)
+
+    assert set(urls) == {"aids", "outcomes"}
+    assert any("referrals keeps REFERRALS_DATABASE_URL" in line for line in said)
+    assert not any(given in line for line in said)
+
+
+def test_no_postgres_is_started_when_every_url_is_set(tmp_path: Path, postgres_port: int) -> None:
+    urls = {f"{name}_database_url": f"sqlite:///{tmp_path / name}.db" for name in SERVICES}
+    stack = LocalStack(stack_settings(tmp_path, **urls))
+    stack.run_dir.mkdir(parents=True)
+
+    assert stack._ensure_postgres(lambda _text: None) == {}
+    assert not stack.uses_postgres()
+    assert not stack.postgres.has_cluster()
+
+
+def test_down_stops_postgres_and_purge_deletes_its_cluster(stack: LocalStack) -> None:
+    stack._ensure_postgres(lambda _text: None)
+
+    stack.down(echo=False)
+
+    assert not stack.postgres.is_running()
+    assert not stack.uses_postgres()
+    assert "postgres" not in status_of(stack)
+    assert stack.postgres.has_cluster()
+
+    stack.down(purge=True, echo=False)
+
+    assert not stack.postgres.has_cluster()
+    assert not stack.postgres.cluster_root.exists()
