@@ -1,4 +1,4 @@
-"""HTTP pieces every service serves: bearer-token roles, health and metrics."""
+"""HTTP pieces every service serves: bearer-token roles, JSON errors, health and metrics."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -13,6 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ExceptionHandler
 
 ROLES = ("finance", "outcomes", "ops", "admin")
 PARTNER_PREFIX = "partner:"
@@ -57,6 +59,28 @@ class Authorizer:
         if role != "admin" and role not in allowed:
             raise HTTPException(403, "this token's role may not see this resource")
         return role
+
+
+async def _http_error(_request: Request, error: Exception) -> Response:
+    """An HTTPException as `{"detail": ...}`, keeping its headers (Allow on 405...)."""
+    if not isinstance(error, HTTPException):  # pragma: no cover - registered for it only
+        raise error
+    headers = dict(error.headers or {})
+    if error.status_code == 401:
+        headers.setdefault("WWW-Authenticate", "Bearer")
+    if error.status_code in (204, 304):
+        return Response(status_code=error.status_code, headers=headers)
+    return JSONResponse({"detail": error.detail}, error.status_code, headers=headers)
+
+
+async def _server_error(_request: Request, _error: Exception) -> Response:
+    """An unexpected failure: a JSON 500 without internals (the traceback goes to the log)."""
+    return JSONResponse({"detail": "internal server error"}, 500)
+
+
+def json_error_handlers() -> dict[Any, ExceptionHandler]:
+    """Starlette `exception_handlers` answering every error as JSON `{"detail": ...}`."""
+    return {HTTPException: _http_error, Exception: _server_error}
 
 
 def health_routes(checks: dict[str, Check], registry: CollectorRegistry) -> list[Route]:
