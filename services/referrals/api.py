@@ -1,11 +1,305 @@
-"""Referrals HTTP: health and metrics for now (partner access comes with its issue)."""
+"""Referrals HTTP: partner access to referrals (status, history, personal data, erasure).
+
+`partner:<agency_id>` reads and erases its own agency's referrals and is the only role that
+sees the candidate's personal data; `admin` reads and erases any referral but never sees
+personal data; every other role gets 403. The store is used from a worker thread.
+"""
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any, TypeVar
 
+import anyio
+from sqlalchemy import Engine
+from sqlmodel import Session
+from starlette.datastructures import QueryParams
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from shared.http import PARTNER_PREFIX, Authorizer
 from shared.service import ServiceContext
 
+from .store import STAGES, Referral, ReferralEvent, ReferralStore
 
-def routes(_ctx: ServiceContext) -> list[BaseRoute]:
-    return []
+ADMIN = "admin"
+ERASURE_REASON = "erasure_request"
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 500
+MAX_PAGE = 10_000_000  # keeps the row offset within a 64-bit integer
+
+Json = dict[str, Any]
+T = TypeVar("T")
+
+_DIGITS = re.compile(r"[0-9]+")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_DATETIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+    r"([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+# An unencoded `+` in a query string arrives as a space: `...T10:00:00 01:00`.
+_SPACED_OFFSET = re.compile(r"(:[0-9]{2}(\.[0-9]+)?) ([0-9]{2}:[0-9]{2})$")
+
+
+# --- Who is asking ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Caller:
+    role: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == ADMIN
+
+    @property
+    def agency_id(self) -> str | None:
+        """The partner's agency, None for any other role."""
+        if not self.role.startswith(PARTNER_PREFIX):
+            return None
+        return self.role.removeprefix(PARTNER_PREFIX) or None
+
+    def may_access(self, agency_id: str) -> bool:
+        return self.is_admin or self.agency_id == agency_id
+
+    def sees_personal_data(self, agency_id: str) -> bool:
+        """Only the sending agency, never admin."""
+        return self.agency_id == agency_id
+
+
+def caller_of(auth: Authorizer, request: Request) -> Caller:
+    """The caller if it is admin or a partner; 401 without a known token, 403 otherwise."""
+    caller = Caller(auth.role(request))
+    if not caller.is_admin and caller.agency_id is None:
+        raise HTTPException(403, "this token's role may not see referrals")
+    return caller
+
+
+# --- What they see ------------------------------------------------------------------------
+
+
+def _iso(value: date | datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def candidate(referral: Referral) -> Json:
+    """The personal data; every field is null once erased."""
+    return {
+        "first_name": referral.first_name,
+        "last_name": referral.last_name,
+        "birth_date": _iso(referral.birth_date),
+        "email": referral.email,
+        "phone": referral.phone,
+    }
+
+
+def summary(referral: Referral, with_candidate: bool) -> Json:
+    body: Json = {
+        "referral_id": referral.referral_id,
+        "status": referral.status,
+        "stage": referral.stage,
+        "reasons": referral.reason_codes,
+        "trainee_id": referral.trainee_id,
+        "duplicate_of": referral.duplicate_of,
+        "agency_id": referral.agency_id,
+        "school_id": referral.school_id,
+        "referred_on": _iso(referral.referred_on),
+        "enrolled_on": _iso(referral.enrolled_on),
+        "exited_on": _iso(referral.exited_on),
+        "erased": referral.erased_at is not None,
+    }
+    if with_candidate:
+        body["candidate"] = candidate(referral)
+    return body
+
+
+def history_entry(event: ReferralEvent) -> Json:
+    return {
+        "kind": event.kind,
+        "status": event.status,
+        "reasons": _json_list(event.reasons),
+        "at": _iso(event.at),
+        "request_event_id": event.request_event_id,
+    }
+
+
+def _json_list(raw: str) -> list[str]:
+    return [str(item) for item in json.loads(raw)]
+
+
+# --- Store work (runs in a worker thread) -------------------------------------------------
+
+
+async def in_store(engine: Engine, work: Callable[[ReferralStore], T]) -> T:
+    """Runs `work` with a store on its own session, in a worker thread."""
+
+    def run() -> T:
+        with Session(engine) as session:
+            return work(ReferralStore(session))
+
+    return await anyio.to_thread.run_sync(run)
+
+
+def accessible(store: ReferralStore, referral_id: str, caller: Caller) -> Referral:
+    referral = store.get(referral_id)
+    if referral is None:
+        raise HTTPException(404, f"no referral {referral_id!r}")
+    if not caller.may_access(referral.agency_id):
+        raise HTTPException(403, "this referral belongs to another agency")
+    return referral
+
+
+def read_referral(store: ReferralStore, referral_id: str, caller: Caller) -> Json:
+    referral = accessible(store, referral_id, caller)
+    body = summary(referral, caller.sees_personal_data(referral.agency_id))
+    body["history"] = [history_entry(event) for event in store.history(referral_id)]
+    return body
+
+
+def erase_personal_data(store: ReferralStore, referral_id: str, caller: Caller) -> Json:
+    referral = accessible(store, referral_id, caller)
+    erased_now = store.erase(referral, ERASURE_REASON)
+    store.session.commit()
+    return {"referral_id": referral_id, "erased": True, "already_erased": not erased_now}
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    agency_id: str
+    stage: str | None
+    since: datetime | None
+    page: int
+    page_size: int
+
+
+def read_page(store: ReferralStore, query: ListQuery, with_candidate: bool) -> Json:
+    found = store.page_for_agency(
+        query.agency_id, query.stage, query.since, query.page, query.page_size
+    )
+    more = query.page * query.page_size < found.total
+    return {
+        "items": [summary(referral, with_candidate) for referral in found.items],
+        "page": query.page,
+        "page_size": query.page_size,
+        "total": found.total,
+        "next_page": query.page + 1 if more else None,
+    }
+
+
+# --- Query parameters ---------------------------------------------------------------------
+
+
+def _param(params: QueryParams, name: str) -> str | None:
+    """A parameter's value; an empty value counts as not given."""
+    return params.get(name) or None
+
+
+def _invalid(name: str, expected: str, value: str) -> HTTPException:
+    return HTTPException(422, f"invalid {name} {value!r}: expected {expected}")
+
+
+def agency_param(params: QueryParams, caller: Caller) -> str:
+    """The agency asked for: a partner's own by default, another one is 403."""
+    asked = _param(params, "agency_id")
+    if caller.is_admin:
+        if asked is None:
+            raise HTTPException(422, "agency_id is required for an admin token")
+        return asked
+    if asked is not None and asked != caller.agency_id:
+        raise HTTPException(403, "a partner token may only list its own agency's referrals")
+    assert caller.agency_id is not None
+    return caller.agency_id
+
+
+def stage_param(params: QueryParams) -> str | None:
+    value = _param(params, "status")
+    if value is not None and value not in STAGES:
+        raise _invalid("status", "one of " + ", ".join(STAGES), value)
+    return value
+
+
+def parse_since(value: str) -> datetime:
+    """An RFC 3339 date-time with an offset, or a date meaning its midnight UTC (ValueError)."""
+    if _DATE.fullmatch(value):
+        return datetime.combine(date.fromisoformat(value), datetime.min.time(), UTC)
+    value = _SPACED_OFFSET.sub(r"\1+\3", value)
+    if not _DATETIME.fullmatch(value):
+        raise ValueError(value)
+    return datetime.fromisoformat(value.upper()).astimezone(UTC)
+
+
+def since_param(params: QueryParams) -> datetime | None:
+    value = _param(params, "since")
+    if value is None:
+        return None
+    try:
+        return parse_since(value)
+    except ValueError:
+        expected = "an RFC 3339 date-time with an offset or a date YYYY-MM-DD"
+        raise _invalid("since", expected, value) from None
+
+
+def int_param(params: QueryParams, name: str, default: int, highest: int) -> int:
+    value = _param(params, name)
+    if value is None:
+        return default
+    if not _DIGITS.fullmatch(value) or not 1 <= int(value) <= highest:
+        raise _invalid(name, f"an integer from 1 to {highest}", value)
+    return int(value)
+
+
+def list_query(params: QueryParams, caller: Caller) -> ListQuery:
+    return ListQuery(
+        agency_id=agency_param(params, caller),
+        stage=stage_param(params),
+        since=since_param(params),
+        page=int_param(params, "page", 1, MAX_PAGE),
+        page_size=int_param(params, "page_size", DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE),
+    )
+
+
+# --- Endpoints ----------------------------------------------------------------------------
+
+
+class ReferralsApi:
+    def __init__(self, engine: Engine, auth: Authorizer) -> None:
+        self.engine = engine
+        self.auth = auth
+
+    async def get_referral(self, request: Request) -> Response:
+        caller = caller_of(self.auth, request)
+        referral_id = str(request.path_params["referral_id"])
+        body = await in_store(self.engine, lambda s: read_referral(s, referral_id, caller))
+        return JSONResponse(body)
+
+    async def list_referrals(self, request: Request) -> Response:
+        caller = caller_of(self.auth, request)
+        query = list_query(request.query_params, caller)
+        with_candidate = caller.sees_personal_data(query.agency_id)
+        body = await in_store(self.engine, lambda s: read_page(s, query, with_candidate))
+        return JSONResponse(body)
+
+    async def erase(self, request: Request) -> Response:
+        caller = caller_of(self.auth, request)
+        referral_id = str(request.path_params["referral_id"])
+        body = await in_store(self.engine, lambda s: erase_personal_data(s, referral_id, caller))
+        return JSONResponse(body)
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/referrals", self.list_referrals, methods=["GET"]),
+            Route("/referrals/{referral_id}", self.get_referral, methods=["GET"]),
+            Route(
+                "/referrals/{referral_id}/personal-data", self.erase, methods=["DELETE"]
+            ),
+        ]
+
+
+def routes(ctx: ServiceContext) -> list[BaseRoute]:
+    return ReferralsApi(ctx.engine, ctx.auth).routes()

@@ -1,0 +1,535 @@
+"""The referrals partner API over a real SQLite store filled by the real handlers."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+import pytest
+from sqlalchemy import Engine
+from sqlmodel import Session
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from services.referrals.api import routes
+from services.referrals.handlers import ReferralHandlers
+from services.referrals.store import TABLES, Referral, ReferralStore
+from shared.contract import Topic
+from shared.db import make_engine
+from shared.http import Authorizer, json_error_handlers
+from shared.messaging import BatchProcessor, Inbound
+from shared.schools import load_schools
+from shared.service import ServiceContext, create_schema
+from tests.events import new_id, referral
+
+OWN = "ml-toulouse"
+OTHER = "ft-31"
+TOKENS = {
+    "tok-own": f"partner:{OWN}",
+    "tok-other": f"partner:{OTHER}",
+    "tok-admin": "admin",
+    "tok-finance": "finance",
+    "tok-outcomes": "outcomes",
+    "tok-ops": "ops",
+}
+OWN_TOKEN = {"Authorization": "Bearer tok-own"}
+OTHER_TOKEN = {"Authorization": "Bearer tok-other"}
+ADMIN_TOKEN = {"Authorization": "Bearer tok-admin"}
+FINANCE_TOKEN = {"Authorization": "Bearer tok-finance"}
+CANDIDATE_FIELDS = {"first_name", "last_name", "birth_date", "email", "phone"}
+_offsets = itertools.count()
+
+
+# --- Store and app ------------------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    """What the routes use of a ServiceContext."""
+
+    engine: Engine
+    auth: Authorizer
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    store_engine = make_engine(f"sqlite:///{tmp_path / 'referrals.db'}")
+    create_schema(store_engine, TABLES)
+    yield store_engine
+    store_engine.dispose()
+
+
+def app_for(engine: Engine, *extra: Route) -> Starlette:
+    ctx = cast(ServiceContext, Context(engine, Authorizer(TOKENS)))
+    return Starlette(routes=[*routes(ctx), *extra], exception_handlers=json_error_handlers())
+
+
+@pytest.fixture
+def client(engine: Engine) -> TestClient:
+    return TestClient(app_for(engine))
+
+
+def feed(engine: Engine, *events: tuple[str, dict[str, Any]]) -> None:
+    """Runs the real handlers on `events` (topic, payload) in one batch."""
+    handlers = ReferralHandlers(set(load_schools()))
+    records = [
+        Inbound(topic=topic, partition=0, offset=next(_offsets), key="k",
+                value=json.dumps(payload).encode())
+        for topic, payload in events
+    ]
+    result = BatchProcessor("referrals", engine, handlers.routes()).process(records)
+    assert not result.dead_letters
+
+
+def stored(engine: Engine, referral_id: str) -> Referral:
+    with Session(engine) as session:
+        found = ReferralStore(session).get(referral_id)
+        assert found is not None
+        return found
+
+
+def set_updated_at(engine: Engine, moments: dict[str, datetime]) -> None:
+    with Session(engine) as session:
+        for referral_id, moment in moments.items():
+            row = session.get(Referral, referral_id)
+            assert row is not None
+            row.updated_at = moment
+            session.add(row)
+        session.commit()
+
+
+# --- Events -------------------------------------------------------------------------------
+
+
+def event_fields() -> dict[str, Any]:
+    return {"event_id": new_id(), "occurred_at": "2024-09-02T08:00:00+02:00",
+            "schema_version": 1}
+
+
+def derogation(referral_id: str, granted: bool) -> tuple[str, dict[str, Any]]:
+    return Topic.DEROGATIONS_SUBMITTED, {
+        **event_fields(), "referral_id": referral_id, "granted": granted, "decided_by": "jury"
+    }
+
+
+def enrollment(referral_id: str) -> tuple[str, dict[str, Any]]:
+    return Topic.ENROLLMENTS_SUBMITTED, {
+        **event_fields(), "referral_id": referral_id, "school_id": "toulouse",
+        "enrolled_on": "2024-09-02",
+    }
+
+
+def exit_decided(trainee_id: str) -> tuple[str, dict[str, Any]]:
+    return Topic.EXITS_DECIDED, {
+        **event_fields(), "request_event_id": new_id(), "trainee_id": trainee_id,
+        "school_id": "toulouse", "status": "recorded", "reasons": [],
+        "outcome": "durable_employment", "category": "employment", "exited_on": "2025-03-31",
+    }
+
+
+def submitted(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return Topic.REFERRALS_SUBMITTED, payload
+
+
+@dataclass
+class World:
+    """Five referrals of OWN (in updated_at order) and one of OTHER."""
+
+    enrolled: dict[str, Any]
+    resend_event_id: str
+    enrollment_event_id: str
+    derogation: str
+    rejected: str
+    exited: str
+    duplicate: str
+    other: str
+
+    @property
+    def enrolled_id(self) -> str:
+        return str(self.enrolled["referral_id"])
+
+
+@pytest.fixture
+def world(engine: Engine) -> World:
+    enrolled = referral(candidate={"email": "ines@example.org", "phone": "+33600000000"})
+    resend = {**enrolled, "event_id": new_id()}
+    pending = referral(candidate={"birth_date": "1997-01-01"})
+    rejected = referral(candidate={"in_school": True})
+    exited = referral()
+    duplicate = referral(candidate=enrolled["candidate"])
+    other = referral(agency={"kind": "france_travail", "id": OTHER, "name": "France Travail"})
+    enrolling = enrollment(enrolled["referral_id"])
+    feed(engine, *map(submitted, [enrolled, pending, rejected, exited, other]))
+    feed(engine, submitted(resend), enrolling, enrollment(exited["referral_id"]),
+         derogation(pending["referral_id"], granted=True), submitted(duplicate))
+    feed(engine, exit_decided(str(stored(engine, exited["referral_id"]).trainee_id)))
+    ids = [enrolled, pending, rejected, exited, duplicate]
+    set_updated_at(engine, {
+        str(r["referral_id"]): datetime(2024, 3, day, 10, tzinfo=UTC)
+        for day, r in enumerate(ids, start=1)
+    })
+    return World(
+        enrolled=enrolled,
+        resend_event_id=resend["event_id"],
+        enrollment_event_id=enrolling[1]["event_id"],
+        derogation=pending["referral_id"],
+        rejected=rejected["referral_id"],
+        exited=exited["referral_id"],
+        duplicate=duplicate["referral_id"],
+        other=other["referral_id"],
+    )
+
+
+# --- GET /referrals/{id} ------------------------------------------------------------------
+
+
+def test_the_sending_agency_sees_status_history_and_candidate(
+    client: TestClient, world: World
+) -> None:
+    answer = client.get(f"/referrals/{world.enrolled_id}", headers=OWN_TOKEN)
+
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["status"] == "accepted"
+    assert body["stage"] == "enrolled"
+    assert body["reasons"] == []
+    assert body["trainee_id"]
+    assert body["duplicate_of"] is None
+    assert (body["agency_id"], body["school_id"]) == (OWN, "toulouse")
+    assert (body["referred_on"], body["enrolled_on"], body["exited_on"]) == (
+        "2024-03-04", "2024-09-02", None
+    )
+    assert body["erased"] is False
+    candidate = world.enrolled["candidate"]
+    assert body["candidate"] == {
+        "first_name": candidate["first_name"], "last_name": candidate["last_name"],
+        "birth_date": "2006-05-17", "email": "ines@example.org", "phone": "+33600000000",
+    }
+    history = body["history"]
+    assert [(h["kind"], h["status"], h["reasons"]) for h in history] == [
+        ("referral", "accepted", []), ("resend", "accepted", []), ("enrollment", "enrolled", []),
+    ]
+    assert [h["request_event_id"] for h in history] == [
+        world.enrolled["event_id"], world.resend_event_id, world.enrollment_event_id
+    ]
+    assert all(datetime.fromisoformat(h["at"]).utcoffset() is not None for h in history)
+
+
+def test_decisions_with_reasons_duplicates_and_exits_are_shown(
+    client: TestClient, world: World
+) -> None:
+    def get(referral_id: str) -> dict[str, Any]:
+        answer = client.get(f"/referrals/{referral_id}", headers=OWN_TOKEN)
+        assert answer.status_code == 200
+        return cast(dict[str, Any], answer.json())
+
+    rejected, duplicate = get(world.rejected), get(world.duplicate)
+    derogated, exited = get(world.derogation), get(world.exited)
+
+    assert (rejected["status"], rejected["reasons"], rejected["trainee_id"]) == (
+        "rejected", ["in_school"], None
+    )
+    assert duplicate["status"] == duplicate["stage"] == "duplicate"
+    assert duplicate["duplicate_of"] == world.enrolled_id
+    assert duplicate["trainee_id"] == get(world.enrolled_id)["trainee_id"]
+    assert [(h["kind"], h["status"], h["reasons"]) for h in derogated["history"]] == [
+        ("referral", "pending_derogation", ["needs_derogation"]),
+        ("derogation", "accepted", []),
+    ]
+    assert (exited["stage"], exited["exited_on"]) == ("exited", "2025-03-31")
+    assert exited["history"][-1]["kind"] == "exit"
+
+
+def test_another_agency_gets_403(client: TestClient, world: World) -> None:
+    answer = client.get(f"/referrals/{world.enrolled_id}", headers=OTHER_TOKEN)
+
+    assert answer.status_code == 403
+    assert answer.json()["detail"]
+
+
+def test_admin_sees_any_referral_without_personal_data(client: TestClient, world: World) -> None:
+    answer = client.get(f"/referrals/{world.enrolled_id}", headers=ADMIN_TOKEN)
+
+    assert answer.status_code == 200
+    body = answer.json()
+    assert "candidate" not in body
+    assert world.enrolled["candidate"]["last_name"] not in answer.text
+    assert body["stage"] == "enrolled"
+    assert len(body["history"]) == 3
+
+
+@pytest.mark.parametrize("role_token", ["tok-finance", "tok-outcomes", "tok-ops"])
+def test_other_roles_get_403(client: TestClient, world: World, role_token: str) -> None:
+    headers = {"Authorization": f"Bearer {role_token}"}
+
+    assert client.get(f"/referrals/{world.enrolled_id}", headers=headers).status_code == 403
+    assert client.get("/referrals", params={"agency_id": OWN}, headers=headers).status_code == 403
+    erase = client.delete(f"/referrals/{world.enrolled_id}/personal-data", headers=headers)
+    assert erase.status_code == 403
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic tok-own"},
+     {"Authorization": "Bearer"}],
+)
+def test_a_missing_or_wrong_token_gets_a_json_401(
+    client: TestClient, world: World, headers: dict[str, str]
+) -> None:
+    answer = client.get(f"/referrals/{world.enrolled_id}", headers=headers)
+
+    assert answer.status_code == 401
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.json() == {"detail": "a valid bearer token is required"}
+    assert answer.headers["www-authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize("headers", [OWN_TOKEN, ADMIN_TOKEN])
+def test_an_unknown_referral_is_404(
+    client: TestClient, world: World, headers: dict[str, str]
+) -> None:
+    answer = client.get("/referrals/ML-TLS-nobody", headers=headers)
+
+    assert answer.status_code == 404
+    assert "ML-TLS-nobody" in answer.json()["detail"]
+
+
+# --- GET /referrals -----------------------------------------------------------------------
+
+
+def listing(client: TestClient, headers: dict[str, str], **params: Any) -> dict[str, Any]:
+    answer = client.get("/referrals", params=params, headers=headers)
+    assert answer.status_code == 200, answer.text
+    return cast(dict[str, Any], answer.json())
+
+
+def ids(page: dict[str, Any]) -> list[str]:
+    return [item["referral_id"] for item in page["items"]]
+
+
+def test_a_partner_lists_its_own_referrals_with_candidates(
+    client: TestClient, world: World
+) -> None:
+    page = listing(client, OWN_TOKEN)
+
+    assert ids(page) == [world.enrolled_id, world.derogation, world.rejected, world.exited,
+                         world.duplicate]
+    assert (page["page"], page["page_size"], page["total"], page["next_page"]) == (
+        1, 100, 5, None
+    )
+    first = page["items"][0]
+    assert set(first["candidate"]) == CANDIDATE_FIELDS
+    assert "history" not in first
+    assert listing(client, OWN_TOKEN, agency_id=OWN) == page
+
+
+def test_the_list_filters_by_stage(client: TestClient, world: World) -> None:
+    def stage(status: str) -> list[str]:
+        return ids(listing(client, OWN_TOKEN, status=status))
+
+    assert stage("accepted") == [world.derogation]
+    assert stage("enrolled") == [world.enrolled_id]
+    assert stage("exited") == [world.exited]
+    assert stage("rejected") == [world.rejected]
+    assert stage("duplicate") == [world.duplicate]
+    assert stage("pending_derogation") == []
+
+
+def test_the_list_filters_by_last_change(client: TestClient, world: World) -> None:
+    def since(value: str) -> list[str]:
+        return ids(listing(client, OWN_TOKEN, since=value))
+
+    later = [world.exited, world.duplicate]
+    assert since("2024-03-04") == later
+    assert since("2024-03-03T11:00:00+02:00") == [world.rejected, *later]  # 09:00Z
+    assert since("2024-03-03T13:00:00+02:00") == later  # 11:00Z
+    assert since("2024-03-03T10:00:00Z") == [world.rejected, *later]
+    assert since("2099-01-01") == []
+
+
+def test_an_unencoded_plus_in_since_is_read_as_the_offset(
+    client: TestClient, world: World
+) -> None:
+    answer = client.get("/referrals?since=2024-03-03T13:00:00+02:00", headers=OWN_TOKEN)
+
+    assert answer.status_code == 200
+    assert ids(answer.json()) == [world.exited, world.duplicate]
+
+
+def test_the_list_is_paginated(client: TestClient, world: World) -> None:
+    first = listing(client, OWN_TOKEN, page_size=2)
+    second = listing(client, OWN_TOKEN, page_size=2, page=2)
+    last = listing(client, OWN_TOKEN, page_size=2, page=3)
+    beyond = listing(client, OWN_TOKEN, page_size=2, page=4)
+
+    assert ids(first) + ids(second) + ids(last) == ids(listing(client, OWN_TOKEN))
+    assert [p["next_page"] for p in (first, second, last, beyond)] == [2, 3, None, None]
+    assert {p["total"] for p in (first, second, last, beyond)} == {5}
+    assert (len(ids(last)), ids(beyond)) == (1, [])
+    filtered = listing(client, OWN_TOKEN, page_size=1, status="rejected")
+    assert (filtered["total"], filtered["next_page"]) == (1, None)
+
+
+def test_admin_lists_an_agency_without_personal_data(client: TestClient, world: World) -> None:
+    page = listing(client, ADMIN_TOKEN, agency_id=OTHER)
+
+    assert ids(page) == [world.other]
+    assert "candidate" not in page["items"][0]
+    assert listing(client, OTHER_TOKEN)["items"][0]["candidate"]["first_name"] == "Inès"
+
+
+def test_a_partner_may_not_list_another_agency(client: TestClient, world: World) -> None:
+    answer = client.get("/referrals", params={"agency_id": OTHER}, headers=OWN_TOKEN)
+
+    assert answer.status_code == 403
+    assert answer.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("params", "named"),
+    [
+        ({"status": "lost"}, "status"),
+        ({"status": "ACCEPTED"}, "status"),
+        ({"since": "yesterday"}, "since"),
+        ({"since": "2024-03-03T10:00:00"}, "since"),
+        ({"since": "2024-02-30"}, "since"),
+        ({"page": "0"}, "page"),
+        ({"page": "-1"}, "page"),
+        ({"page": "one"}, "page"),
+        ({"page": "99999999999999999999"}, "page"),
+        ({"page_size": "0"}, "page_size"),
+        ({"page_size": "501"}, "page_size"),
+        ({"page_size": "2.5"}, "page_size"),
+    ],
+)
+def test_bad_list_parameters_are_422_naming_the_parameter(
+    client: TestClient, world: World, params: dict[str, str], named: str
+) -> None:
+    answer = client.get("/referrals", params=params, headers=OWN_TOKEN)
+
+    assert answer.status_code == 422
+    detail = answer.json()["detail"]
+    assert detail.startswith(f"invalid {named} ")
+    assert repr(next(iter(params.values()))) in detail
+
+
+def test_the_largest_page_size_is_accepted(client: TestClient, world: World) -> None:
+    assert listing(client, OWN_TOKEN, page_size=500)["total"] == 5
+
+
+def test_admin_must_name_the_agency(client: TestClient, world: World) -> None:
+    answer = client.get("/referrals", headers=ADMIN_TOKEN)
+
+    assert answer.status_code == 422
+    assert "agency_id" in answer.json()["detail"]
+
+
+# --- DELETE /referrals/{id}/personal-data -------------------------------------------------
+
+
+def erase(client: TestClient, referral_id: str, headers: dict[str, str]) -> httpx.Response:
+    return client.delete(f"/referrals/{referral_id}/personal-data", headers=headers)
+
+
+def test_the_sending_agency_erases_personal_data(
+    client: TestClient, world: World, engine: Engine
+) -> None:
+    before = client.get(f"/referrals/{world.enrolled_id}", headers=OWN_TOKEN).json()
+
+    answer = erase(client, world.enrolled_id, OWN_TOKEN)
+
+    assert answer.status_code == 200
+    assert answer.json() == {
+        "referral_id": world.enrolled_id, "erased": True, "already_erased": False
+    }
+    after = client.get(f"/referrals/{world.enrolled_id}", headers=OWN_TOKEN).json()
+    assert after["candidate"] == dict.fromkeys(CANDIDATE_FIELDS)
+    assert after["erased"] is True
+    for kept in ("status", "stage", "reasons", "trainee_id", "enrolled_on", "referred_on"):
+        assert after[kept] == before[kept]
+    assert after["history"][:-1] == before["history"]
+    last = after["history"][-1]
+    assert (last["kind"], last["status"], last["reasons"], last["request_event_id"]) == (
+        "erasure", "accepted", ["erasure_request"], None
+    )
+    row = stored(engine, world.enrolled_id)
+    assert row.person_key is None and row.erased_at is not None
+
+
+def test_a_second_erasure_says_already_erased(client: TestClient, world: World) -> None:
+    assert erase(client, world.enrolled_id, OWN_TOKEN).json()["already_erased"] is False
+
+    again = erase(client, world.enrolled_id, OWN_TOKEN)
+
+    assert again.status_code == 200
+    assert again.json() == {
+        "referral_id": world.enrolled_id, "erased": True, "already_erased": True
+    }
+    history = client.get(f"/referrals/{world.enrolled_id}", headers=OWN_TOKEN).json()["history"]
+    assert [h["kind"] for h in history].count("erasure") == 1
+
+
+def test_an_erased_referral_is_listed_as_erased(client: TestClient, world: World) -> None:
+    erase(client, world.rejected, OWN_TOKEN)
+
+    [item] = listing(client, OWN_TOKEN, status="rejected")["items"]
+
+    assert item["erased"] is True
+    assert item["candidate"] == dict.fromkeys(CANDIDATE_FIELDS)
+
+
+def test_another_agency_may_not_erase(client: TestClient, world: World) -> None:
+    answer = erase(client, world.enrolled_id, OTHER_TOKEN)
+
+    assert answer.status_code == 403
+    body = client.get(f"/referrals/{world.enrolled_id}", headers=OWN_TOKEN).json()
+    assert body["erased"] is False
+    assert body["candidate"]["email"] == "ines@example.org"
+
+
+def test_admin_may_erase(client: TestClient, world: World) -> None:
+    answer = erase(client, world.other, ADMIN_TOKEN)
+
+    assert answer.status_code == 200
+    assert answer.json()["already_erased"] is False
+    body = client.get(f"/referrals/{world.other}", headers=OTHER_TOKEN).json()
+    assert body["candidate"]["last_name"] is None
+
+
+def test_erasing_an_unknown_referral_is_404(client: TestClient, world: World) -> None:
+    assert erase(client, "ML-TLS-nobody", OWN_TOKEN).status_code == 404
+    assert erase(client, "ML-TLS-nobody", ADMIN_TOKEN).status_code == 404
+
+
+# --- JSON errors --------------------------------------------------------------------------
+
+
+def test_routing_errors_are_json(client: TestClient) -> None:
+    missing = client.get("/nowhere", headers=OWN_TOKEN)
+    wrong_method = client.post("/referrals", headers=OWN_TOKEN)
+
+    assert (missing.status_code, missing.json()) == (404, {"detail": "Not Found"})
+    assert wrong_method.status_code == 405
+    assert wrong_method.json() == {"detail": "Method Not Allowed"}
+    assert "GET" in wrong_method.headers["allow"]
+
+
+def test_an_unexpected_failure_is_a_json_500(engine: Engine) -> None:
+    async def broken(_request: Request) -> Response:
+        raise RuntimeError("bug")
+
+    client = TestClient(app_for(engine, Route("/broken", broken)),
+                        raise_server_exceptions=False)
+
+    answer = client.get("/broken")
+
+    assert (answer.status_code, answer.json()) == (500, {"detail": "internal server error"})
