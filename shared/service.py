@@ -29,7 +29,7 @@ from starlette.types import Receive, Scope, Send
 
 from shared.contract import ALL_TOPICS
 from shared.db import make_engine
-from shared.http import Authorizer, health_routes, load_tokens
+from shared.http import Authorizer, health_routes, json_error_handlers, load_tokens
 from shared.kafka import BatchConsumer, OutboxRelay, ensure_topics
 from shared.messaging import PLUMBING_TABLES, BatchProcessor, Route
 from shared.observability import ServiceMetrics, configure_logging
@@ -186,7 +186,8 @@ def build_app(spec: ServiceSpec, settings: Settings | None = None) -> ServiceApp
     routes: list[BaseRoute] = list(health_routes(_readiness_checks(ctx), ctx.registry))
     if spec.http_routes is not None:
         routes.extend(spec.http_routes(ctx))
-    return ServiceApp(stream, Starlette(routes=routes), ctx)
+    http = Starlette(routes=routes, exception_handlers=json_error_handlers())
+    return ServiceApp(stream, http, ctx)
 
 
 def _readiness_checks(ctx: ServiceContext) -> dict[str, Any]:

@@ -146,8 +146,10 @@ async def in_store(engine: Engine, work: Callable[[ReferralStore], T]) -> T:
     return await anyio.to_thread.run_sync(run)
 
 
-def accessible(store: ReferralStore, referral_id: str, caller: Caller) -> Referral:
-    referral = store.get(referral_id)
+def accessible(
+    store: ReferralStore, referral_id: str, caller: Caller, for_update: bool = False
+) -> Referral:
+    referral = store.get(referral_id, for_update=for_update)
     if referral is None:
         raise HTTPException(404, f"no referral {referral_id!r}")
     if not caller.may_access(referral.agency_id):
@@ -163,7 +165,7 @@ def read_referral(store: ReferralStore, referral_id: str, caller: Caller) -> Jso
 
 
 def erase_personal_data(store: ReferralStore, referral_id: str, caller: Caller) -> Json:
-    referral = accessible(store, referral_id, caller)
+    referral = accessible(store, referral_id, caller, for_update=True)
     erased_now = store.erase(referral, ERASURE_REASON)
     store.session.commit()
     return {"referral_id": referral_id, "erased": True, "already_erased": not erased_now}

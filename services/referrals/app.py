@@ -39,7 +39,7 @@ def erase_referral(settings: Settings, referral_id: str) -> bool | None:
     try:
         with Session(engine) as session:
             store = ReferralStore(session)
-            referral = store.get(referral_id)
+            referral = store.get(referral_id, for_update=True)
             if referral is None:
                 return None
             erased = store.erase(referral, "erasure_request")

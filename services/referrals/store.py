@@ -107,8 +107,9 @@ class ReferralStore:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def get(self, referral_id: str) -> Referral | None:
-        return self.session.get(Referral, referral_id)
+    def get(self, referral_id: str, for_update: bool = False) -> Referral | None:
+        """`for_update` locks the row (PostgreSQL) against a concurrent change of it."""
+        return self.session.get(Referral, referral_id, with_for_update=for_update)
 
     def by_trainee(self, trainee_id: str) -> Referral | None:
         query = select(Referral).where(
