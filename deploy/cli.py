@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
+from datetime import UTC, date, datetime, time
 
 from shared.settings import Settings
 
@@ -46,7 +47,59 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="send a small batch of referrals, show decisions")
     demo.set_defaults(run=_demo)
+
+    referrals = commands.add_parser("referrals", help="personal data held by referrals")
+    referral_commands = referrals.add_subparsers(title="referrals commands")
+    erase = referral_commands.add_parser(
+        "erase", help="delete one person's data; the pseudonymous decisions stay"
+    )
+    erase.add_argument("referral_id")
+    erase.set_defaults(run=_referrals_erase)
+    retention = referral_commands.add_parser(
+        "retention",
+        help="erase personal data of referrals rejected or exited longer ago than the "
+        "retention period (run it from cron; the service also runs it daily)",
+    )
+    retention.add_argument("--months", type=int, help="default: E2C_RETENTION_MONTHS (24)")
+    retention.add_argument(
+        "--as-of", type=_date, help="reference date (YYYY-MM-DD), default: now"
+    )
+    retention.set_defaults(run=_referrals_retention)
     return parser
+
+
+def _date(text: str) -> date:
+    return date.fromisoformat(text)
+
+
+def _command_settings() -> Settings:
+    from deploy.stack import LocalStack
+
+    return LocalStack().command_settings()
+
+
+def _referrals_erase(args: argparse.Namespace) -> int:
+    from services.referrals.app import erase_referral
+
+    erased = erase_referral(_command_settings(), args.referral_id)
+    if erased is None:
+        print(f"no referral {args.referral_id}", file=sys.stderr)
+        return 1
+    print(f"{args.referral_id}: personal data {'erased' if erased else 'already erased'}")
+    return 0
+
+
+def _referrals_retention(args: argparse.Namespace) -> int:
+    from services.referrals.app import run_retention
+
+    settings = _command_settings()
+    months = args.months or settings.retention_months
+    as_of = (
+        datetime.combine(args.as_of, time(), tzinfo=UTC) if args.as_of else datetime.now(UTC)
+    )
+    erased = run_retention(settings, months, as_of)
+    print(f"retention {months} months as of {as_of:%Y-%m-%d}: {erased} referrals erased")
+    return 0
 
 
 def _stack_up(args: argparse.Namespace) -> int:

@@ -226,6 +226,17 @@ class LocalStack:
 
     # --- helpers --------------------------------------------------------------------------
 
+    def command_settings(self) -> Settings:
+        """Settings for a command run beside the stack: the stores the stack's services use."""
+        if not self.uses_postgres():
+            return self.settings
+        update = {
+            f"{name}_database_url": self.postgres.url(name)
+            for name in SERVICES
+            if not getattr(self.settings, f"{name}_database_url")
+        }
+        return self.settings.model_copy(update=update)
+
     def uses_postgres(self) -> bool:
         """Whether PostgreSQL is part of the running stack (started by `up --postgres`)."""
         return self.postgres_marker.exists()

@@ -151,6 +151,9 @@ def test_detached_process_is_found_by_pid_file_and_stopped(tmp_path: Path) -> No
     child = spawn(command, tmp_path, tmp_path / "sleeper.log", process.pid_file)
 
     assert process.alive(child)
+    deadline = time.monotonic() + 5
+    while process.pid is None and time.monotonic() < deadline:
+        time.sleep(0.02)  # just after fork, /proc may show the child without its arguments
     assert process.pid == child.pid
     process.stop(timeout=5)
 
