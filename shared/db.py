@@ -13,7 +13,10 @@ from sqlmodel import create_engine
 def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     if url.startswith("sqlite"):
         return _sqlite_engine(url)
-    return create_engine(url, pool_size=pool_size, max_overflow=5, pool_pre_ping=True)
+    # hide_parameters: errors must not quote the row's values (personal data) into logs.
+    return create_engine(
+        url, pool_size=pool_size, max_overflow=5, pool_pre_ping=True, hide_parameters=True
+    )
 
 
 def is_sqlite(engine: Engine) -> bool:
@@ -24,7 +27,9 @@ def _sqlite_engine(url: str) -> Engine:
     path = url.split("///", 1)[-1]
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+    engine = create_engine(
+        url, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=True
+    )
 
     # pysqlite's own transaction handling breaks SAVEPOINT and starts transactions lazily.
     # Take the write lock at BEGIN (IMMEDIATE) so that two processes sharing one file

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from shared.logsafe import describe_error
 from shared.messaging import BatchProcessor, Inbound, delete_outbox, outbox_backlog, pending_outbox
 from shared.observability import ServiceMetrics
 
@@ -119,10 +120,11 @@ class BatchConsumer:
         started = time.perf_counter()
         try:
             result = await anyio.to_thread.run_sync(self.processor.process, inbound)
-        except Exception:
+        except Exception as error:
             self.failures += 1
             self.metrics.batch_failures.labels(self.processor.service).inc()
-            log.exception("batch of %d rolled back; reading it again", len(inbound))
+            log.error("batch of %d rolled back, read again: %s", len(inbound),
+                      describe_error(error))
             await asyncio.sleep(min(0.2 * 2**self.failures, 10.0))
             await msg.nack()
             return
@@ -200,10 +202,10 @@ class OutboxRelay:
             try:
                 await self.drain()
                 failures = 0
-            except Exception:
+            except Exception as error:
                 failures += 1
                 self.metrics.relay_failures.labels(self.metrics.service).inc()
-                log.exception("outbox relay round failed")
+                log.error("outbox relay round failed: %s", describe_error(error))
                 await asyncio.sleep(min(0.2 * 2**failures, 10.0))
 
     async def drain(self) -> int:

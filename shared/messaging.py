@@ -22,6 +22,7 @@ from sqlmodel import Field, Session, SQLModel, col, select
 
 from shared.contract import DeadLetter, Topic, event_key, new_event_fields
 from shared.db import UtcDateTime
+from shared.logsafe import describe_error
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +174,8 @@ class BatchProcessor:
         except SQLAlchemyError:
             raise  # the store failed: the whole batch is retried
         except Exception as error:  # a handler bug must not block the partition
-            log.exception("handler failed on %s[%s]@%s", topic, item.inbound.partition,
-                          item.inbound.offset)
+            log.error("handler failed on %s[%s]@%s: %s", topic, item.inbound.partition,
+                      item.inbound.offset, describe_error(error))
             reason = f"handler error: {type(error).__name__}: {error}"
             self._dead_letter(session, item.inbound, reason, done, result)
             return
@@ -192,7 +193,7 @@ class BatchProcessor:
         self._record(session, inbound.dead_letter_key, inbound.topic, done)
         result.count(result.dead_letters, inbound.topic)
         log.warning("dead letter from %s[%s]@%s: %s", inbound.topic, inbound.partition,
-                    inbound.offset, error[:300])
+                    inbound.offset, error.splitlines()[0][:300])
 
     @staticmethod
     def _record(session: Session, key: str, topic: str, done: set[str]) -> None:

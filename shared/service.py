@@ -31,6 +31,7 @@ from shared.contract import ALL_TOPICS
 from shared.db import make_engine
 from shared.http import Authorizer, health_routes, json_error_handlers, load_tokens
 from shared.kafka import BatchConsumer, OutboxRelay, ensure_topics
+from shared.logsafe import describe_error
 from shared.messaging import PLUMBING_TABLES, BatchProcessor, Route
 from shared.observability import ServiceMetrics, configure_logging
 from shared.settings import Settings
@@ -227,8 +228,9 @@ async def _every(ctx: ServiceContext, job: PeriodicJob) -> None:
         try:
             result = await anyio.to_thread.run_sync(job.run, ctx)
             log.info("%s done: %s", job.name, result)
-        except Exception:
-            log.exception("%s failed; next try in %ss", job.name, job.interval_seconds)
+        except Exception as error:
+            log.error("%s failed, next try in %ss: %s", job.name, job.interval_seconds,
+                      describe_error(error))
 
 
 def run(app: ServiceApp) -> None:

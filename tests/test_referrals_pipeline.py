@@ -180,3 +180,12 @@ async def test_every_service_reports_ready_with_health_and_metrics(stack: Stack)
                 assert {"ReferralSubmitted", "ReferralDecided"} <= set(schemas)
             try_it = await client.post(f"{service.url}/docs/asyncapi/try", json={})
             assert try_it.status_code != 200  # nobody publishes events over HTTP
+
+
+def test_service_logs_carry_no_personal_data(stack: Stack) -> None:
+    """Run last in this file: every earlier test fed names and birth dates to the services."""
+    logs = {path.name: path.read_text(errors="replace") for path in stack.data_dir.glob("*.log")}
+    assert logs
+    for name, text in logs.items():
+        for personal in ("Inès", "Martin-", "2006-05-17", "1997-06-01", "ines@example.org"):
+            assert personal not in text, f"{personal!r} in {name}"

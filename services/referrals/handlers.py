@@ -48,7 +48,9 @@ class ReferralHandlers:
             unit.emit(Topic.REFERRALS_DECIDED, referral_decided(existing, event.event_id))
             return
         candidate = event.candidate
-        key = domain.person_key(candidate.first_name, candidate.last_name, candidate.birth_date)
+        key = store.person_digest(
+            domain.person_key(candidate.first_name, candidate.last_name, candidate.birth_date)
+        )
         live = store.live_referral_of(key)
         decision = domain.decide_referral(
             domain.Applicant(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import secrets
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
@@ -46,7 +49,7 @@ class Referral(SQLModel, table=True):
     birth_date: date | None = None
     email: str | None = None
     phone: str | None = None
-    person_key: str | None = Field(default=None, max_length=400)
+    person_key: str | None = Field(default=None, max_length=64)  # a keyed digest
     created_at: datetime = Field(sa_type=UtcDateTime)
     updated_at: datetime = Field(index=True, sa_type=UtcDateTime)
 
@@ -70,8 +73,17 @@ class PersonClaim(SQLModel, table=True):
 
     __tablename__ = "person_claim"
 
-    person_key: str = Field(primary_key=True, max_length=400)
+    person_key: str = Field(primary_key=True, max_length=64)
     referral_id: str = Field(max_length=64)
+
+
+class StoreSecret(SQLModel, table=True):
+    """Random keys of this store, made on first use (shared by every instance on the store)."""
+
+    __tablename__ = "store_secret"
+
+    name: str = Field(primary_key=True, max_length=64)
+    value: str = Field(max_length=128)
 
 
 class ReferralEvent(SQLModel, table=True):
@@ -88,7 +100,14 @@ class ReferralEvent(SQLModel, table=True):
     at: datetime = Field(sa_type=UtcDateTime)
 
 
-TABLES = (Referral.__table__, PersonClaim.__table__, ReferralEvent.__table__)
+TABLES = (
+    Referral.__table__,
+    PersonClaim.__table__,
+    StoreSecret.__table__,
+    ReferralEvent.__table__,
+)
+PERSON_KEY_SECRET = "person_key"
+_secrets: dict[str, bytes] = {}
 
 STAGES = ("accepted", "rejected", "pending_derogation", "duplicate", "enrolled", "exited")
 
@@ -116,6 +135,25 @@ class ReferralStore:
             Referral.trainee_id == trainee_id, Referral.duplicate_of == None  # noqa: E711
         )
         return self.session.exec(query).first()
+
+    def person_digest(self, person_key: str) -> str:
+        """The person key as stored: keyed with this store's secret, so that neither the
+        table nor an error quoting it shows a name or a birth date."""
+        secret = self._secret(PERSON_KEY_SECRET)
+        return hmac.new(secret, person_key.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    def _secret(self, name: str) -> bytes:
+        bind = str(self.session.get_bind().url)
+        cache_key = f"{bind}#{name}"
+        if cache_key not in _secrets:
+            row = self.session.get(StoreSecret, name)
+            if row is None:
+                # Two instances racing here: one insert fails and its batch is retried.
+                row = StoreSecret(name=name, value=secrets.token_hex(32))
+                self.session.add(row)
+                self.session.flush()
+            _secrets[cache_key] = bytes.fromhex(row.value)
+        return _secrets[cache_key]
 
     def live_referral_of(self, person_key: str) -> str | None:
         query = select(PersonClaim.referral_id).where(PersonClaim.person_key == person_key)
