@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from services.referrals.domain import Applicant, age_on, decide_eligibility
-from shared.contract import Qualification, ReferralReason, ReferralStatus
+from services.referrals.domain import (
+    Applicant,
+    ReferralState,
+    age_on,
+    decide_derogation,
+    decide_eligibility,
+    decide_referral,
+    due_for_erasure,
+    enrollment_refusal,
+    months_before,
+    person_key,
+)
+from shared.contract import EnrollmentReason, Qualification, ReferralReason, ReferralStatus
 from shared.schools import load_schools
 
 SCHOOLS = set(load_schools())
@@ -128,3 +139,117 @@ def test_only_rejections_have_no_trainee() -> None:
     assert not decide_eligibility(applicant(in_school=True), DAY, SCHOOLS).gives_trainee
     assert decide_eligibility(applicant(), DAY, SCHOOLS).gives_trainee
     assert decide_eligibility(applicant(born_years_before(27)), DAY, SCHOOLS).gives_trainee
+
+
+# --- duplicates, derogations, enrollment, retention ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("first", "last"),
+    [("Inès", "Martin"), ("INES", "martin"), (" inès ", "Mar tin"), ("Ine\u0300s", "MARTIN")],
+)
+def test_person_key_ignores_case_accents_and_spaces(first: str, last: str) -> None:
+    assert person_key(first, last, date(2006, 5, 17)) == person_key(
+        "Inès", "Martin", date(2006, 5, 17)
+    )
+
+
+def test_person_key_keeps_birth_date_and_letters_apart() -> None:
+    base = person_key("Inès", "Martin", date(2006, 5, 17))
+    assert person_key("Inès", "Martin", date(2006, 5, 18)) != base
+    assert person_key("Inès", "Martine", date(2006, 5, 17)) != base
+    assert person_key("Martin", "Inès", date(2006, 5, 17)) != base
+
+
+def test_a_live_referral_makes_a_duplicate_whatever_the_new_one_says() -> None:
+    decision = decide_referral(applicant(in_school=True), DAY, SCHOOLS, "ML-1")
+    assert decision.status is ReferralStatus.DUPLICATE
+    assert decision.duplicate_of == "ML-1"
+    assert decision.reasons == ()
+    assert not decision.is_live
+
+
+def test_without_a_live_referral_eligibility_decides() -> None:
+    decision = decide_referral(applicant(), DAY, SCHOOLS, None)
+    assert decision.status is ReferralStatus.ACCEPTED and decision.is_live
+
+
+@pytest.mark.parametrize(
+    ("current", "granted", "status", "reasons"),
+    [
+        (ReferralStatus.PENDING_DEROGATION, True, ReferralStatus.ACCEPTED, ()),
+        (
+            ReferralStatus.PENDING_DEROGATION,
+            False,
+            ReferralStatus.REJECTED,
+            (ReferralReason.DEROGATION_REFUSED,),
+        ),
+        (ReferralStatus.ACCEPTED, True, ReferralStatus.REJECTED, (ReferralReason.NOT_PENDING,)),
+        (ReferralStatus.REJECTED, True, ReferralStatus.REJECTED, (ReferralReason.NOT_PENDING,)),
+        (ReferralStatus.DUPLICATE, False, ReferralStatus.REJECTED, (ReferralReason.NOT_PENDING,)),
+    ],
+)
+def test_derogations(
+    current: ReferralStatus,
+    granted: bool,
+    status: ReferralStatus,
+    reasons: tuple[ReferralReason, ...],
+) -> None:
+    decision = decide_derogation(current, granted)
+    assert (decision.status, decision.reasons) == (status, reasons)
+
+
+NOT_ACCEPTED = EnrollmentReason.REFERRAL_NOT_ACCEPTED
+
+
+@pytest.mark.parametrize(
+    ("state", "reason"),
+    [
+        (None, EnrollmentReason.UNKNOWN_REFERRAL),
+        (ReferralState(ReferralStatus.REJECTED, False, False), NOT_ACCEPTED),
+        (ReferralState(ReferralStatus.PENDING_DEROGATION, False, False), NOT_ACCEPTED),
+        (ReferralState(ReferralStatus.DUPLICATE, False, False), NOT_ACCEPTED),
+        (ReferralState(ReferralStatus.ACCEPTED, False, True), NOT_ACCEPTED),  # erased
+        (ReferralState(ReferralStatus.ACCEPTED, True, False), EnrollmentReason.ALREADY_ENROLLED),
+        (ReferralState(ReferralStatus.REJECTED, True, False), NOT_ACCEPTED),  # first reason
+        (ReferralState(ReferralStatus.ACCEPTED, False, False), None),
+    ],
+)
+def test_enrollment_gives_the_first_reason_that_applies(
+    state: ReferralState | None, reason: EnrollmentReason | None
+) -> None:
+    assert enrollment_refusal(state) == reason
+
+
+@pytest.mark.parametrize(
+    ("moment", "months", "expected"),
+    [
+        (datetime(2026, 11, 26, tzinfo=UTC), 24, datetime(2024, 11, 26, tzinfo=UTC)),
+        (datetime(2026, 3, 31, tzinfo=UTC), 1, datetime(2026, 2, 28, tzinfo=UTC)),
+        (datetime(2024, 3, 31, tzinfo=UTC), 1, datetime(2024, 2, 29, tzinfo=UTC)),
+        (datetime(2026, 1, 15, tzinfo=UTC), 13, datetime(2024, 12, 15, tzinfo=UTC)),
+    ],
+)
+def test_months_before(moment: datetime, months: int, expected: datetime) -> None:
+    assert months_before(moment, months) == expected
+
+
+CUTOFF = datetime(2024, 11, 26, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("status", "settled_at", "exited_on", "due"),
+    [
+        (ReferralStatus.REJECTED, CUTOFF - timedelta(seconds=1), None, True),
+        (ReferralStatus.REJECTED, CUTOFF, None, False),
+        (ReferralStatus.DUPLICATE, CUTOFF - timedelta(days=1), None, True),
+        (ReferralStatus.ACCEPTED, CUTOFF - timedelta(days=900), None, False),  # still followed
+        (ReferralStatus.PENDING_DEROGATION, CUTOFF - timedelta(days=900), None, False),
+        (ReferralStatus.ACCEPTED, CUTOFF, date(2024, 11, 25), True),
+        (ReferralStatus.ACCEPTED, CUTOFF, date(2024, 11, 26), False),
+    ],
+)
+def test_due_for_erasure(
+    status: ReferralStatus, settled_at: datetime, exited_on: date | None, due: bool
+) -> None:
+    assert due_for_erasure(status, settled_at, exited_on, CUTOFF) is due

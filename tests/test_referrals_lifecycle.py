@@ -312,3 +312,39 @@ async def test_partners_see_only_their_own_referrals(
     assert get(None).status_code == 401
     assert get("not-a-token").status_code == 401
     assert get("test-admin").json().get("candidate") is None
+
+
+async def test_retention_command_erases_old_refusals_and_keeps_live_referrals(
+    stack: Stack, publisher: Publisher, watcher: TopicWatcher
+) -> None:
+    refused = await refer(publisher, watcher, candidate={"highest_qualification": "bac"})
+    live = await refer(publisher, watcher)
+    env = {**os.environ, **stack.services["referrals"].env}
+    done = subprocess.run(
+        [sys.executable, "-m", "deploy.cli", "referrals", "retention", "--as-of", "2099-01-01"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert referral_row(stack, refused["referral_id"])["last_name"] is None
+    assert referral_row(stack, live["referral_id"])["last_name"] is not None
+
+
+async def test_a_partner_erases_over_http_and_the_decision_stays(
+    stack: Stack, publisher: Publisher, watcher: TopicWatcher
+) -> None:
+    decision = await refer(publisher, watcher)
+    url = f"{stack.services['referrals'].url}/referrals/{decision['referral_id']}"
+    own = {"Authorization": "Bearer test-ml-toulouse"}
+
+    other = httpx.delete(f"{url}/personal-data", timeout=5,
+                         headers={"Authorization": "Bearer test-ft-toulouse"})
+    erased = httpx.delete(f"{url}/personal-data", headers=own, timeout=5)
+    after = httpx.get(url, headers=own, timeout=5).json()
+
+    assert other.status_code == 403
+    assert erased.status_code == 200 and erased.json()["erased"] is True
+    assert after["erased"] is True
+    assert after["candidate"]["last_name"] is None
+    assert (after["status"], after["trainee_id"]) == ("accepted", decision["trainee_id"])
+    assert referral_row(stack, decision["referral_id"])["birth_date"] is None

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterator
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, select
 
-from services.referrals.handlers import ReferralHandlers
-from services.referrals.store import TABLES, Referral, ReferralStore
+from services.referrals.handlers import ReferralHandlers, erase_due
+from services.referrals.store import TABLES, PersonClaim, Referral, ReferralStore
 from shared.contract import ReferralSubmitted, Topic
 from shared.db import make_engine
 from shared.messaging import (
@@ -177,3 +179,64 @@ def test_personal_data_is_kept_only_in_the_referral_row(engine: Engine) -> None:
         stored = session.get(Referral, event["referral_id"])
         assert stored is not None and stored.last_name == event["candidate"]["last_name"]
     assert all(event["candidate"]["last_name"] not in m.payload for m in outbox(engine))
+
+
+def test_two_live_claims_of_one_person_cannot_both_commit(engine: Engine) -> None:
+    """The race of two instances accepting one person at once: the store refuses the second
+    claim (its batch then rolls back and, read again, finds the first: a duplicate)."""
+    outcome: dict[str, BaseException | None] = {}
+
+    def second_instance() -> None:
+        try:
+            with Session(engine) as session:
+                session.add(PersonClaim(person_key="digest-of-one-person", referral_id="B"))
+                session.commit()
+            outcome["second"] = None
+        except BaseException as error:
+            outcome["second"] = error
+
+    with Session(engine) as first:
+        first.add(PersonClaim(person_key="digest-of-one-person", referral_id="A"))
+        first.flush()  # holds the row (PostgreSQL) or the write lock (SQLite)
+        racer = threading.Thread(target=second_instance)
+        racer.start()
+        racer.join(timeout=0.5)
+        assert racer.is_alive()  # the second instance waits for the first transaction
+        first.commit()
+    racer.join(timeout=30)
+
+    assert isinstance(outcome["second"], IntegrityError)
+    with Session(engine) as session:
+        claims = session.exec(select(PersonClaim)).all()
+    assert [(c.person_key, c.referral_id) for c in claims] == [("digest-of-one-person", "A")]
+
+
+def test_retention_erases_settled_and_exited_referrals_only(engine: Engine) -> None:
+    rejected, live, exited = referral(candidate={"in_school": True}), referral(), referral()
+    processor(engine).process([record(e, i) for i, e in enumerate((rejected, live, exited))])
+    with Session(engine) as session:
+        store = ReferralStore(session)
+        leaver = store.get(exited["referral_id"])
+        assert leaver is not None
+        leaver.exited_on = date.today()
+        session.commit()
+
+    with Session(engine) as session:
+        too_soon = erase_due(ReferralStore(session), 24, datetime.now(UTC))
+        later = erase_due(
+            ReferralStore(session), 24, datetime.now(UTC) + timedelta(days=25 * 31)
+        )
+        session.commit()
+
+    assert (too_soon, later) == (0, 2)
+    with Session(engine) as session:
+        store = ReferralStore(session)
+        kept = {e["referral_id"]: store.get(e["referral_id"]) for e in (rejected, live, exited)}
+        still_followed = kept[live["referral_id"]]
+        assert still_followed is not None
+        assert still_followed.last_name == live["candidate"]["last_name"]
+        for gone in (rejected, exited):
+            row = kept[gone["referral_id"]]
+            assert row is not None and row.last_name is None and row.birth_date is None
+            assert row.status in ("rejected", "accepted")
+            assert [h.kind for h in store.history(gone["referral_id"])][-1] == "erasure"
