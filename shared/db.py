@@ -6,8 +6,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, Dialect, Engine, TypeDecorator, event
-from sqlmodel import create_engine
+from sqlalchemy import DateTime, Dialect, Engine, Table, TypeDecorator, event
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlmodel import Session, create_engine
 
 
 def make_engine(url: str, *, pool_size: int = 5) -> Engine:
@@ -19,8 +21,8 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     )
 
 
-def is_sqlite(engine: Engine) -> bool:
-    return engine.dialect.name == "sqlite"
+def is_postgresql(engine: Engine) -> bool:
+    return engine.dialect.name == "postgresql"
 
 
 def _sqlite_engine(url: str) -> Engine:
@@ -69,3 +71,26 @@ class UtcDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _insert(session: Session, table: Table) -> Any:
+    dialect = session.get_bind().dialect.name
+    return postgresql_insert(table) if dialect == "postgresql" else sqlite_insert(table)
+
+
+def insert_ignore(session: Session, table: Table, values: dict[str, Any]) -> bool:
+    """Inserts a row unless its key exists; True when this call inserted it."""
+    statement = _insert(session, table).values(**values).on_conflict_do_nothing()
+    return bool(session.exec(statement).rowcount)  # type: ignore[call-overload]
+
+
+def add_to(
+    session: Session, table: Table, key: dict[str, Any], increments: dict[str, int]
+) -> None:
+    """Adds `increments` to a counter row, creating it: one atomic statement per row."""
+    statement = _insert(session, table).values(**key, **increments)
+    statement = statement.on_conflict_do_update(
+        index_elements=list(key),
+        set_={name: table.c[name] + statement.excluded[name] for name in increments},
+    )
+    session.exec(statement)  # type: ignore[call-overload]

@@ -18,9 +18,10 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.message import KafkaMessage
 from pydantic import BaseModel
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlmodel import Session
 
+from shared.db import is_postgresql
 from shared.logsafe import describe_error
 from shared.messaging import BatchProcessor, Inbound, delete_outbox, outbox_backlog, pending_outbox
 from shared.observability import ServiceMetrics
@@ -28,6 +29,8 @@ from shared.observability import ServiceMetrics
 log = logging.getLogger(__name__)
 
 CRASH_POINT_ENV = "E2C_CRASH_POINT"
+OUTBOX_LOCK_KEY = 0x0E2C_0B0C  # the advisory lock of the outbox relay (one store per service)
+Row = tuple[int, str, str | None, str]
 CRASH_EXIT_CODE = 75
 
 
@@ -209,19 +212,28 @@ class OutboxRelay:
                 await asyncio.sleep(min(0.2 * 2**failures, 10.0))
 
     async def drain(self) -> int:
+        """Publishes the outbox until it is empty, or until another instance holds it."""
         published = 0
         while True:
-            rows = await anyio.to_thread.run_sync(self._fetch)
-            if not rows:
+            claim = await anyio.to_thread.run_sync(self._claim)
+            if claim is None:
                 break
-            await self._publish(rows)
-            await anyio.to_thread.run_sync(self._delete, [row_id for row_id, *_ in rows])
-            published += len(rows)
+            session, rows = claim
+            try:
+                if not rows:
+                    break
+                await self._publish(rows)
+                await anyio.to_thread.run_sync(
+                    self._delete, session, [row_id for row_id, *_ in rows]
+                )
+                published += len(rows)
+            finally:
+                await anyio.to_thread.run_sync(session.close)
         backlog = await anyio.to_thread.run_sync(self._backlog)
         self.metrics.outbox_backlog.labels(self.metrics.service).set(backlog)
         return published
 
-    async def _publish(self, rows: list[tuple[int, str, str | None, str]]) -> None:
+    async def _publish(self, rows: list[Row]) -> None:
         assert self._producer is not None
         futures = []
         for _id, topic, key, payload in rows:
@@ -239,15 +251,27 @@ class OutboxRelay:
         for topic, count in counts.items():
             self.metrics.record_published(topic, count)
 
-    def _fetch(self) -> list[tuple[int, str, str | None, str]]:
-        with Session(self.engine) as session:
-            rows = pending_outbox(session, self.batch_size)
-            return [(row.id, row.topic, row.key, row.payload) for row in rows]  # type: ignore[misc]
+    def _claim(self) -> tuple[Session, list[Row]] | None:
+        """Opens the round's transaction and reads the oldest rows in it.
 
-    def _delete(self, ids: list[int]) -> None:
-        with Session(self.engine) as session:
-            delete_outbox(session, ids)
-            session.commit()
+        Only one instance of a service relays at a time (a transaction-scoped advisory lock
+        on PostgreSQL; SQLite's write lock, taken at BEGIN, does the same), so the outbox
+        leaves in commit order and no row is published twice by two instances. The
+        transaction stays open while the rows are published, then deletes them.
+        """
+        session = Session(self.engine)
+        if is_postgresql(self.engine):
+            lock = text("SELECT pg_try_advisory_xact_lock(:key)")
+            if not session.exec(lock, params={"key": OUTBOX_LOCK_KEY}).one()[0]:  # type: ignore[call-overload]
+                session.close()
+                return None
+        rows = pending_outbox(session, self.batch_size)
+        return session, [(row.id, row.topic, row.key, row.payload) for row in rows]  # type: ignore[misc]
+
+    @staticmethod
+    def _delete(session: Session, ids: list[int]) -> None:
+        delete_outbox(session, ids)
+        session.commit()
 
     def _backlog(self) -> int:
         with Session(self.engine) as session:

@@ -75,7 +75,7 @@ class Unit:
     """What a handler gets for one event: the open session and a way to emit events."""
 
     session: Session
-    inbound: Inbound
+    inbound: Inbound | None = None  # None for work a timer started (sweeps)
     emitted: list[OutboxMessage] = field(default_factory=list)
 
     def emit(self, topic: str, event: BaseModel, key: str | None = None) -> None:

@@ -227,6 +227,7 @@ async def _every(ctx: ServiceContext, job: PeriodicJob) -> None:
         await asyncio.sleep(job.interval_seconds)
         try:
             result = await anyio.to_thread.run_sync(job.run, ctx)
+            ctx.relay.wake()  # what the job committed to the outbox goes out now
             log.info("%s done: %s", job.name, result)
         except Exception as error:
             log.error("%s failed, next try in %ss: %s", job.name, job.interval_seconds,

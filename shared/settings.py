@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     retention_interval_hours: float = Field(
         default=24, gt=0, alias="E2C_RETENTION_INTERVAL_HOURS"
     )
+    aid_rules_file: Path | None = Field(default=None, alias="E2C_AID_RULES_FILE")
+    hold_seconds: float = Field(default=24 * 3600, gt=0, alias="E2C_HOLD_SECONDS")
+    hold_sweep_seconds: float = Field(default=60, gt=0, alias="E2C_HOLD_SWEEP_SECONDS")
     log_level: str = Field(default="INFO", alias="E2C_LOG_LEVEL")
 
     @cached_property

@@ -10,7 +10,6 @@ import pytest
 
 from shared.contract import Topic
 from tests.infra import (
-    SERVICES,
     TEST_DATA,
     Publisher,
     Stack,
@@ -61,20 +60,25 @@ TOKENS = {
 def stack(
     kafka: str, redis_server: str, postgres_database: Callable[[str], str]
 ) -> Iterator[Stack]:
-    """The services as processes. Referrals runs two instances in one consumer group on one
-    PostgreSQL store, so that races between partitions are real; the others use SQLite."""
+    """The services as processes. Referrals and aids run two instances each in one consumer
+    group on one PostgreSQL store, so that races between partitions are real; outcomes runs
+    one on SQLite. Aid requests are held 3 s (not 24 h) before `unknown_trainee`."""
     data_dir = TEST_DATA / "stack"
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
     (data_dir / "tokens.json").write_text(json.dumps(TOKENS), encoding="utf-8")
     running = Stack(kafka, redis_server, data_dir)
-    referrals_store = {"REFERRALS_DATABASE_URL": postgres_database("e2c_stack_referrals")}
+    referrals = {"REFERRALS_DATABASE_URL": postgres_database("e2c_stack_referrals")}
+    aids = {
+        "AIDS_DATABASE_URL": postgres_database("e2c_stack_aids"),
+        "E2C_HOLD_SECONDS": "3",
+        "E2C_HOLD_SWEEP_SECONDS": "1",
+    }
     try:
-        running.add("referrals", extra_env=referrals_store).start()
-        running.add("referrals", instance="-2", extra_env=referrals_store).start()
-        for name in SERVICES:
-            if name != "referrals":
-                running.add(name).start()
+        for name, env in (("referrals", referrals), ("aids", aids)):
+            running.add(name, extra_env=env).start()
+            running.add(name, instance="-2", extra_env=env).start()
+        running.add("outcomes").start()
         yield running
     finally:
         running.stop_all()

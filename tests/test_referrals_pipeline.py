@@ -182,6 +182,20 @@ async def test_every_service_reports_ready_with_health_and_metrics(stack: Stack)
             assert try_it.status_code != 200  # nobody publishes events over HTTP
 
 
+def test_every_answer_so_far_was_published_once(watcher: TopicWatcher) -> None:
+    """Two instances per service share each outbox: no decision may leave twice as two
+    different events (a republished one would keep its event_id, which consumers drop)."""
+    events_by_request: dict[tuple[str, str], set[str]] = {}
+    for topic, _key, body, _raw in watcher.messages:
+        if body is not None and "request_event_id" in body:
+            events_by_request.setdefault((topic, body["request_event_id"]), set()).add(
+                body["event_id"]
+            )
+    assert events_by_request
+    repeated = {request: ids for request, ids in events_by_request.items() if len(ids) > 1}
+    assert repeated == {}
+
+
 def test_service_logs_carry_no_personal_data(stack: Stack) -> None:
     """Run last in this file: every earlier test fed names and birth dates to the services."""
     logs = {path.name: path.read_text(errors="replace") for path in stack.data_dir.glob("*.log")}

@@ -1,9 +1,172 @@
-"""Aids subscribers: decode, decide, persist, emit."""
+"""Aid subscribers: learn trainees, decide requests (or hold them), set envelopes, emit."""
 
 from __future__ import annotations
 
-from shared.messaging import Route
+from datetime import datetime, timedelta
+
+from shared.contract import (
+    AidDecided,
+    AidReason,
+    AidRequested,
+    BudgetSubmitted,
+    EnrollmentDecided,
+    EnrollmentStatus,
+    ExitDecided,
+    ExitStatus,
+    Topic,
+    new_event_fields,
+)
+from shared.messaging import Route, Unit
+
+from . import domain
+from .store import AidRequestRecord, AidStore, HeldRequest, LedgerLine, now
 
 
-def routes() -> dict[str, Route]:
-    return {}
+class AidHandlers:
+    def __init__(self, rules: domain.AidRules) -> None:
+        self.rules = rules
+
+    def routes(self) -> dict[str, Route]:
+        return {
+            Topic.AIDS_REQUESTED: Route(AidRequested, self.on_request),
+            Topic.BUDGETS_SUBMITTED: Route(BudgetSubmitted, self.on_budget),
+            Topic.ENROLLMENTS_DECIDED: Route(EnrollmentDecided, self.on_enrollment),
+            Topic.EXITS_DECIDED: Route(ExitDecided, self.on_exit),
+        }
+
+    def on_request(self, unit: Unit, event: AidRequested) -> None:
+        store = AidStore(unit.session)
+        if store.decision(event.request_id) is None and self._must_wait(store, event):
+            store.hold(event.trainee_id, event.model_dump_json())
+            return
+        self.decide(unit, store, event)
+
+    def _must_wait(self, store: AidStore, event: AidRequested) -> bool:
+        """Valid on its own, but its trainee's enrollment not seen yet: held, not refused."""
+        trainee = store.trainee(event.trainee_id)
+        unknown = trainee is None or trainee.as_domain() is None
+        return unknown and domain.request_refusal(as_request(event), self.rules) is None
+
+    def decide(self, unit: Unit, store: AidStore, event: AidRequested) -> None:
+        previous = store.decision(event.request_id)
+        if previous is not None:  # a re-sent request: the same answer, nothing granted again
+            unit.emit(Topic.AIDS_DECIDED, decided_event(previous, event))
+            return
+        # Locking the trainee serialises two decisions for one trainee across instances.
+        row = store.trainee(event.trainee_id, for_update=True)
+        trainee = row.as_domain() if row is not None else None
+        decision = self._decision(store, event, trainee)
+        school_id = trainee.school_id if trainee is not None else None
+        record = decision_record(event, decision, school_id)
+        store.record_decision(record)
+        if decision.granted:
+            assert school_id is not None
+            store.add_grant(ledger_line(event, decision, school_id))
+        unit.emit(Topic.AIDS_DECIDED, decided_event(record, event))
+
+    def _decision(
+        self, store: AidStore, event: AidRequested, trainee: domain.Trainee | None
+    ) -> domain.AidDecision:
+        request = as_request(event)
+        early = domain.request_refusal(request, self.rules)
+        if early is not None:
+            return domain.refused(early)
+        if trainee is None:
+            return domain.refused(AidReason.UNKNOWN_TRAINEE)
+        envelope = store.lock_envelope(request.year, request.kind)
+        granted = store.granted_to(event.trainee_id)
+        return domain.decide(request, trainee, granted, envelope, self.rules)
+
+    def on_budget(self, unit: Unit, event: BudgetSubmitted) -> None:
+        AidStore(unit.session).set_envelope(event.year, event.kind, event.envelope_cents)
+
+    def on_enrollment(self, unit: Unit, event: EnrollmentDecided) -> None:
+        if event.status is not EnrollmentStatus.ENROLLED or event.trainee_id is None:
+            return
+        assert event.school_id is not None and event.enrolled_on is not None
+        store = AidStore(unit.session)
+        store.learn_enrollment(event.trainee_id, event.school_id, event.enrolled_on)
+        for held in store.held_for(event.trainee_id):
+            self.decide_held(unit, store, held)
+
+    def on_exit(self, unit: Unit, event: ExitDecided) -> None:
+        if event.status is ExitStatus.RECORDED:
+            AidStore(unit.session).learn_exit(event.trainee_id, event.exited_on)
+
+    def decide_held(self, unit: Unit, store: AidStore, held: HeldRequest) -> None:
+        store.release(held)
+        self.decide(unit, store, AidRequested.model_validate_json(held.payload))
+
+    def sweep(self, unit: Unit, hold: timedelta, moment: datetime | None = None) -> int:
+        """Decides the requests held longer than `hold`: still unknown, they are refused."""
+        store = AidStore(unit.session)
+        expired = store.held_before((moment or now()) - hold)
+        for held in expired:
+            self.decide_held(unit, store, held)
+        return len(expired)
+
+
+def as_request(event: AidRequested) -> domain.AidRequest:
+    return domain.AidRequest(
+        kind=event.kind,
+        quantity=event.quantity,
+        amount_cents=event.amount_cents,
+        period_start=event.period_start,
+        period_end=event.period_end,
+    )
+
+
+def decision_record(
+    event: AidRequested, decision: domain.AidDecision, school_id: str | None
+) -> AidRequestRecord:
+    return AidRequestRecord(
+        request_id=event.request_id,
+        request_event_id=str(event.event_id),
+        trainee_id=event.trainee_id,
+        school_id=school_id,
+        kind=event.kind.value,
+        status=decision.status.value,
+        reason=decision.reason.value if decision.reason else None,
+        quantity=event.quantity,
+        amount_cents=decision.amount_cents if decision.granted else event.amount_cents,
+        period_start=event.period_start,
+        period_end=event.period_end,
+        decided_at=now(),
+    )
+
+
+def ledger_line(event: AidRequested, decision: domain.AidDecision, school_id: str) -> LedgerLine:
+    assert decision.amount_cents is not None
+    return LedgerLine(
+        request_id=event.request_id,
+        request_event_id=str(event.event_id),
+        trainee_id=event.trainee_id,
+        school_id=school_id,
+        kind=event.kind.value,
+        quantity=event.quantity,
+        rate_cents=decision.rate_cents,
+        amount_cents=decision.amount_cents,
+        period_start=event.period_start,
+        period_end=event.period_end,
+        year=event.period_start.year,
+        month=event.period_start.month,
+        granted_at=now(),
+    )
+
+
+def decided_event(record: AidRequestRecord, event: AidRequested) -> AidDecided:
+    return AidDecided(
+        **new_event_fields(),
+        request_event_id=event.event_id,
+        request_id=record.request_id,
+        trainee_id=record.trainee_id,
+        school_id=record.school_id,
+        kind=record.kind,
+        status=record.status,
+        reasons=[record.reason] if record.reason else [],
+        quantity=record.quantity,
+        amount_cents=record.amount_cents,
+        period_start=record.period_start,
+        period_end=record.period_end,
+    )
+
