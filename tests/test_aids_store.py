@@ -1,0 +1,162 @@
+"""The aids store on SQLite and PostgreSQL: aggregates equal the ledger, the envelope lock
+makes a second instance wait, held requests are decided on enrollment or after the hold."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+from sqlmodel import Session, select
+
+from services.aids.domain import load_rules
+from services.aids.handlers import AidHandlers
+from services.aids.store import TABLES, AidStore, HeldRequest, LedgerLine
+from shared.contract import AidKind, EnrollmentDecided, Topic, new_event_fields
+from shared.db import make_engine
+from shared.messaging import BatchProcessor, Inbound, OutboxMessage, Unit, pending_outbox
+from shared.service import create_schema
+from tests.events import new_id
+
+pytestmark = pytest.mark.infra
+
+HANDLERS = AidHandlers(load_rules())
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'aids.db'}"
+    else:
+        create_database: Callable[[str], str] = request.getfixturevalue("postgres_database")
+        url = create_database("e2c_aids_store_test")
+    store_engine = make_engine(url)
+    create_schema(store_engine, TABLES)
+    yield store_engine
+    store_engine.dispose()
+
+
+def enrollment(trainee_id: str, school_id: str = "toulouse", on: str = "2024-01-08") -> bytes:
+    event = EnrollmentDecided(
+        **new_event_fields(), request_event_id=new_id(), referral_id="R-1", status="enrolled",
+        trainee_id=trainee_id, school_id=school_id, enrolled_on=date.fromisoformat(on),
+        agency_kind="france_travail", age_at_entry=20, rqth=False, qpv_resident=False,
+        has_work_experience=False,
+    )
+    return event.model_dump_json().encode()
+
+
+def request(trainee_id: str, kind: str, **fields: Any) -> bytes:
+    body = {"event_id": new_id(), "occurred_at": "2024-02-01T10:00:00+01:00",
+            "schema_version": 1, "request_id": f"AID-{uuid.uuid4().hex[:10]}",
+            "trainee_id": trainee_id, "kind": kind, "quantity": 1, "amount_cents": None,
+            "period_start": "2024-02-01", "period_end": "2024-02-01", **fields}
+    return json.dumps(body).encode()
+
+
+def feed(engine: Engine, *records: tuple[str, bytes]) -> None:
+    processor = BatchProcessor("aids", engine, HANDLERS.routes())
+    processor.process(
+        [Inbound(topic, 0, offset, None, value) for offset, (topic, value) in enumerate(records)]
+    )
+
+
+def decisions(engine: Engine) -> list[dict[str, Any]]:
+    with Session(engine) as session:
+        rows: list[OutboxMessage] = pending_outbox(session, 10_000)
+    return [json.loads(row.payload) for row in rows if row.topic == Topic.AIDS_DECIDED]
+
+
+def test_the_aggregates_equal_the_ledger(engine: Engine) -> None:
+    trainees = [uuid.uuid4().hex for _ in range(4)]
+    records = [(Topic.ENROLLMENTS_DECIDED, enrollment(t, school)) for t, school in
+               zip(trainees, ["toulouse", "nimes", "nimes", "ales"], strict=True)]
+    for index, trainee in enumerate(trainees):
+        laptop = request(trainee, "laptop", amount_cents=40000 + index)
+        records.append((Topic.AIDS_REQUESTED, laptop))
+        records.append((Topic.AIDS_REQUESTED, request(
+            trainee, "meals", quantity=10 + index, period_start="2024-03-01",
+            period_end="2024-03-31")))
+        records.append((Topic.AIDS_REQUESTED, request(
+            trainee, "childcare", amount_cents=12345, period_start="2024-04-10",
+            period_end="2024-04-30")))
+    records.append((Topic.AIDS_REQUESTED, request(trainees[0], "laptop", amount_cents=1)))
+    feed(engine, *records)
+
+    with Session(engine) as session:
+        lines = session.exec(select(LedgerLine)).all()
+        totals = AidStore(session).year_totals(2024)
+    assert len(lines) == 12
+    for kind in AidKind:
+        ours = [line for line in lines if line.kind == kind]
+        assert totals.by_kind[kind].amount_cents == sum(line.amount_cents for line in ours)
+        assert totals.by_kind[kind].granted == len(ours)
+        assert totals.by_kind[kind].quantity == sum(line.quantity for line in ours)
+    assert totals.by_kind[AidKind.LAPTOP].rejected == 1
+    assert totals.by_kind[AidKind.CHILDCARE].trainees == 4
+    assert totals.by_school["nimes"][AidKind.LAPTOP] == 40001 + 40002
+    assert totals.by_month[3][AidKind.MEALS] == sum(10 + i for i in range(4)) * 700
+    assert sum(sum(kinds.values()) for kinds in totals.by_school.values()) == sum(
+        line.amount_cents for line in lines
+    )
+
+
+def test_a_second_instance_waits_for_the_envelope_lock(engine: Engine) -> None:
+    order: list[str] = []
+
+    def second_instance() -> None:
+        with Session(engine) as session:
+            AidStore(session).lock_envelope(2024, AidKind.MEALS)
+            order.append("second locked")
+            session.commit()
+
+    with Session(engine) as first:
+        AidStore(first).lock_envelope(2024, AidKind.MEALS)
+        first.flush()
+        racer = threading.Thread(target=second_instance)
+        racer.start()
+        racer.join(timeout=0.5)
+        order.append("first commits")
+        first.commit()
+    racer.join(timeout=30)
+
+    assert order == ["first commits", "second locked"]
+
+
+def test_a_held_request_is_decided_when_its_enrollment_arrives(engine: Engine) -> None:
+    trainee = uuid.uuid4().hex
+    feed(engine, (Topic.AIDS_REQUESTED, request(trainee, "laptop", amount_cents=30000)))
+    assert decisions(engine) == []
+    with Session(engine) as session:
+        assert AidStore(session).held_count() == 1
+
+    feed(engine, (Topic.ENROLLMENTS_DECIDED, enrollment(trainee, on="2024-01-08")))
+
+    [decision] = decisions(engine)
+    assert (decision["status"], decision["school_id"]) == ("granted", "toulouse")
+    with Session(engine) as session:
+        assert AidStore(session).held_count() == 0
+
+
+def test_the_sweep_refuses_what_is_held_past_the_hold(engine: Engine) -> None:
+    feed(engine, (Topic.AIDS_REQUESTED, request(uuid.uuid4().hex, "meals", quantity=1)))
+    hold = timedelta(hours=24)
+    with Session(engine) as session:
+        too_early = HANDLERS.sweep(Unit(session), hold)
+        session.commit()
+    with Session(engine) as session:
+        later = HANDLERS.sweep(Unit(session), hold, datetime.now(UTC) + timedelta(hours=25))
+        session.commit()
+
+    assert (too_early, later) == (0, 1)
+    [decision] = decisions(engine)
+    assert (decision["status"], decision["reasons"]) == ("rejected", ["unknown_trainee"])
+    with Session(engine) as session:
+        assert session.exec(select(HeldRequest)).all() == []
+        assert AidStore(session).year_totals(2024).by_kind[AidKind.MEALS].rejected == 1
