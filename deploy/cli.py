@@ -65,11 +65,37 @@ def _parser() -> argparse.ArgumentParser:
         "--as-of", type=_date, help="reference date (YYYY-MM-DD), default: now"
     )
     retention.set_defaults(run=_referrals_retention)
+
+    report = commands.add_parser("report", help="reports read from the services' stores")
+    report_commands = report.add_subparsers(title="report commands")
+    finance = report_commands.add_parser(
+        "finance",
+        help="aid granted and refused, budgets with their run-out month, by school and by "
+        "month (the same figures as GET :8002/reports/finance)",
+    )
+    finance.add_argument("--year", required=True, type=_year, help="2000 to 2100")
+    finance.add_argument(
+        "--csv",
+        metavar="FILE",
+        help="also write the year's ledger to FILE (';'-separated, UTF-8 with BOM, "
+        "decimal comma: the same file as GET :8002/reports/finance.csv)",
+    )
+    finance.add_argument("--json", action="store_true", help="print the report as JSON")
+    finance.set_defaults(run=_report_finance)
     return parser
 
 
 def _date(text: str) -> date:
     return date.fromisoformat(text)
+
+
+def _year(text: str) -> int:
+    from services.aids.reports import parse_year
+
+    try:
+        return parse_year(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _command_settings() -> Settings:
@@ -99,6 +125,35 @@ def _referrals_retention(args: argparse.Namespace) -> int:
     )
     erased = run_retention(settings, months, as_of)
     print(f"retention {months} months as of {as_of:%Y-%m-%d}: {erased} referrals erased")
+    return 0
+
+
+def _report_finance(args: argparse.Namespace) -> int:
+    from services.aids import reports
+    from services.aids.store import TABLES
+    from shared.db import make_engine
+    from shared.schools import load_schools
+    from shared.service import create_schema
+
+    settings = _command_settings()
+    engine = make_engine(settings.database_url("aids"))
+    try:
+        create_schema(engine, TABLES)
+        schools = list(load_schools(settings.schools_file))
+        report = reports.load_report(engine, args.year, schools, reports.today())
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            print(reports.render_text(report), end="")
+        if args.csv:
+            export = reports.LedgerCsv(engine, args.year)
+            with open(args.csv, "wb") as file:
+                for chunk in export.chunks():
+                    file.write(chunk)
+            print(f"{export.lines} ledger lines of {args.year} written to {args.csv}",
+                  file=sys.stderr if args.json else sys.stdout)
+    finally:
+        engine.dispose()
     return 0
 
 
