@@ -1,7 +1,223 @@
-"""The outcomes store: its tables and queries."""
+"""The outcomes store: its own view of trainees, referrals and aids, built from the topics,
+plus the exits it holds while their enrollment is not known yet."""
 
 from __future__ import annotations
 
-from sqlalchemy import Table
+from datetime import UTC, date, datetime
+from zoneinfo import ZoneInfo
 
-TABLES: tuple[Table, ...] = ()
+from sqlalchemy import func
+from sqlmodel import Field, Session, SQLModel, col, delete, select
+
+from shared.contract import AgencyKind, AidKind, Outcome
+from shared.db import UtcDateTime, add_to, insert_ignore
+
+from . import domain
+
+PARIS = ZoneInfo("Europe/Paris")
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def paris_date(moment: datetime) -> date:
+    """The day a moment falls on for the schools (Europe/Paris), whatever its offset."""
+    return moment.astimezone(PARIS).date()
+
+
+class TraineeView(SQLModel, table=True):
+    __tablename__ = "outcome_trainee"
+
+    trainee_id: str = Field(primary_key=True, max_length=64)
+    referral_id: str = Field(index=True, max_length=64)
+    school_id: str = Field(max_length=100)
+    enrolled_on: date
+    agency_kind: str = Field(max_length=32)
+    age_at_entry: int
+    rqth: bool
+    qpv_resident: bool
+    has_work_experience: bool
+    exited_on: date | None = None
+    outcome: str | None = Field(default=None, max_length=40)
+    category: str | None = Field(default=None, max_length=16)
+    satisfied: bool | None = None
+
+    def as_domain(self) -> domain.Enrolled:
+        return domain.Enrolled(
+            trainee_id=self.trainee_id,
+            school_id=self.school_id,
+            enrolled_on=self.enrolled_on,
+            agency_kind=AgencyKind(self.agency_kind),
+            age_at_entry=self.age_at_entry,
+            rqth=self.rqth,
+            qpv_resident=self.qpv_resident,
+            has_work_experience=self.has_work_experience,
+            exited_on=self.exited_on,
+            outcome=Outcome(self.outcome) if self.outcome else None,
+            satisfied=self.satisfied,
+        )
+
+
+class ReferralView(SQLModel, table=True):
+    """A referral as the funnel follows it, from referrals.decided."""
+
+    __tablename__ = "outcome_referral"
+
+    referral_id: str = Field(primary_key=True, max_length=64)
+    agency_id: str = Field(index=True, max_length=200)
+    school_id: str = Field(max_length=100)
+    received_at: datetime = Field(sa_type=UtcDateTime)
+    status: str = Field(max_length=32)
+    accepted_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    trainee_id: str | None = Field(default=None, max_length=64)
+
+
+class TraineeAid(SQLModel, table=True):
+    __tablename__ = "outcome_trainee_aid"
+
+    trainee_id: str = Field(primary_key=True, max_length=64)
+    kind: str = Field(primary_key=True, max_length=16)
+    grants: int = 0
+
+
+class ExitSubmission(SQLModel, table=True):
+    """Every exit submitted, kept for its satisfaction answer (exits.decided has none)."""
+
+    __tablename__ = "outcome_exit_submission"
+
+    event_id: str = Field(primary_key=True, max_length=36)
+    trainee_id: str = Field(max_length=64)
+    payload: str
+    decided: bool = False
+
+
+class HeldExit(SQLModel, table=True):
+    __tablename__ = "outcome_held_exit"
+
+    id: int | None = Field(default=None, primary_key=True)
+    trainee_id: str = Field(index=True, max_length=64)
+    payload: str
+    received_at: datetime = Field(index=True, sa_type=UtcDateTime)
+
+
+TABLES = tuple(
+    model.__table__  # type: ignore[attr-defined]
+    for model in (TraineeView, ReferralView, TraineeAid, ExitSubmission, HeldExit)
+)
+
+
+class OutcomeStore:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def trainee(self, trainee_id: str, for_update: bool = False) -> TraineeView | None:
+        return self.session.get(TraineeView, trainee_id, with_for_update=for_update)
+
+    def add_trainee(self, trainee: TraineeView) -> None:
+        if self.session.get(TraineeView, trainee.trainee_id) is None:
+            self.session.add(trainee)
+
+    def record_exit(
+        self, trainee: TraineeView, exited_on: date, outcome: Outcome, satisfied: bool | None
+    ) -> None:
+        trainee.exited_on, trainee.outcome = exited_on, outcome.value
+        trainee.category = domain.category_of(outcome).value
+        trainee.satisfied = satisfied
+        self.session.add(trainee)
+
+    def learn_referral(
+        self, referral_id: str, agency_id: str, school_id: str, status: str,
+        trainee_id: str | None, at: datetime,
+    ) -> None:
+        insert_ignore(self.session, ReferralView.__table__, {  # type: ignore[arg-type]
+            "referral_id": referral_id, "agency_id": agency_id, "school_id": school_id,
+            "received_at": at, "status": status,
+        })
+        view = self.session.get(ReferralView, referral_id, with_for_update=True)
+        assert view is not None
+        view.status = status
+        view.trainee_id = trainee_id or view.trainee_id
+        if status == "accepted" and view.accepted_at is None:
+            view.accepted_at = at
+        self.session.add(view)
+
+    def count_aid(self, trainee_id: str, kind: AidKind) -> None:
+        add_to(self.session, TraineeAid.__table__,  # type: ignore[arg-type]
+               {"trainee_id": trainee_id, "kind": kind.value}, {"grants": 1})
+
+    def remember_submission(self, event_id: str, trainee_id: str, payload: str) -> None:
+        insert_ignore(self.session, ExitSubmission.__table__,  # type: ignore[arg-type]
+                      {"event_id": event_id, "trainee_id": trainee_id, "payload": payload})
+
+    def submission(self, event_id: str) -> ExitSubmission | None:
+        return self.session.get(ExitSubmission, event_id)
+
+    def mark_decided(self, event_id: str) -> None:
+        submission = self.submission(event_id)
+        if submission is not None:
+            submission.decided = True
+            self.session.add(submission)
+
+    def undecided_submissions(self) -> list[ExitSubmission]:
+        query = select(ExitSubmission).where(col(ExitSubmission.decided).is_(False))
+        return list(self.session.exec(query).all())
+
+    # --- held exits -----------------------------------------------------------------------
+
+    def hold(self, trainee_id: str, payload: str) -> None:
+        self.session.add(HeldExit(trainee_id=trainee_id, payload=payload, received_at=now()))
+
+    def held_for(self, trainee_id: str) -> list[HeldExit]:
+        query = select(HeldExit).where(HeldExit.trainee_id == trainee_id).order_by(
+            col(HeldExit.id)
+        )
+        return list(self.session.exec(query).all())
+
+    def held_before(self, moment: datetime, limit: int = 500) -> list[HeldExit]:
+        query = (
+            select(HeldExit)
+            .where(col(HeldExit.received_at) < moment)
+            .order_by(col(HeldExit.id))
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return list(self.session.exec(query).all())
+
+    def release(self, held: HeldExit) -> None:
+        self.session.exec(delete(HeldExit).where(col(HeldExit.id) == held.id))
+
+    def held_count(self) -> int:
+        return self.session.exec(select(func.count()).select_from(HeldExit)).one()
+
+    # --- what the reports read ------------------------------------------------------------
+
+    def all_trainees(self) -> list[domain.Enrolled]:
+        query = select(TraineeView).order_by(col(TraineeView.trainee_id))
+        return [row.as_domain() for row in self.session.exec(query).all()]
+
+    def aided(self) -> dict[AidKind, set[str]]:
+        found: dict[AidKind, set[str]] = {}
+        for row in self.session.exec(select(TraineeAid)).all():
+            found.setdefault(AidKind(row.kind), set()).add(row.trainee_id)
+        return found
+
+    def referrals(self) -> list[domain.Referred]:
+        trainees = {t.trainee_id: t for t in self.session.exec(select(TraineeView)).all()}
+        followed = []
+        query = select(ReferralView).order_by(col(ReferralView.referral_id))
+        for referral in self.session.exec(query).all():
+            trainee = trainees.get(referral.trainee_id or "")
+            enrolled = trainee is not None and trainee.referral_id == referral.referral_id
+            followed.append(domain.Referred(
+                referral_id=referral.referral_id,
+                agency_id=referral.agency_id,
+                school_id=referral.school_id,
+                received_on=paris_date(referral.received_at),
+                accepted_on=paris_date(referral.accepted_at) if referral.accepted_at else None,
+                enrolled_on=trainee.enrolled_on if enrolled and trainee else None,
+                exited_on=trainee.exited_on if enrolled and trainee else None,
+                solution=(domain.is_solution(trainee.category)
+                          if enrolled and trainee and trainee.category else None),
+            ))
+        return followed
