@@ -242,7 +242,7 @@ async def test_the_csv_adds_up_to_the_report_to_the_cent(
     stack: Stack, publisher: Publisher, watcher: TopicWatcher
 ) -> None:
     year = 2034
-    trainee = await learn_trainee(publisher, enrolled_on=f"{year}-01-02", school_id="lunel")
+    trainee = await learn_trainee(publisher, enrolled_on=f"{year}-01-01", school_id="lunel")
     for month in range(1, 7):
         await ask(publisher, watcher, aid_request(
             trainee, "meals", quantity=month + 3, period_start=f"{year}-{month:02d}-01",
