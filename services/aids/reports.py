@@ -132,7 +132,7 @@ def safe_text(value: str) -> str:
 
 
 def csv_row(line: LedgerLine) -> list[str]:
-    granted_at = line.granted_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    granted_at = line.granted_at.astimezone(UTC).isoformat(" ", "seconds")[:19]  # UTC
     return [
         str(line.id),
         granted_at,
