@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 ARGS   ?=
 
-.PHONY: run test up down status demo install system-deps lint clean
+.PHONY: run test up down status demo install system-deps lint clean bench-reports
 
 run: install system-deps          ## start the whole stack, feed a demo batch, leave it running
 	$(BIN)/e2c stack up
@@ -29,6 +29,9 @@ demo: install
 
 lint: install
 	$(BIN)/ruff check .
+
+bench-reports: install            ## finance report and CSV cost at 10k and 1M ledger lines (not a test)
+	$(BIN)/python -m bench.report_cost $(ARGS)
 
 install: $(STAMP)
 
