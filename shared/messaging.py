@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Engine, delete, func
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from shared.contract import DeadLetter, Topic, event_key, new_event_fields
@@ -171,8 +171,12 @@ class BatchProcessor:
         try:
             with session.begin_nested():
                 self.routes[topic].handler(unit, item.event)
+        except DataError as error:  # a value the store cannot hold: retrying will not help
+            reason = f"unstorable value: {describe_error(error)}"
+            self._dead_letter(session, item.inbound, reason, done, result)
+            return
         except SQLAlchemyError:
-            raise  # the store failed: the whole batch is retried
+            raise  # the store failed or a race was lost: the whole batch is retried
         except Exception as error:  # a handler bug must not block the partition
             log.error("handler failed on %s[%s]@%s: %s", topic, item.inbound.partition,
                       item.inbound.offset, describe_error(error))

@@ -160,3 +160,27 @@ def test_the_sweep_refuses_what_is_held_past_the_hold(engine: Engine) -> None:
     with Session(engine) as session:
         assert session.exec(select(HeldRequest)).all() == []
         assert AidStore(session).year_totals(2024).by_kind[AidKind.MEALS].rejected == 1
+
+
+def test_an_amount_too_large_for_the_store_is_a_dead_letter_not_a_stuck_partition(
+    engine: Engine,
+) -> None:
+    trainee = uuid.uuid4().hex
+    huge = request(trainee, "childcare", amount_cents=2**70)
+    feed(engine, (Topic.ENROLLMENTS_DECIDED, enrollment(trainee)),
+         (Topic.AIDS_REQUESTED, huge),
+         (Topic.AIDS_REQUESTED, request(trainee, "laptop", amount_cents=30000)))
+
+    with Session(engine) as session:
+        rows = pending_outbox(session, 100)
+    topics = [row.topic for row in rows]
+    assert topics.count(Topic.DEADLETTER) == 1
+    assert [d["status"] for d in decisions(engine)] == ["granted"]  # the next one still is
+
+
+def test_a_budget_above_two_billion_cents_is_stored(engine: Engine) -> None:
+    budget = {"event_id": new_id(), "occurred_at": "2024-01-02T09:00:00+01:00",
+              "schema_version": 1, "year": 2024, "kind": "meals", "envelope_cents": 3_000_000_000}
+    feed(engine, (Topic.BUDGETS_SUBMITTED, json.dumps(budget).encode()))
+    with Session(engine) as session:
+        assert AidStore(session).year_totals(2024).envelopes == {"meals": 3_000_000_000}

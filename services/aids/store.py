@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
+from sqlalchemy import BigInteger
 from sqlmodel import Field, Session, SQLModel, col, delete, select
 
 from shared.contract import AidKind
@@ -58,8 +59,8 @@ class AidRequestRecord(SQLModel, table=True):
     kind: str = Field(max_length=16)
     status: str = Field(max_length=16)
     reason: str | None = Field(default=None, max_length=40)
-    quantity: int
-    amount_cents: int | None = None
+    quantity: int = Field(sa_type=BigInteger)
+    amount_cents: int | None = Field(default=None, sa_type=BigInteger)
     period_start: date
     period_end: date
     decided_at: datetime = Field(sa_type=UtcDateTime)
@@ -76,9 +77,9 @@ class LedgerLine(SQLModel, table=True):
     trainee_id: str = Field(index=True, max_length=64)
     school_id: str = Field(max_length=100)
     kind: str = Field(max_length=16)
-    quantity: int
+    quantity: int = Field(sa_type=BigInteger)
     rate_cents: int | None = None
-    amount_cents: int
+    amount_cents: int = Field(sa_type=BigInteger)
     period_start: date
     period_end: date
     year: int = Field(index=True)
@@ -92,7 +93,7 @@ class BudgetEnvelope(SQLModel, table=True):
 
     year: int = Field(primary_key=True)
     kind: str = Field(primary_key=True, max_length=16)
-    envelope_cents: int
+    envelope_cents: int = Field(sa_type=BigInteger)
     set_at: datetime = Field(sa_type=UtcDateTime)
 
 
@@ -106,8 +107,8 @@ class KindYearTotal(SQLModel, table=True):
     kind: str = Field(primary_key=True, max_length=16)
     granted: int = 0
     rejected: int = 0
-    quantity: int = 0
-    amount_cents: int = 0
+    quantity: int = Field(default=0, sa_type=BigInteger)
+    amount_cents: int = Field(default=0, sa_type=BigInteger)
     trainees: int = 0  # childcare: distinct trainees granted in the year
 
 
@@ -117,7 +118,7 @@ class SchoolYearTotal(SQLModel, table=True):
     year: int = Field(primary_key=True)
     school_id: str = Field(primary_key=True, max_length=100)
     kind: str = Field(primary_key=True, max_length=16)
-    amount_cents: int = 0
+    amount_cents: int = Field(default=0, sa_type=BigInteger)
 
 
 class MonthTotal(SQLModel, table=True):
@@ -126,7 +127,7 @@ class MonthTotal(SQLModel, table=True):
     year: int = Field(primary_key=True)
     month: int = Field(primary_key=True)
     kind: str = Field(primary_key=True, max_length=16)
-    amount_cents: int = 0
+    amount_cents: int = Field(default=0, sa_type=BigInteger)
 
 
 class ChildcareTrainee(SQLModel, table=True):
