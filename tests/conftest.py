@@ -62,7 +62,7 @@ def stack(
 ) -> Iterator[Stack]:
     """The services as processes. Referrals and aids run two instances each in one consumer
     group on one PostgreSQL store, so that races between partitions are real; outcomes runs
-    one on SQLite. Aid requests are held 3 s (not 24 h) before `unknown_trainee`."""
+    one on SQLite. Aid requests and exits are held 3 s (not 24 h) before `unknown_trainee`."""
     data_dir = TEST_DATA / "stack"
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
@@ -78,7 +78,8 @@ def stack(
         for name, env in (("referrals", referrals), ("aids", aids)):
             running.add(name, extra_env=env).start()
             running.add(name, instance="-2", extra_env=env).start()
-        running.add("outcomes").start()
+        running.add("outcomes", extra_env={"E2C_HOLD_SECONDS": "3",
+                                           "E2C_HOLD_SWEEP_SECONDS": "1"}).start()
         yield running
     finally:
         running.stop_all()
