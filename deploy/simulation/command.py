@@ -1,0 +1,59 @@
+"""`e2c simulate`: a planned year through the running stack, checked against its plan."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from deploy.simulation.plan import plan_year
+from deploy.simulation.run import Endpoints, Progress, Simulation, side_by_side
+from shared.settings import Settings
+
+
+def stack_endpoints(settings: Settings) -> Endpoints:
+    """The running stack's broker, services and a token allowed to read every report."""
+    from deploy.stack import LocalStack
+
+    stack = LocalStack(settings)
+    bootstrap = stack.kafka.bootstrap if stack.kafka.is_running() else (
+        settings.kafka_bootstrap_servers)
+    tokens_file = settings.tokens_file or settings.data_dir / "tokens.json"
+    return Endpoints(
+        bootstrap=bootstrap,
+        aids_url=f"http://127.0.0.1:{settings.port('aids')}",
+        outcomes_url=f"http://127.0.0.1:{settings.port('outcomes')}",
+        token=admin_token(tokens_file),
+    )
+
+
+def admin_token(tokens_file: Path) -> str:
+    tokens = json.loads(tokens_file.read_text(encoding="utf-8"))
+    for token, role in tokens.items():
+        if role == "admin":
+            return str(token)
+    raise SystemExit(f"{tokens_file} has no admin token: the simulation reads every report")
+
+
+def simulate(year: int, trainees: int, seed: int, rate: float, timeout: float,
+             endpoints: Endpoints | None = None) -> int:
+    plan = plan_year(year, trainees, seed)
+    endpoints = endpoints or stack_endpoints(Settings())
+    print(f"simulating {year}: {trainees} trainees, {plan.input_count()} inputs "
+          f"(seed {seed}, rate {'unlimited' if rate <= 0 else f'{rate:g}/s'})")
+    outcome = asyncio.run(
+        Simulation(plan, endpoints, rate, Progress(sys.stderr.isatty()), timeout).run()
+    )
+    print(side_by_side(plan, outcome))
+    rate_done = plan.input_count() / outcome.seconds if outcome.seconds else 0
+    print(f"\n{plan.input_count()} inputs answered in {outcome.seconds:.1f}s "
+          f"({rate_done:.0f} inputs/s end to end, phases included)")
+    if outcome.differences:
+        print(f"\nFAILED: {len(outcome.differences)} differences between the plan and the "
+              "services' reports:", file=sys.stderr)
+        for difference in outcome.differences[:50]:
+            print(f"  {difference}", file=sys.stderr)
+        return 1
+    print("every figure the services report equals the simulation's own ground truth")
+    return 0
