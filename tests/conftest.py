@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
+from deploy.harness import Stack
 from shared.contract import Topic
 from tests.infra import (
     TEST_DATA,
     Publisher,
-    Stack,
     TopicWatcher,
     kafka_bootstrap,
     postgres_admin_url,

@@ -13,9 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
+from deploy.harness import Stack
 from shared.contract import EnrollmentDecided, Topic, new_event_fields
 from tests.events import new_id, referral
-from tests.infra import Publisher, Stack, TopicWatcher
+from tests.infra import Publisher, TopicWatcher
 
 pytestmark = pytest.mark.infra
 

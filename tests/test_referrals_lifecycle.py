@@ -14,9 +14,10 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
+from deploy.harness import Stack
 from shared.contract import EnrollmentDecided, ExitDecided, Topic, new_event_fields
 from tests.events import new_id, referral, unique_last_name
-from tests.infra import Publisher, Stack, TopicWatcher
+from tests.infra import Publisher, TopicWatcher
 
 pytestmark = pytest.mark.infra
 

@@ -8,10 +8,11 @@ import json
 import httpx
 import pytest
 
+from deploy.harness import Stack
 from shared.contract import ReferralDecided, Topic
 from shared.kafka import CRASH_EXIT_CODE, CRASH_POINT_ENV
 from tests.events import new_id, referral
-from tests.infra import Publisher, Stack, TopicWatcher
+from tests.infra import Publisher, TopicWatcher
 
 SUBMITTED = Topic.REFERRALS_SUBMITTED
 DECIDED = Topic.REFERRALS_DECIDED

@@ -1,0 +1,134 @@
+"""Services run as processes, as in production: used by the tests, the benchmark and the
+chaos run, each with its own broker, cache and stores."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from shared.settings import PROJECT_ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ServiceProcess:
+    """One service run as `python -m services.<name>`, as in production."""
+
+    name: str
+    env: dict[str, str]
+    port: int
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, extra_env: dict[str, str] | None = None, timeout: float = 60) -> None:
+        env = {**self.env, **(extra_env or {})}
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", f"services.{self.name}"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=PROJECT_ROOT,
+        )
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited early:\n{self.log_tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/health/ready", timeout=2).status_code == 200:
+                    return
+            time.sleep(0.3)
+        raise TimeoutError(f"{self.name} not ready in {timeout}s:\n{self.log_tail()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        code = self.process.returncode
+        self.process = None
+        return code
+
+    def wait_exit(self, timeout: float) -> int:
+        assert self.process is not None
+        code = self.process.wait(timeout)
+        self.process = None
+        return code
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of a Prometheus sample over the series matching `labels`."""
+        text = httpx.get(f"{self.url}/metrics", timeout=5).text
+        total = 0.0
+        for line in text.splitlines():
+            if not line.startswith(name + "{") and not line.startswith(name + " "):
+                continue
+            if all(f'{key}="{value}"' in line for key, value in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+
+@dataclass
+class Stack:
+    bootstrap: str
+    redis_url: str
+    data_dir: Path
+    services: dict[str, ServiceProcess] = field(default_factory=dict)
+
+    def service_env(self, name: str, port: int) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.endswith("_DATABASE_URL")}
+        env.update(
+            KAFKA_BOOTSTRAP_SERVERS=self.bootstrap,
+            REDIS_URL=self.redis_url,
+            E2C_DATA_DIR=str(self.data_dir),
+            E2C_TOKENS_FILE=str(self.data_dir / "tokens.json"),
+            E2C_LOG_LEVEL="INFO",
+            PYTHONUNBUFFERED="1",
+            **{f"{name.upper()}_PORT": str(port)},
+        )
+        return env
+
+    def add(
+        self, name: str, instance: str = "", extra_env: dict[str, str] | None = None
+    ) -> ServiceProcess:
+        """One instance of a service; several instances of one service share its store."""
+        port = free_port()
+        label = f"{name}{instance}"
+        env = {**self.service_env(name, port), "E2C_INSTANCE_ID": label, **(extra_env or {})}
+        service = ServiceProcess(name, env, port, self.data_dir / f"{label}.log")
+        self.services[label] = service
+        return service
+
+    def stop_all(self) -> None:
+        for service in self.services.values():
+            service.stop()
