@@ -82,6 +82,47 @@ def _parser() -> argparse.ArgumentParser:
     )
     finance.add_argument("--json", action="store_true", help="print the report as JSON")
     finance.set_defaults(run=_report_finance)
+    outcomes_report = report_commands.add_parser(
+        "outcomes",
+        help="accompanied, entries, exits by outcome and category, satisfaction, profile, "
+        "agencies and schools, with their rates (the counts of GET :8003/reports/outcomes)",
+    )
+    outcomes_report.add_argument("--year", required=True, type=_year, help="2000 to 2100")
+    outcomes_report.add_argument(
+        "--json", action="store_true", help="print the report's JSON (the HTTP body, byte for byte)"
+    )
+    outcomes_report.set_defaults(run=_report_outcomes)
+    funnel = report_commands.add_parser(
+        "funnel",
+        help="the year's referrals received, accepted, enrolled, exited and with a solution, "
+        "per agency and per school, with the median days between steps",
+    )
+    funnel.add_argument("--year", required=True, type=_year, help="2000 to 2100")
+    funnel.add_argument("--agency", metavar="ID", help="only this agency's referrals")
+    funnel.add_argument("--json", action="store_true", help="print the funnel as JSON")
+    funnel.set_defaults(run=_report_funnel)
+    aids_outcomes = report_commands.add_parser(
+        "aids-outcomes",
+        help="for the year's exits, the solution rate with and without each aid kind",
+    )
+    aids_outcomes.add_argument("--year", required=True, type=_year, help="2000 to 2100")
+    aids_outcomes.add_argument("--json", action="store_true", help="print it as JSON")
+    aids_outcomes.set_defaults(run=_report_aids_outcomes)
+
+    outcomes = commands.add_parser("outcomes", help="the outcomes service's store")
+    outcomes_commands = outcomes.add_subparsers(title="outcomes commands")
+    rebuild = outcomes_commands.add_parser(
+        "rebuild",
+        help="drop the outcomes store and rebuild it from its input topics (the stack's "
+        "outcomes service is stopped meanwhile and started again)",
+    )
+    rebuild.add_argument(
+        "--force",
+        action="store_true",
+        help="rebuild even though an outcomes service this stack did not start answers on "
+        "its port (stop it yourself first)",
+    )
+    rebuild.set_defaults(run=_outcomes_rebuild)
     return parser
 
 
@@ -154,6 +195,101 @@ def _report_finance(args: argparse.Namespace) -> int:
                   file=sys.stderr if args.json else sys.stdout)
     finally:
         engine.dispose()
+    return 0
+
+
+def _outcomes_engine(settings: Settings):  # a sqlalchemy Engine (imported lazily)
+    """The outcomes store the stack's service uses (its tables created if missing)."""
+    from services.outcomes.store import TABLES
+    from shared.db import make_engine
+    from shared.service import create_schema
+
+    engine = make_engine(settings.database_url("outcomes"))
+    create_schema(engine, TABLES)
+    return engine
+
+
+def _report_outcomes(args: argparse.Namespace) -> int:
+    from services.outcomes import reports
+    from shared.schools import load_schools
+
+    settings = _command_settings()
+    engine = _outcomes_engine(settings)
+    try:
+        schools = list(load_schools(settings.schools_file))
+        report = reports.load_outcomes_report(engine, args.year, schools)
+    finally:
+        engine.dispose()
+    if args.json:
+        print(reports.outcomes_report_json(report).decode("utf-8"))
+    else:
+        print(reports.render_outcomes_text(report), end="")
+    return 0
+
+
+def _report_funnel(args: argparse.Namespace) -> int:
+    from services.outcomes import reports
+
+    engine = _outcomes_engine(_command_settings())
+    try:
+        funnel = reports.load_funnel(engine, args.year, args.agency)
+    finally:
+        engine.dispose()
+    if args.json:
+        print(reports.canonical_json(funnel).decode("utf-8"))
+    else:
+        print(reports.render_funnel_text(funnel), end="")
+    return 0
+
+
+def _report_aids_outcomes(args: argparse.Namespace) -> int:
+    from services.outcomes import reports
+
+    engine = _outcomes_engine(_command_settings())
+    try:
+        report = reports.load_aids_outcomes(engine, args.year)
+    finally:
+        engine.dispose()
+    if args.json:
+        print(reports.canonical_json(report).decode("utf-8"))
+    else:
+        print(reports.render_aids_outcomes_text(report), end="")
+    return 0
+
+
+def _outcomes_rebuild(args: argparse.Namespace) -> int:
+    from deploy.local_kafka import broker_answers
+    from deploy.stack import LocalStack
+    from services.outcomes.app import SERVICE, rebuild
+
+    stack = LocalStack()
+    bootstrap = stack.broker_bootstrap()
+    if not broker_answers(bootstrap):
+        print(f"no broker answers on {bootstrap}: `e2c stack up` first", file=sys.stderr)
+        return 1
+    settings = stack.command_settings().model_copy(
+        update={"kafka_bootstrap_servers": bootstrap}
+    )
+    running = stack.service_running(SERVICE)
+    if not running and not args.force and stack.service_health(SERVICE) != "down":
+        print(f"an outcomes service this stack did not start answers on port "
+              f"{settings.port(SERVICE)}: stop it first (then --force)", file=sys.stderr)
+        return 1
+    if running:
+        stack.stop_service(SERVICE)
+        print(f"{SERVICE:<10} stopped")
+    try:
+        result = rebuild(settings)
+    except BaseException:
+        if running:
+            print(f"{SERVICE:<10} left stopped: its store is incomplete; run "
+                  "`e2c outcomes rebuild` again", file=sys.stderr)
+        raise
+    print(f"store      rebuilt from the topics: {result.records} records replayed, "
+          f"{result.held_again} exits held again (no decision yet)")
+    if running:
+        stack.start_service(SERVICE)
+        print(f"{SERVICE:<10} ready again on http://127.0.0.1:{settings.port(SERVICE)}")
     return 0
 
 

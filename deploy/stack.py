@@ -224,6 +224,48 @@ class LocalStack:
     def status_dicts(self) -> list[dict[str, object]]:
         return [asdict(part) for part in self.status()]
 
+    # --- one service ----------------------------------------------------------------------
+
+    def service_running(self, name: str) -> bool:
+        """Whether the stack runs this service (its pid file names a live process)."""
+        return self._service(name).is_running()
+
+    def service_health(self, name: str) -> str:
+        """'ready', 'degraded' or 'down': whatever answers on the service's port."""
+        return self._health(name)
+
+    def stop_service(self, name: str) -> bool:
+        """Stops one of the stack's services; returns whether it was running."""
+        service = self._service(name)
+        running = service.is_running()
+        service.stop(SERVICE_STOP_TIMEOUT)  # also clears a stale pid file
+        return running
+
+    def start_service(self, name: str) -> None:
+        """Starts one service as `up` would (same broker, cache, tokens and store) and waits
+        until it is ready. Nothing happens if it already runs."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        database_url = None
+        if self.uses_postgres() and not getattr(self.settings, f"{name}_database_url"):
+            database_url = self.postgres.url(name)
+        self._start_service(
+            name,
+            self._ensure_kafka(_quiet),
+            self._ensure_redis(_quiet),
+            self._ensure_tokens(_quiet),
+            database_url,
+        )
+        self._wait_ready(name)
+
+    def broker_bootstrap(self) -> str:
+        """The broker `up` gives the services: KAFKA_BOOTSTRAP_SERVERS when it answers, else
+        the stack's own Kafka (whose port is E2C_KAFKA_PORT, not always the default)."""
+        configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        if configured and broker_answers(configured):
+            return configured
+        return self.kafka.bootstrap
+
     # --- helpers --------------------------------------------------------------------------
 
     def command_settings(self) -> Settings:
