@@ -123,6 +123,43 @@ def _parser() -> argparse.ArgumentParser:
         "its port (stop it yourself first)",
     )
     rebuild.set_defaults(run=_outcomes_rebuild)
+
+    ops = commands.add_parser("ops", help="pipeline health (role ops)")
+    ops_commands = ops.add_subparsers(title="ops commands")
+    ops_status = ops_commands.add_parser(
+        "status",
+        help="per service: consumer lag, outbox backlog, held requests, age of the last "
+        "event, dead letters and heartbeat (exit code 1 when something is down)",
+    )
+    ops_status.add_argument("--json", action="store_true", help="print it as JSON")
+    ops_status.add_argument(
+        "--watch", nargs="?", type=float, const=2.0, metavar="SECONDS",
+        help="refresh every SECONDS (default 2) until Ctrl-C",
+    )
+    ops_status.add_argument("--limit", type=int, default=5, help="dead letters shown (5)")
+    ops_status.set_defaults(run=_ops_status)
+
+    deadletters = commands.add_parser("deadletters", help="inspect and replay dead letters")
+    deadletter_commands = deadletters.add_subparsers(title="deadletters commands")
+    dl_list = deadletter_commands.add_parser(
+        "list", help="the number of dead letters and the last ones, with reason and source"
+    )
+    dl_list.add_argument("--limit", type=int, default=20, help="letters shown (20)")
+    dl_list.add_argument("--service", help="only the letters of this service")
+    dl_list.add_argument(
+        "--show-original", action="store_true",
+        help="also print each original message and key (may hold personal data)",
+    )
+    dl_list.add_argument("--json", action="store_true", help="print them as JSON")
+    dl_list.set_defaults(run=_deadletters_list)
+    dl_replay = deadletter_commands.add_parser(
+        "replay",
+        help="publish a letter's original again to its source topic, once its cause is "
+        "fixed (an event_id already processed has no effect)",
+    )
+    dl_replay.add_argument("--id", required=True, dest="event_id",
+                           help="the dead letter's event_id (see `deadletters list`)")
+    dl_replay.set_defaults(run=_deadletters_replay)
     return parser
 
 
@@ -335,6 +372,93 @@ def _demo(_args: argparse.Namespace) -> int:
     print(f"\n{answered}/{len(rows)} referrals answered; one malformed message sent to "
           "e2c.deadletter.v1")
     return 0 if answered == len(rows) else 1
+
+
+def _ops_bootstrap() -> str:
+    """KAFKA_BOOTSTRAP_SERVERS when set, else the stack's own broker."""
+    import os
+
+    from deploy.stack import LocalStack
+
+    return os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or LocalStack().kafka.bootstrap
+
+
+def _ops_token(settings: Settings) -> str | None:
+    """E2C_TOKEN, else an ops (or else admin) token of the stack's tokens file."""
+    import os
+
+    from shared.http import load_tokens
+
+    if os.environ.get("E2C_TOKEN"):
+        return os.environ["E2C_TOKEN"]
+    tokens = load_tokens(settings.tokens_file or settings.data_dir / "tokens.json")
+    for wanted in ("ops", "admin"):
+        for token, role in tokens.items():
+            if role == wanted:
+                return token
+    return None
+
+
+def _ops_status(args: argparse.Namespace) -> int:
+    import time as clock
+
+    from shared.ops import SERVICES, collect_status, render_status
+
+    settings = Settings()
+    bootstrap = _ops_bootstrap()
+    urls = {name: f"http://127.0.0.1:{settings.port(name)}" for name in SERVICES}
+    token = _ops_token(settings)
+    code = 1
+    try:
+        while True:
+            status = asyncio.run(
+                collect_status(bootstrap, settings.redis_url, urls, token, args.limit)
+            )
+            code = 0 if status.healthy else 1
+            if args.json:
+                print(json.dumps(status.as_dict(), indent=2), flush=True)
+            else:
+                if args.watch is not None:
+                    print("\033[2J\033[H", end="")
+                print(render_status(status), end="", flush=True)
+            if args.watch is None:
+                return code
+            clock.sleep(max(args.watch, 0.5))
+    except KeyboardInterrupt:
+        return code
+
+
+def _deadletters_list(args: argparse.Namespace) -> int:
+    from shared.ops import format_letter, read_dead_letters
+
+    count, last = asyncio.run(read_dead_letters(
+        _ops_bootstrap(), max(args.limit, 0), args.service, args.show_original
+    ))
+    if args.json:
+        print(json.dumps({"count": count, "last": last}, indent=2))
+        return 0
+    scope = f" of {args.service}" if args.service else ""
+    print(f"{count} dead letters{scope} in e2c.deadletter.v1"
+          + (f", the last {len(last)}:" if last else ""))
+    for letter in last:
+        print("  " + format_letter(letter))
+        if args.show_original:
+            print(f"    key: {letter.get('key')}\n    original: {letter.get('original')}")
+    return 0
+
+
+def _deadletters_replay(args: argparse.Namespace) -> int:
+    from shared.ops import ReplayError, replay_dead_letter
+
+    try:
+        sent = asyncio.run(replay_dead_letter(_ops_bootstrap(), args.event_id))
+    except ReplayError as error:
+        print(error, file=sys.stderr)
+        return 1
+    print(f"dead letter {sent['event_id']} replayed to {sent['source_topic']}"
+          f"[{sent['partition']}]@{sent['offset']}; its answer (or a new dead letter if "
+          "the cause is not fixed) follows as for any message")
+    return 0
 
 
 if __name__ == "__main__":

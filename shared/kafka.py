@@ -133,6 +133,7 @@ class BatchConsumer:
             return
         self.failures = 0
         self.last_processed_at = time.time()
+        self.metrics.mark_processed(self.last_processed_at)
         self.metrics.record_batch(result, time.perf_counter() - started, len(inbound))
         _crash_if("after_db_commit")
         await msg.ack()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -70,9 +71,75 @@ class ServiceMetrics:
             registry=registry,
         )
 
+        self.dead_letters = Counter(
+            "e2c_dead_letters_total",
+            "Input records sent to e2c.deadletter.v1, by the topic they were read from.",
+            ["service", "source_topic"],
+            registry=registry,
+        )
+        self.held_requests = Gauge(
+            "e2c_held_requests",
+            "Requests held until their trainee's enrollment is known.",
+            ["service"],
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            "e2c_consumer_lag",
+            "Records of the service's consumer group not yet committed (end - committed "
+            "offset), per topic and partition; refreshed every few seconds.",
+            ["service", "topic", "partition"],
+            registry=registry,
+        )
+        self.last_event_timestamp = Gauge(
+            "e2c_last_event_processed_timestamp_seconds",
+            "Unix time at which this instance last committed a consumed batch.",
+            ["service"],
+            registry=registry,
+        )
+        self.last_event_age = Gauge(
+            "e2c_last_event_age_seconds",
+            "Seconds since this instance last committed a consumed batch (absent before "
+            "the first one).",
+            ["service"],
+            registry=registry,
+        )
+        self.heartbeat_failures = Counter(
+            "e2c_heartbeat_failures_total",
+            "Heartbeats that could not be written to Redis.",
+            ["service"],
+            registry=registry,
+        )
+        self._last_processed_at: float | None = None
+
+    def watch_topics(self, topics: list[str]) -> None:
+        """Makes the per-topic series visible at zero before anything happened."""
+        for topic in topics:
+            self.dead_letters.labels(self.service, topic)
+            for result in ("handled", "duplicate", "dead_letter"):
+                self.events_consumed.labels(self.service, topic, result)
+
+    def mark_processed(self, at: float) -> None:
+        """A batch was committed at `at` (unix time)."""
+        if self._last_processed_at is None:
+            self.last_event_age.labels(self.service).set_function(self._last_event_age)
+        self._last_processed_at = at
+        self.last_event_timestamp.labels(self.service).set(at)
+
+    def _last_event_age(self) -> float:
+        at = self._last_processed_at
+        return max(time.time() - at, 0.0) if at is not None else 0.0
+
+    def set_lag(self, rows: list[dict[str, object]]) -> None:
+        for row in rows:
+            self.consumer_lag.labels(self.service, str(row["topic"]), str(row["partition"])).set(
+                float(row["lag"])  # type: ignore[arg-type]
+            )
+
     def record_batch(self, result: BatchResult, seconds: float, size: int) -> None:
         self.batch_seconds.labels(self.service).observe(seconds)
         self.batch_size.labels(self.service).observe(size)
+        for topic, count in result.dead_letters.items():
+            self.dead_letters.labels(self.service, topic).inc(count)
         for bucket, name in (
             (result.handled, "handled"),
             (result.duplicates, "duplicate"),

@@ -22,9 +22,12 @@ from faststream.specification import AsyncAPI
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 from sqlalchemy import Engine, Table, text
-from sqlmodel import SQLModel
+from sqlmodel import Session, SQLModel
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
+from starlette.routing import Route as HttpRoute
 from starlette.types import Receive, Scope, Send
 
 from shared.contract import ALL_TOPICS
@@ -32,14 +35,17 @@ from shared.db import make_engine
 from shared.http import Authorizer, health_routes, json_error_handlers, load_tokens
 from shared.kafka import BatchConsumer, OutboxRelay, ensure_topics
 from shared.logsafe import describe_error
-from shared.messaging import PLUMBING_TABLES, BatchProcessor, Route
+from shared.messaging import PLUMBING_TABLES, BatchProcessor, Route, outbox_backlog
 from shared.observability import ServiceMetrics, configure_logging
+from shared.ops import SERVICES, KafkaInspector, heartbeat_key, read_heartbeats
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 5
 HEARTBEAT_TTL_SECONDS = 15
+OPS_METRICS_SECONDS = 10  # consumer lag and held requests for Prometheus
+OPS_TIMEOUT_SECONDS = 3.0  # each part of GET /ops/pipeline
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,8 @@ class ServiceSpec:
     http_routes: Callable[[ServiceContext], list[BaseRoute]] | None = None
     periodic: Sequence[PeriodicJob] = ()
     description: str = ""
+    # Requests the service holds (waiting for an enrollment); None: it holds nothing.
+    held_count: Callable[[Session], int] | None = None
 
 
 @dataclass
@@ -79,10 +87,14 @@ class ServiceContext:
     relay: OutboxRelay
     instance_id: str
     redis: aioredis.Redis = field(init=False)
+    inspector: KafkaInspector = field(init=False)
 
     def __post_init__(self) -> None:
         self.redis = aioredis.from_url(
             self.settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
+        )
+        self.inspector = KafkaInspector(
+            self.settings.kafka_bootstrap_servers, timeout=OPS_TIMEOUT_SECONDS
         )
 
     @property
@@ -148,6 +160,7 @@ def build_app(spec: ServiceSpec, settings: Settings | None = None) -> ServiceApp
     settings = settings or Settings()
     configure_logging(spec.name, settings.log_level)
     ctx = build_context(spec, settings)
+    ctx.metrics.watch_topics(list(spec.routes))
     if spec.routes:
         ctx.consumer.subscribe(
             ctx.broker,
@@ -165,6 +178,7 @@ def build_app(spec: ServiceSpec, settings: Settings | None = None) -> ServiceApp
     async def start_background() -> None:
         await ctx.relay.start()
         tasks.append(asyncio.create_task(_heartbeat(ctx), name="heartbeat"))
+        tasks.append(asyncio.create_task(_ops_metrics(ctx), name="ops-metrics"))
         for job in spec.periodic:
             tasks.append(asyncio.create_task(_every(ctx, job), name=job.name))
         log.info("%s ready (instance %s)", spec.name, ctx.instance_id)
@@ -173,6 +187,9 @@ def build_app(spec: ServiceSpec, settings: Settings | None = None) -> ServiceApp
         for task in tasks:
             task.cancel()
         await ctx.relay.stop()
+        await ctx.inspector.close()
+        with contextlib.suppress(Exception):  # a clean stop shows as down at once
+            await ctx.redis.delete(heartbeat_key(spec.name, ctx.instance_id))
         with contextlib.suppress(Exception):
             await ctx.redis.aclose()
 
@@ -185,6 +202,7 @@ def build_app(spec: ServiceSpec, settings: Settings | None = None) -> ServiceApp
         on_shutdown=[stop_background],
     )
     routes: list[BaseRoute] = list(health_routes(_readiness_checks(ctx), ctx.registry))
+    routes.append(HttpRoute("/ops/pipeline", _pipeline_endpoint(ctx)))
     if spec.http_routes is not None:
         routes.extend(spec.http_routes(ctx))
     http = Starlette(routes=routes, exception_handlers=json_error_handlers())
@@ -210,16 +228,114 @@ def _readiness_checks(ctx: ServiceContext) -> dict[str, Any]:
 
 
 async def _heartbeat(ctx: ServiceContext) -> None:
-    """Tells operations this instance is alive; Redis being away only degrades readiness."""
-    key = f"e2c:heartbeat:{ctx.spec.name}:{ctx.instance_id}"
+    """Tells operations this instance is alive; Redis being away only degrades readiness.
+
+    Nothing the service decides goes through Redis: while it is away the consumer goes on,
+    the heartbeat is retried every few seconds and is back as soon as Redis is.
+    """
+    key = heartbeat_key(ctx.spec.name, ctx.instance_id)
+    writing = True
     while True:
         beat = {"service": ctx.spec.name, "instance": ctx.instance_id, "at": time.time(),
                 "last_processed_at": ctx.consumer.last_processed_at}
         try:
             await ctx.redis.set(key, json.dumps(beat), ex=HEARTBEAT_TTL_SECONDS)
+            if not writing:
+                log.info("heartbeat written again: Redis is back")
+            writing = True
+        except asyncio.CancelledError:
+            raise
         except Exception as error:
-            log.debug("heartbeat not written: %s", type(error).__name__)
+            ctx.metrics.heartbeat_failures.labels(ctx.spec.name).inc()
+            if writing:
+                log.warning("heartbeat not written (Redis: %s); the service carries on",
+                            type(error).__name__)
+            writing = False
         await asyncio.sleep(HEARTBEAT_SECONDS)
+
+
+def _held(ctx: ServiceContext) -> int | None:
+    if ctx.spec.held_count is None:
+        return None
+    with Session(ctx.engine) as session:
+        return ctx.spec.held_count(session)
+
+
+def _backlog(ctx: ServiceContext) -> int:
+    with Session(ctx.engine) as session:
+        return outbox_backlog(session)
+
+
+async def _ops_metrics(ctx: ServiceContext) -> None:
+    """Refreshes the consumer lag and held-requests gauges; failures are only logged."""
+    while True:
+        if ctx.spec.routes:
+            try:
+                ctx.metrics.set_lag(await ctx.inspector.lag(ctx.group_id, list(ctx.spec.routes)))
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.debug("consumer lag not refreshed: %s", type(error).__name__)
+        if ctx.spec.held_count is not None:
+            try:
+                held = await anyio.to_thread.run_sync(_held, ctx)
+                ctx.metrics.held_requests.labels(ctx.spec.name).set(held or 0)
+            except Exception as error:
+                log.debug("held requests not counted: %s", describe_error(error))
+        await asyncio.sleep(OPS_METRICS_SECONDS)
+
+
+async def pipeline_state(ctx: ServiceContext, dead_letter_limit: int = 10) -> dict[str, Any]:
+    """This instance's view of its pipeline; a part that fails is null, named in `errors`."""
+    errors: dict[str, str] = {}
+
+    async def part(name: str, work: Any, timeout: float = OPS_TIMEOUT_SECONDS * 2) -> Any:
+        try:
+            return await asyncio.wait_for(work, timeout=timeout)
+        except Exception as error:
+            errors[name] = type(error).__name__
+            return None
+
+    lag, backlog, held, letters, beats = await asyncio.gather(
+        part("lag", ctx.inspector.lag(ctx.group_id, list(ctx.spec.routes))),
+        part("outbox_backlog", anyio.to_thread.run_sync(_backlog, ctx)),
+        part("held", anyio.to_thread.run_sync(_held, ctx)),
+        part("dead_letters", ctx.inspector.dead_letters(dead_letter_limit, ctx.spec.name),
+             timeout=OPS_TIMEOUT_SECONDS * 4),
+        part("heartbeats", read_heartbeats(ctx.redis, SERVICES)),
+    )
+    if lag is not None:
+        ctx.metrics.set_lag(lag)
+    processed = ctx.consumer.last_processed_at
+    return {
+        "service": ctx.spec.name,
+        "instance": ctx.instance_id,
+        "group_id": ctx.group_id,
+        "lag": lag,
+        "lag_total": sum(row["lag"] for row in lag) if lag is not None else None,
+        "outbox_backlog": backlog,
+        "held": held,
+        "last_processed_age_seconds":
+            round(time.time() - processed, 1) if processed is not None else None,
+        "dead_letters": {"count": letters.count, "last": letters.last}
+        if letters is not None else None,
+        "heartbeats": beats,
+        "errors": errors,
+    }
+
+
+def _pipeline_endpoint(ctx: ServiceContext) -> Callable[[Request], Any]:
+    async def pipeline(request: Request) -> Response:
+        ctx.auth.require(request, "ops")
+        try:
+            limit = int(request.query_params.get("limit", "10"))
+        except ValueError:
+            limit = -1
+        if not 0 <= limit <= 1000:
+            return JSONResponse({"detail": "limit must be an integer from 0 to 1000"}, 400)
+        return JSONResponse(await pipeline_state(ctx, limit))
+
+    return pipeline
 
 
 async def _every(ctx: ServiceContext, job: PeriodicJob) -> None:
