@@ -14,7 +14,7 @@ from shared.settings import Settings
 from . import api
 from .domain import load_rules
 from .handlers import AidHandlers
-from .store import TABLES
+from .store import TABLES, AidStore
 
 
 def sweep_held_requests(handlers: AidHandlers, ctx: ServiceContext) -> int:
@@ -42,5 +42,6 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
             )
         ],
         description="Aid requests, budget envelopes, the spending ledger and finance reports.",
+        held_count=lambda session: AidStore(session).held_count(),
     )
     return build_app(spec, settings)

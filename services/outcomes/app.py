@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
             )
         ],
         description="Exits, outcome categories, yearly indicators and the referral funnel.",
+        held_count=lambda session: OutcomeStore(session).held_count(),
     )
     return build_app(spec, settings)
 
