@@ -5,11 +5,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 ARGS   ?=
 
-.PHONY: run test up down status demo install system-deps lint clean bench-reports
+.PHONY: run test up down status demo simulate install system-deps lint clean bench bench-pipeline bench-reports
 
-run: install system-deps          ## start the whole stack, feed a demo batch, leave it running
+run: install system-deps          ## start the whole stack, simulate a small year through it, leave it running
 	$(BIN)/e2c stack up
 	$(BIN)/e2c demo
+	$(BIN)/e2c simulate --trainees 300
 	@echo "The stack is still running: 'make status' to look, 'make down' to stop it."
 
 test: install system-deps         ## the whole suite against real Kafka, Redis and PostgreSQL
@@ -29,6 +30,14 @@ demo: install
 
 lint: install
 	$(BIN)/ruff check .
+
+bench: bench-pipeline bench-reports  ## the benchmarks (never tests): pipeline vs raw Kafka, report cost
+
+bench-pipeline: install system-deps  ## raw aiokafka vs referral pipeline vs lifecycle, scaling 1-3
+	$(BIN)/python -m bench.pipeline $(ARGS)
+
+simulate: install
+	$(BIN)/e2c simulate $(ARGS)
 
 bench-reports: install            ## finance report and CSV cost at 10k and 1M ledger lines (not a test)
 	$(BIN)/python -m bench.report_cost $(ARGS)

@@ -160,6 +160,19 @@ def _parser() -> argparse.ArgumentParser:
     dl_replay.add_argument("--id", required=True, dest="event_id",
                            help="the dead letter's event_id (see `deadletters list`)")
     dl_replay.set_defaults(run=_deadletters_replay)
+    simulate = commands.add_parser(
+        "simulate",
+        help="publish a realistic network year through the running stack and check the "
+        "services' reports against the simulation's own ground truth",
+    )
+    simulate.add_argument("--year", type=int, default=date.today().year - 1)
+    simulate.add_argument("--trainees", type=int, default=1750)
+    simulate.add_argument("--seed", type=int, default=2024)
+    simulate.add_argument("--rate", type=float, default=0,
+                          help="events per second to publish at (0: as fast as possible)")
+    simulate.add_argument("--timeout", type=float, default=900,
+                          help="seconds to wait for the answers of one phase")
+    simulate.set_defaults(run=_simulate)
     return parser
 
 
@@ -459,6 +472,15 @@ def _deadletters_replay(args: argparse.Namespace) -> int:
           f"[{sent['partition']}]@{sent['offset']}; its answer (or a new dead letter if "
           "the cause is not fixed) follows as for any message")
     return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from deploy.simulation.command import simulate, stack_endpoints
+    from deploy.stack import LocalStack
+
+    stack = LocalStack()
+    endpoints = stack_endpoints(stack.settings)
+    return simulate(args.year, args.trainees, args.seed, args.rate, args.timeout, endpoints)
 
 
 if __name__ == "__main__":

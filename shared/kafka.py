@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any, Union
 
 import anyio
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from faststream import AckPolicy
@@ -34,6 +34,10 @@ Row = tuple[int, str, str | None, str]
 CRASH_EXIT_CODE = 75
 
 
+# The topics are the system of record the views are rebuilt from: they are kept forever.
+TOPIC_CONFIG = {"retention.ms": "-1"}
+
+
 async def ensure_topics(bootstrap: str, topics: Sequence[str], partitions: int) -> None:
     """Create the missing topics; a topic another service created meanwhile is fine."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -43,11 +47,39 @@ async def ensure_topics(bootstrap: str, topics: Sequence[str], partitions: int) 
         missing = [t for t in topics if t not in existing]
         if not missing:
             return
-        new = [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in missing]
+        new = [NewTopic(t, num_partitions=partitions, replication_factor=1,
+                        topic_configs=TOPIC_CONFIG) for t in missing]
         with contextlib.suppress(TopicAlreadyExistsError):
             await admin.create_topics(new)
     finally:
         await admin.close()
+
+
+async def topic_partitions(
+    bootstrap: str, topics: Sequence[str], wait_seconds: float = 10
+) -> list[TopicPartition]:
+    """Every partition of `topics`, as the broker describes them (a new topic may take a
+    moment to have its partitions and leaders)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            described = await admin.describe_topics(list(topics))
+            found = {
+                topic["topic"]: [p["partition"] for p in topic.get("partitions", [])]
+                for topic in described
+                if not topic.get("error_code")
+            }
+            if all(found.get(t) for t in topics) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+    missing = [topic for topic in topics if not found.get(topic)]
+    if missing:
+        raise RuntimeError(f"no partitions known for {', '.join(missing)}")
+    return [TopicPartition(topic, p) for topic in topics for p in sorted(found[topic])]
 
 
 def _keep_undecoded(_message: Any) -> None:

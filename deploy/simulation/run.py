@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from shared.contract import AidKind, Topic
+from shared.kafka import topic_partitions
 
 from .plan import YearPlan
 
@@ -67,8 +68,7 @@ class Answers:
         self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
                                           enable_auto_commit=False)
         await self._consumer.start()
-        partitions = [TopicPartition(topic, p) for topic in ANSWER_TOPICS
-                      for p in sorted(self._consumer.partitions_for_topic(topic) or {0})]
+        partitions = await topic_partitions(self.bootstrap, ANSWER_TOPICS)
         self._consumer.assign(partitions)
         await self._consumer.seek_to_end(*partitions)
         for partition in partitions:  # settle the positions before anything is published

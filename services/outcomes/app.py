@@ -8,13 +8,19 @@ from datetime import timedelta
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
-from sqlalchemy import Engine
+from sqlalchemy import Engine, inspect
 from sqlmodel import Session, SQLModel, delete
 
-from shared.contract import ExitDecided, Topic
+from shared.contract import ExitDecided, ExitSubmitted, Topic
 from shared.db import make_engine
-from shared.kafka import to_inbound
-from shared.messaging import PLUMBING_TABLES, BatchProcessor, OutboxMessage, Unit
+from shared.kafka import to_inbound, topic_partitions
+from shared.messaging import (
+    PLUMBING_TABLES,
+    BatchProcessor,
+    OutboxMessage,
+    Unit,
+    outbox_backlog,
+)
 from shared.service import PeriodicJob, ServiceApp, ServiceContext, ServiceSpec, build_app
 from shared.settings import Settings
 
@@ -79,16 +85,18 @@ def rebuild(settings: Settings) -> RebuildResult:
 
     Every input topic is read from its beginning up to its end at the start of the rebuild;
     exits are taken as they were decided (exits.decided) with the satisfaction answers of
-    their submissions, so nothing is decided again and nothing is published. Submissions
-    that had no decision yet are held again. The consumer group then resumes where the
-    rebuild stopped reading.
+    their submissions, so nothing is decided again. Submissions that had no decision yet are
+    decided now when their trainee is known (a first answer, published when the service
+    starts), held again otherwise. The consumer group then resumes where the rebuild stopped.
+    It refuses to run while decisions wait in the outbox, or when a topic lost its start.
     """
     engine = make_engine(settings.database_url(SERVICE))
     try:
+        _refuse_unsent_outbox(engine)
+        ends = asyncio.run(_end_offsets(settings.kafka_bootstrap_servers))
         tables = [*PLUMBING_TABLES, *TABLES]
         SQLModel.metadata.drop_all(engine, tables=tables)
         SQLModel.metadata.create_all(engine, tables=tables)
-        ends = asyncio.run(_end_offsets(settings.kafka_bootstrap_servers))
         processor = BatchProcessor(SERVICE, engine, OutcomeHandlers().rebuild_routes())
         records = 0
         for topic in REBUILD_ORDER:
@@ -101,15 +109,27 @@ def rebuild(settings: Settings) -> RebuildResult:
         engine.dispose()
 
 
+def _refuse_unsent_outbox(engine: Engine) -> None:
+    inspector = inspect(engine)
+    if not inspector.has_table(OutboxMessage.__tablename__):
+        return
+    with Session(engine) as session:
+        backlog = outbox_backlog(session)
+    if backlog:
+        raise RuntimeError(f"{backlog} decisions are not published yet: start the service "
+                           "until its outbox is empty, then rebuild")
+
+
 async def _end_offsets(bootstrap: str) -> dict[TopicPartition, int]:
+    """Where each input partition ends; refuses when its beginning is gone (retention)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
     await consumer.start()
     try:
-        partitions = [
-            TopicPartition(topic, p)
-            for topic in REBUILD_ORDER
-            for p in sorted(consumer.partitions_for_topic(topic) or set())
-        ]
+        partitions = await topic_partitions(bootstrap, REBUILD_ORDER)
+        starts = await consumer.beginning_offsets(partitions)
+        lost = [f"{tp.topic}[{tp.partition}]" for tp, offset in starts.items() if offset > 0]
+        if lost:
+            raise RuntimeError(f"cannot rebuild: the start of {', '.join(lost)} was deleted")
         return dict(await consumer.end_offsets(partitions))
     finally:
         await consumer.stop()
@@ -147,15 +167,22 @@ async def _replay(
 
 
 def _hold_undecided(engine: Engine) -> int:
-    """Submissions never answered (held, or in flight) are held again; nothing is sent."""
+    """Submissions never answered: decided now if their trainee is known, else held again.
+    Nothing else the replay wrote to the outbox is sent (it was sent the first time)."""
+    handlers = OutcomeHandlers()
     with Session(engine) as session:
+        session.exec(delete(OutboxMessage))
         store = OutcomeStore(session)
-        pending = store.undecided_submissions()
-        for submission in pending:
-            store.hold(submission.trainee_id, submission.payload)
-        session.exec(delete(OutboxMessage))  # a rebuild publishes nothing
+        held = 0
+        for submission in store.undecided_submissions():
+            event = ExitSubmitted.model_validate_json(submission.payload)
+            if store.trainee(event.trainee_id) is None:
+                store.hold(submission.trainee_id, submission.payload)
+                held += 1
+            else:
+                handlers.decide(Unit(session), store, event)
         session.commit()
-        return len(pending)
+        return held
 
 
 async def _commit_group_offsets(bootstrap: str, ends: dict[TopicPartition, int]) -> None:

@@ -1,0 +1,342 @@
+"""Throughput and latency of the pipeline against the raw Kafka ceiling, on this machine.
+
+    make bench                       # everything, with the default sizes
+    make bench ARGS="--events 2000 --trainees 300 --skip-scaling"
+
+One run starts its own broker, Redis and (for the scaling runs) PostgreSQL under
+var/bench/, then measures:
+
+1. raw: aiokafka alone, one producer and one consumer, N small JSON messages (the size of
+   a referral) through the same broker: the ceiling.
+2. referrals: N referrals published, N decisions received, through the referrals service
+   as it is deployed by default (one instance, SQLite).
+3. lifecycle: T young people taken through referral, enrollment, one aid and their exit
+   (4 inputs each, each published when the previous answer arrives).
+4. scaling: the referrals run again with 1, 2 and 3 instances sharing one PostgreSQL store.
+
+Each line gives events per second (N / from the first publish to the last answer) and
+the p50/p99 latency from publish to answer. `ratio` is referrals / raw. The figures go to
+var/bench/pipeline.json. A benchmark, never a test: nothing here asserts a timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import statistics
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from deploy.harness import Stack, free_port
+from deploy.local_kafka import LocalKafka
+from deploy.local_postgres import LocalPostgres
+from deploy.local_postgres import ensure_installed as ensure_postgres
+from deploy.local_redis import LocalRedis
+from deploy.local_redis import ensure_installed as ensure_redis
+from shared.contract import Topic
+from shared.kafka import topic_partitions
+from shared.settings import PROJECT_ROOT
+
+BENCH_DIR = PROJECT_ROOT / "var" / "bench"
+RESULTS = BENCH_DIR / "pipeline.json"
+
+
+@dataclass
+class Figure:
+    name: str
+    events: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def per_second(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+
+def figure(name: str, sent: dict[str, float], received: dict[str, float]) -> Figure:
+    latencies = sorted((received[k] - sent[k]) * 1000 for k in sent if k in received)
+    if len(latencies) < len(sent):
+        raise RuntimeError(f"{name}: {len(sent) - len(latencies)} events never answered")
+    seconds = max(received.values()) - min(sent.values())
+    return Figure(name, len(sent), seconds, statistics.median(latencies),
+                  latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))])
+
+
+# --- the environment -------------------------------------------------------------------------
+
+
+class Environment:
+    """A broker, a cache and (on demand) PostgreSQL of the benchmark's own."""
+
+    def __init__(self) -> None:
+        shutil.rmtree(BENCH_DIR / "env", ignore_errors=True)
+        self.data = BENCH_DIR / "env"
+        self.kafka = LocalKafka(self.data, port=free_port(), controller_port=free_port())
+        ensure_redis()
+        self.redis = LocalRedis(self.data, port=free_port())
+        self.postgres: LocalPostgres | None = None
+
+    def start(self) -> None:
+        self.kafka.start()
+        self.redis.start()
+
+    def database(self, name: str) -> str:
+        if self.postgres is None:
+            ensure_postgres()
+            self.postgres = LocalPostgres(self.data, port=free_port())
+            self.postgres.start()
+        self.postgres.create_database(name)
+        return self.postgres.url(name)
+
+    def stop(self) -> None:
+        if self.postgres is not None:
+            self.postgres.stop()
+            self.postgres.purge()
+        self.redis.stop()
+        self.kafka.stop()
+
+    def stack(self, label: str) -> Stack:
+        folder = self.data / label
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "tokens.json").write_text('{"bench-admin": "admin"}')
+        return Stack(self.kafka.bootstrap, self.redis.url, folder)
+
+
+def quiet(extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {"E2C_LOG_LEVEL": "WARNING", **(extra or {})}
+
+
+# --- 1. raw -----------------------------------------------------------------------------------
+
+
+async def raw_ceiling(bootstrap: str, events: int) -> Figure:
+    topic = f"bench.raw.{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    await admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])
+    await admin.close()
+    padding = "x" * 420  # about the size of a referral
+    sent: dict[str, float] = {}
+    received: dict[str, float] = {}
+    consumer = await _consumer_at_end(bootstrap, [topic])
+    reading = asyncio.create_task(_read(consumer, received, "id", events))
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all",
+                                enable_idempotence=True)
+    await producer.start()
+    futures = []
+    for index in range(events):
+        key = str(index)
+        sent[key] = time.time()
+        body = json.dumps({"id": key, "padding": padding}).encode()
+        futures.append(await producer.send(topic, body, key=key.encode()))
+    await asyncio.gather(*futures)
+    await producer.stop()
+    await reading
+    await consumer.stop()
+    return figure("raw aiokafka", sent, received)
+
+
+async def _consumer_at_end(bootstrap: str, topics: list[str]) -> AIOKafkaConsumer:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                                enable_auto_commit=False)
+    await consumer.start()
+    partitions = await topic_partitions(bootstrap, topics)
+    consumer.assign(partitions)
+    await consumer.seek_to_end(*partitions)
+    for partition in partitions:
+        await consumer.position(partition)
+    return consumer
+
+
+async def _read(consumer: AIOKafkaConsumer, received: dict[str, float], field: str,
+                expected: int, on_answer: Callable[[dict[str, Any]], Awaitable[None]] | None = None
+                ) -> None:
+    while len(received) < expected:
+        batches = await consumer.getmany(timeout_ms=500, max_records=5000)
+        now = time.time()
+        for records in batches.values():
+            for record in records:
+                body = json.loads(record.value)
+                key = body.get(field)
+                if key is not None and key not in received:
+                    received[key] = now
+                    if on_answer is not None:
+                        await on_answer(body)
+
+
+# --- 2. referrals --------------------------------------------------------------------------------
+
+
+def referral(index: int, tag: str) -> dict[str, Any]:
+    return {
+        "event_id": str(uuid.uuid4()), "occurred_at": "2024-03-04T09:12:00+01:00",
+        "schema_version": 1, "referral_id": f"B-{tag}-{index:07d}",
+        "agency": {"kind": "mission_locale", "id": "ml-toulouse", "name": "ML Toulouse"},
+        "school_id": "toulouse",
+        "candidate": {"first_name": "Inès", "last_name": f"Bench-{tag}-{index}",
+                      "birth_date": "2006-05-17", "email": None, "phone": None,
+                      "highest_qualification": "none", "in_school": False,
+                      "has_work_experience": False, "rqth": False, "qpv_resident": True},
+    }
+
+
+async def referral_pipeline(bootstrap: str, events: int, name: str) -> Figure:
+    tag = uuid.uuid4().hex[:8]
+    inputs = [referral(i, tag) for i in range(events)]
+    sent: dict[str, float] = {}
+    received: dict[str, float] = {}
+    consumer = await _consumer_at_end(bootstrap, [Topic.REFERRALS_DECIDED])
+    reading = asyncio.create_task(_read(consumer, received, "request_event_id", events))
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
+    await producer.start()
+    futures = []
+    for event in inputs:
+        sent[event["event_id"]] = time.time()
+        futures.append(await producer.send(Topic.REFERRALS_SUBMITTED,
+                                           json.dumps(event).encode(),
+                                           key=event["referral_id"].encode()))
+    await asyncio.gather(*futures)
+    await asyncio.wait_for(reading, timeout=600)
+    await producer.stop()
+    await consumer.stop()
+    return figure(name, sent, received)
+
+
+# --- 3. lifecycle -------------------------------------------------------------------------------
+
+
+async def lifecycle(bootstrap: str, trainees: int) -> Figure:
+    """Each young person: referral → enrollment → meals → exit, the next input published as
+    soon as the previous answer arrives, all people at once."""
+    tag = uuid.uuid4().hex[:8]
+    sent: dict[str, float] = {}
+    received: dict[str, float] = {}
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2, acks="all")
+    await producer.start()
+    topics = [Topic.REFERRALS_DECIDED, Topic.ENROLLMENTS_DECIDED, Topic.AIDS_DECIDED,
+              Topic.EXITS_DECIDED]
+    consumer = await _consumer_at_end(bootstrap, topics)
+
+    async def send(topic: str, key: str, body: dict[str, Any]) -> None:
+        sent[body["event_id"]] = time.time()
+        await producer.send(topic, json.dumps(body).encode(), key=key.encode())
+
+    async def next_step(answer: dict[str, Any]) -> None:
+        base = {"event_id": str(uuid.uuid4()), "occurred_at": "2024-05-01T09:00:00+02:00",
+                "schema_version": 1}
+        if "agency_id" in answer:  # a referral decided: enroll
+            await send(Topic.ENROLLMENTS_SUBMITTED, answer["referral_id"], {
+                **base, "referral_id": answer["referral_id"], "school_id": "toulouse",
+                "enrolled_on": "2024-04-02"})
+        elif "age_at_entry" in answer:  # enrolled: meals
+            trainee = answer["trainee_id"]
+            await send(Topic.AIDS_REQUESTED, trainee, {
+                **base, "request_id": f"BM-{uuid.uuid4().hex[:12]}", "trainee_id": trainee,
+                "kind": "meals", "quantity": 10, "amount_cents": None,
+                "period_start": "2024-04-02", "period_end": "2024-04-30"})
+        elif "request_id" in answer:  # aid decided: exit
+            trainee = answer["trainee_id"]
+            await send(Topic.EXITS_SUBMITTED, trainee, {
+                **base, "trainee_id": trainee, "exited_on": "2024-09-30",
+                "outcome": "durable_employment", "satisfied": True})
+
+    reading = asyncio.create_task(
+        _read(consumer, received, "request_event_id", trainees * 4, next_step))
+    for index in range(trainees):
+        event = referral(index, tag)
+        await send(Topic.REFERRALS_SUBMITTED, event["referral_id"], event)
+    await asyncio.wait_for(reading, timeout=900)
+    await producer.stop()
+    await consumer.stop()
+    return figure("whole lifecycle (4 inputs each)", sent, received)
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+def start_services(env: Environment, label: str, instances: int, postgres: bool) -> Stack:
+    stack = env.stack(label)
+    stores = {}
+    if postgres:
+        stores = {f"{name.upper()}_DATABASE_URL": env.database(f"bench_{label}_{name}")
+                  for name in ("referrals", "aids", "outcomes")}
+    for name in ("referrals", "aids", "outcomes"):
+        for instance in range(instances):
+            stack.add(name, f"-{instance + 1}", quiet(stores)).start(timeout=120)
+    return stack
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {"cpus": os.cpu_count(), "cpu": model, "python": platform.python_version(),
+            "platform": platform.platform()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=5000)
+    parser.add_argument("--trainees", type=int, default=1000)
+    parser.add_argument("--skip-scaling", action="store_true")
+    args = parser.parse_args()
+    env = Environment()
+    env.start()
+    figures: list[Figure] = []
+    scaling: list[Figure] = []
+    try:
+        figures.append(asyncio.run(raw_ceiling(env.kafka.bootstrap, args.events)))
+        stack = start_services(env, "default", 1, postgres=False)
+        figures.append(asyncio.run(referral_pipeline(
+            env.kafka.bootstrap, args.events, "referrals (1 instance, SQLite)")))
+        figures.append(asyncio.run(lifecycle(env.kafka.bootstrap, args.trainees)))
+        stack.stop_all()
+        if not args.skip_scaling:
+            for instances in (1, 2, 3):
+                stack = start_services(env, f"scale{instances}", instances, postgres=True)
+                scaling.append(asyncio.run(referral_pipeline(
+                    env.kafka.bootstrap, args.events,
+                    f"referrals ({instances} instance{'s' if instances > 1 else ''}, "
+                    "PostgreSQL)")))
+                stack.stop_all()
+    finally:
+        env.stop()
+    report(figures, scaling)
+
+
+def report(figures: list[Figure], scaling: list[Figure]) -> None:
+    print(f"{'run':<40}{'events':>8}{'events/s':>11}{'p50 ms':>9}{'p99 ms':>9}")
+    for line in [*figures, *scaling]:
+        print(f"{line.name:<40}{line.events:>8}{line.per_second:>11.0f}"
+              f"{line.p50_ms:>9.1f}{line.p99_ms:>9.1f}")
+    ratio = figures[1].per_second / figures[0].per_second
+    print(f"ratio {ratio:.2f}   (referral pipeline / raw aiokafka; the goal is 0.25 or more)")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({
+        "machine": machine(),
+        "figures": [{**asdict(f), "per_second": f.per_second} for f in figures],
+        "scaling": [{**asdict(f), "per_second": f.per_second} for f in scaling],
+        "ratio": ratio,
+    }, indent=2))
+    print(f"figures written to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
