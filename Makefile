@@ -10,7 +10,7 @@ ARGS   ?=
 run: install system-deps          ## start the whole stack, simulate a small year through it, leave it running
 	$(BIN)/e2c stack up
 	$(BIN)/e2c demo
-	$(BIN)/e2c simulate --trainees 300
+	$(BIN)/e2c simulate --trainees 1000
 	@echo "The stack is still running: 'make status' to look, 'make down' to stop it."
 
 test: install system-deps         ## the whole suite against real Kafka, Redis and PostgreSQL
