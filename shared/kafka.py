@@ -23,7 +23,13 @@ from sqlmodel import Session
 
 from shared.db import is_postgresql
 from shared.logsafe import describe_error
-from shared.messaging import BatchProcessor, Inbound, delete_outbox, outbox_backlog, pending_outbox
+from shared.messaging import (
+    BatchProcessor,
+    Inbound,
+    delete_outbox,
+    outbox_backlog,
+    pending_outbox_rows,
+)
 from shared.observability import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -298,8 +304,7 @@ class OutboxRelay:
             if not session.exec(lock, params={"key": OUTBOX_LOCK_KEY}).one()[0]:  # type: ignore[call-overload]
                 session.close()
                 return None
-        rows = pending_outbox(session, self.batch_size)
-        return session, [(row.id, row.topic, row.key, row.payload) for row in rows]  # type: ignore[misc]
+        return session, pending_outbox_rows(session, self.batch_size)
 
     @staticmethod
     def _delete(session: Session, ids: list[int]) -> None:

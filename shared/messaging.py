@@ -14,9 +14,10 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import Engine, delete, func
+from sqlalchemy import Engine, delete, func, insert
 from sqlalchemy.exc import DataError, SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, col, select
 
@@ -72,21 +73,33 @@ class Inbound:
 
 @dataclass
 class Unit:
-    """What a handler gets for one event: the open session and a way to emit events."""
+    """What a handler gets for one event: the open session and a way to emit events.
+
+    Events go to the outbox in the session's transaction: at once for work a timer started
+    (sweeps), in bulk with the batch for consumed records (`batched`), so that a handler
+    that fails on the batch's fast path has emitted nothing.
+    """
 
     session: Session
     inbound: Inbound | None = None  # None for work a timer started (sweeps)
-    emitted: list[OutboxMessage] = field(default_factory=list)
+    batched: bool = False
+    emitted: list[dict[str, Any]] = field(default_factory=list)
 
     def emit(self, topic: str, event: BaseModel, key: str | None = None) -> None:
-        message = OutboxMessage(
-            topic=topic,
-            key=key if key is not None else event_key(topic, event),
-            payload=event.model_dump_json(),
-            created_at=datetime.now(UTC),
-        )
-        self.session.add(message)
-        self.emitted.append(message)
+        row = {
+            "topic": topic,
+            "key": key if key is not None else event_key(topic, event),
+            "payload": event.model_dump_json(),
+            "created_at": datetime.now(UTC),
+        }
+        self.emitted.append(row)
+        if not self.batched:
+            write_outbox(self.session, [row])
+
+
+def write_outbox(session: Session, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        session.exec(insert(OutboxMessage.__table__), params=rows)  # type: ignore[call-overload,arg-type]
 
 
 Handler = Callable[[Unit, BaseModel], None]
@@ -120,8 +133,40 @@ class _Decoded:
         return str(self.event.event_id) if self.event is not None else None  # type: ignore[attr-defined]
 
 
+class _HandlerFailed(Exception):
+    """A handler raised on the fast path: the batch is done again, one savepoint a record."""
+
+
+@dataclass
+class _Batch:
+    """What one pass over a batch writes besides the handlers' own changes."""
+
+    session: Session
+    done: set[str]
+    isolate: bool
+    result: BatchResult = field(default_factory=BatchResult)
+    inbox: list[dict[str, Any]] = field(default_factory=list)
+    outbox: list[dict[str, Any]] = field(default_factory=list)
+
+    def record(self, key: str, topic: str) -> None:
+        self.inbox.append({"key": key, "topic": topic, "processed_at": datetime.now(UTC)})
+        self.done.add(key)
+
+    def write(self) -> None:
+        if self.inbox:
+            self.session.exec(insert(InboxEvent.__table__), params=self.inbox)  # type: ignore[call-overload,arg-type]
+        write_outbox(self.session, self.outbox)
+
+
 class BatchProcessor:
-    """Handles a batch of records in one transaction (called from a worker thread)."""
+    """Handles a batch of records in one transaction (called from a worker thread).
+
+    The fast path runs every handler in the one transaction and writes the inbox and the
+    outbox in bulk at the end. When a handler fails, or the store refuses a value, the
+    batch is rolled back and done again with a savepoint around each record, so that only
+    the faulty record becomes a dead letter. A store failure (or a lost race) is raised:
+    the caller reads the batch again.
+    """
 
     def __init__(self, service: str, engine: Engine, routes: dict[str, Route]) -> None:
         self.service = service
@@ -130,13 +175,19 @@ class BatchProcessor:
 
     def process(self, records: Sequence[Inbound]) -> BatchResult:
         decoded = [self._decode(record) for record in records]
-        result = BatchResult()
+        try:
+            return self._pass(decoded, isolate=False)
+        except (_HandlerFailed, DataError):
+            return self._pass(decoded, isolate=True)
+
+    def _pass(self, decoded: list[_Decoded], isolate: bool) -> BatchResult:
         with Session(self.engine) as session:
-            done = self._already_processed(session, decoded)
+            batch = _Batch(session, self._already_processed(session, decoded), isolate)
             for item in decoded:
-                self._process_one(session, item, done, result)
+                self._process_one(batch, item)
+            batch.write()
             session.commit()
-        return result
+        return batch.result
 
     def _decode(self, inbound: Inbound) -> _Decoded:
         route = self.routes.get(inbound.topic)
@@ -157,52 +208,58 @@ class BatchProcessor:
         found = session.exec(select(InboxEvent.key).where(col(InboxEvent.key).in_(keys)))
         return set(found.all())
 
-    def _process_one(
-        self, session: Session, item: _Decoded, done: set[str], result: BatchResult
-    ) -> None:
+    def _process_one(self, batch: _Batch, item: _Decoded) -> None:
         topic = item.inbound.topic
-        if item.inbound.dead_letter_key in done or (item.event_id and item.event_id in done):
-            result.count(result.duplicates, topic)
+        if item.inbound.dead_letter_key in batch.done or (
+            item.event_id and item.event_id in batch.done
+        ):
+            batch.result.count(batch.result.duplicates, topic)
             return
         if item.event is None:
-            self._dead_letter(session, item.inbound, item.error or "unreadable", done, result)
+            self._dead_letter(batch, item.inbound, item.error or "unreadable")
             return
-        unit = Unit(session=session, inbound=item.inbound)
+        unit = Unit(session=batch.session, inbound=item.inbound, batched=True)
         try:
-            with session.begin_nested():
-                self.routes[topic].handler(unit, item.event)
+            self._handle(batch, unit, item.event)
         except DataError as error:  # a value the store cannot hold: retrying will not help
-            reason = f"unstorable value: {describe_error(error)}"
-            self._dead_letter(session, item.inbound, reason, done, result)
+            if not batch.isolate:
+                raise
+            self._dead_letter(batch, item.inbound, f"unstorable value: {describe_error(error)}")
             return
         except SQLAlchemyError:
             raise  # the store failed or a race was lost: the whole batch is retried
         except Exception as error:  # a handler bug must not block the partition
+            if not batch.isolate:
+                raise _HandlerFailed from error
             log.error("handler failed on %s[%s]@%s: %s", topic, item.inbound.partition,
                       item.inbound.offset, describe_error(error))
             reason = f"handler error: {type(error).__name__}: {error}"
-            self._dead_letter(session, item.inbound, reason, done, result)
+            self._dead_letter(batch, item.inbound, reason)
             return
-        self._record(session, item.event_id or item.inbound.dead_letter_key, topic, done)
-        result.count(result.handled, topic)
+        batch.record(item.event_id or item.inbound.dead_letter_key, topic)
+        batch.result.count(batch.result.handled, topic)
+        batch.outbox.extend(unit.emitted)
         for message in unit.emitted:
-            result.count(result.emitted, message.topic)
+            batch.result.count(batch.result.emitted, message["topic"])
 
-    def _dead_letter(
-        self, session: Session, inbound: Inbound, error: str, done: set[str], result: BatchResult
-    ) -> None:
+    def _handle(self, batch: _Batch, unit: Unit, event: BaseModel) -> None:
+        assert unit.inbound is not None
+        handler = self.routes[unit.inbound.topic].handler
+        if not batch.isolate:
+            handler(unit, event)
+            return
+        with batch.session.begin_nested():
+            handler(unit, event)
+
+    def _dead_letter(self, batch: _Batch, inbound: Inbound, error: str) -> None:
         letter = build_dead_letter(self.service, inbound, error)
-        unit = Unit(session=session, inbound=inbound)
+        unit = Unit(session=batch.session, inbound=inbound, batched=True)
         unit.emit(Topic.DEADLETTER, letter, key=inbound.key)
-        self._record(session, inbound.dead_letter_key, inbound.topic, done)
-        result.count(result.dead_letters, inbound.topic)
+        batch.outbox.extend(unit.emitted)
+        batch.record(inbound.dead_letter_key, inbound.topic)
+        batch.result.count(batch.result.dead_letters, inbound.topic)
         log.warning("dead letter from %s[%s]@%s: %s", inbound.topic, inbound.partition,
                     inbound.offset, error.splitlines()[0][:300])
-
-    @staticmethod
-    def _record(session: Session, key: str, topic: str, done: set[str]) -> None:
-        session.add(InboxEvent(key=key, topic=topic, processed_at=datetime.now(UTC)))
-        done.add(key)
 
 
 def build_dead_letter(service: str, inbound: Inbound, error: str) -> DeadLetter:
@@ -234,6 +291,17 @@ def describe_validation_error(error: ValidationError) -> str:
 def pending_outbox(session: Session, limit: int) -> list[OutboxMessage]:
     query = select(OutboxMessage).order_by(col(OutboxMessage.id)).limit(limit)
     return list(session.exec(query).all())
+
+
+def pending_outbox_rows(session: Session, limit: int) -> list[tuple[int, str, str | None, str]]:
+    """The oldest outbox rows as plain tuples (id, topic, key, payload): the relay's read."""
+    table = OutboxMessage.__table__  # type: ignore[attr-defined]
+    query = (
+        select(table.c.id, table.c.topic, table.c.key, table.c.payload)
+        .order_by(table.c.id)
+        .limit(limit)
+    )
+    return [tuple(row) for row in session.exec(query).all()]  # type: ignore[misc]
 
 
 def delete_outbox(session: Session, ids: Sequence[int]) -> None:
