@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 ARGS   ?=
 
-.PHONY: run test up down status demo simulate install system-deps lint clean bench bench-pipeline bench-reports
+.PHONY: run test up down status demo simulate chaos install system-deps lint clean bench bench-pipeline bench-reports
 
 run: install system-deps          ## start the whole stack, simulate a small year through it, leave it running
 	$(BIN)/e2c stack up
@@ -38,6 +38,9 @@ bench-pipeline: install system-deps  ## raw aiokafka vs referral pipeline vs lif
 
 simulate: install
 	$(BIN)/e2c simulate $(ARGS)
+
+chaos: install system-deps         ## a whole year replayed under kills, a broker restart, Redis down, poison
+	$(BIN)/python -m deploy.chaos $(ARGS)
 
 bench-reports: install            ## finance report and CSV cost at 10k and 1M ledger lines (not a test)
 	$(BIN)/python -m bench.report_cost $(ARGS)

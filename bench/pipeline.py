@@ -26,7 +26,6 @@ import asyncio
 import json
 import os
 import platform
-import shutil
 import statistics
 import time
 import uuid
@@ -38,12 +37,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from deploy.harness import Stack, free_port
-from deploy.local_kafka import LocalKafka
-from deploy.local_postgres import LocalPostgres
-from deploy.local_postgres import ensure_installed as ensure_postgres
-from deploy.local_redis import LocalRedis
-from deploy.local_redis import ensure_installed as ensure_redis
+from deploy.harness import Environment, Stack
 from shared.contract import Topic
 from shared.kafka import topic_partitions
 from shared.settings import PROJECT_ROOT
@@ -75,43 +69,6 @@ def figure(name: str, sent: dict[str, float], received: dict[str, float]) -> Fig
 
 
 # --- the environment -------------------------------------------------------------------------
-
-
-class Environment:
-    """A broker, a cache and (on demand) PostgreSQL of the benchmark's own."""
-
-    def __init__(self) -> None:
-        shutil.rmtree(BENCH_DIR / "env", ignore_errors=True)
-        self.data = BENCH_DIR / "env"
-        self.kafka = LocalKafka(self.data, port=free_port(), controller_port=free_port())
-        ensure_redis()
-        self.redis = LocalRedis(self.data, port=free_port())
-        self.postgres: LocalPostgres | None = None
-
-    def start(self) -> None:
-        self.kafka.start()
-        self.redis.start()
-
-    def database(self, name: str) -> str:
-        if self.postgres is None:
-            ensure_postgres()
-            self.postgres = LocalPostgres(self.data, port=free_port())
-            self.postgres.start()
-        self.postgres.create_database(name)
-        return self.postgres.url(name)
-
-    def stop(self) -> None:
-        if self.postgres is not None:
-            self.postgres.stop()
-            self.postgres.purge()
-        self.redis.stop()
-        self.kafka.stop()
-
-    def stack(self, label: str) -> Stack:
-        folder = self.data / label
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "tokens.json").write_text('{"bench-admin": "admin"}')
-        return Stack(self.kafka.bootstrap, self.redis.url, folder)
 
 
 def quiet(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -297,7 +254,7 @@ def main() -> None:
     parser.add_argument("--trainees", type=int, default=1000)
     parser.add_argument("--skip-scaling", action="store_true")
     args = parser.parse_args()
-    env = Environment()
+    env = Environment(BENCH_DIR / "env")
     env.start()
     figures: list[Figure] = []
     scaling: list[Figure] = []

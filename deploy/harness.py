@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,6 +16,11 @@ from pathlib import Path
 
 import httpx
 
+from deploy.local_kafka import LocalKafka
+from deploy.local_postgres import LocalPostgres
+from deploy.local_postgres import ensure_installed as ensure_postgres
+from deploy.local_redis import LocalRedis
+from deploy.local_redis import ensure_installed as ensure_redis
 from shared.settings import PROJECT_ROOT
 
 
@@ -38,7 +44,11 @@ class ServiceProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, extra_env: dict[str, str] | None = None, timeout: float = 60) -> None:
+    def start(
+        self, extra_env: dict[str, str] | None = None, timeout: float = 60, wait: str = "ready"
+    ) -> None:
+        """Starts the process and waits for `/health/<wait>` ("ready", or "live" when the
+        cache may be away) to answer 200."""
         env = {**self.env, **(extra_env or {})}
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
@@ -48,15 +58,15 @@ class ServiceProcess:
             stderr=subprocess.STDOUT,
             cwd=PROJECT_ROOT,
         )
-        self.wait_ready(timeout)
+        self.wait_ready(timeout, wait)
 
-    def wait_ready(self, timeout: float) -> None:
+    def wait_ready(self, timeout: float, wait: str = "ready") -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited early:\n{self.log_tail()}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/health/ready", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}/health/{wait}", timeout=2).status_code == 200:
                     return
             time.sleep(0.3)
         raise TimeoutError(f"{self.name} not ready in {timeout}s:\n{self.log_tail()}")
@@ -132,3 +142,41 @@ class Stack:
     def stop_all(self) -> None:
         for service in self.services.values():
             service.stop()
+
+
+class Environment:
+    """A broker, a cache and (on demand) PostgreSQL of its own, on free ports under `data`
+    (emptied first): for the benchmark and the chaos run."""
+
+    def __init__(self, data: Path) -> None:
+        shutil.rmtree(data, ignore_errors=True)
+        self.data = data
+        self.kafka = LocalKafka(self.data, port=free_port(), controller_port=free_port())
+        ensure_redis()
+        self.redis = LocalRedis(self.data, port=free_port())
+        self.postgres: LocalPostgres | None = None
+
+    def start(self) -> None:
+        self.kafka.start()
+        self.redis.start()
+
+    def database(self, name: str) -> str:
+        if self.postgres is None:
+            ensure_postgres()
+            self.postgres = LocalPostgres(self.data, port=free_port())
+            self.postgres.start()
+        self.postgres.create_database(name)
+        return self.postgres.url(name)
+
+    def stop(self) -> None:
+        if self.postgres is not None:
+            self.postgres.stop()
+            self.postgres.purge()
+        self.redis.stop()
+        self.kafka.stop()
+
+    def stack(self, label: str) -> Stack:
+        folder = self.data / label
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "tokens.json").write_text('{"bench-admin": "admin"}')
+        return Stack(self.kafka.bootstrap, self.redis.url, folder)

@@ -235,7 +235,7 @@ class YearPlan:
 
     def input_count(self) -> int:
         return (len(self.referrals) + len(self.duplicates) + len(self.derogations)
-                + 2 * len(self.trainees) + sum(len(t.aids) for t in self.trainees)
+                + len(self.trainees) + sum(len(t.aids) for t in self.trainees)
                 + sum(t.exit is not None for t in self.trainees))
 
 

@@ -9,7 +9,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,7 +152,9 @@ class Simulation:
         self.answers = Answers(endpoints.bootstrap)
         self.trainee_ids: dict[str, str] = {}
 
-    async def run(self) -> Outcome:
+    async def run(self, before_reports: Callable[[], Awaitable[None]] | None = None) -> Outcome:
+        """Every phase published and answered, then (after `before_reports`, e.g. the end of
+        a fault injection) the reports compared with the plan."""
         started = time.monotonic()
         before = await self._reports()
         await self.answers.start()
@@ -164,6 +166,8 @@ class Simulation:
                             if m[0] != Topic.BUDGETS_SUBMITTED]
                 await self.answers.wait_for(answered, phase.name, self.progress, self.timeout)
                 self._learn_trainees()
+            if before_reports is not None:
+                await before_reports()
             after = await self._settled_reports(before)
         finally:
             await self.answers.stop()
