@@ -83,6 +83,7 @@ class Unit:
     session: Session
     inbound: Inbound | None = None  # None for work a timer started (sweeps)
     batched: bool = False
+    cache: Any = None  # what the service's `prepare` loaded for the batch (fast path only)
     emitted: list[dict[str, Any]] = field(default_factory=list)
 
     def emit(self, topic: str, event: BaseModel, key: str | None = None) -> None:
@@ -103,6 +104,7 @@ def write_outbox(session: Session, rows: list[dict[str, Any]]) -> None:
 
 
 Handler = Callable[[Unit, BaseModel], None]
+Prepare = Callable[[Session, list[BaseModel]], Any]
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,7 @@ class _Batch:
     session: Session
     done: set[str]
     isolate: bool
+    cache: Any = None
     result: BatchResult = field(default_factory=BatchResult)
     inbox: list[dict[str, Any]] = field(default_factory=list)
     outbox: list[dict[str, Any]] = field(default_factory=list)
@@ -168,10 +171,20 @@ class BatchProcessor:
     the caller reads the batch again.
     """
 
-    def __init__(self, service: str, engine: Engine, routes: dict[str, Route]) -> None:
+    def __init__(
+        self,
+        service: str,
+        engine: Engine,
+        routes: dict[str, Route],
+        prepare: Prepare | None = None,
+    ) -> None:
+        """`prepare(session, events)` may load at once what the handlers of the batch will
+        read and return it as a cache (`unit.cache`): the handlers then query nothing, so
+        the whole batch is flushed once. The savepoint path goes without it."""
         self.service = service
         self.engine = engine
         self.routes = routes
+        self.prepare = prepare
 
     def process(self, records: Sequence[Inbound]) -> BatchResult:
         decoded = [self._decode(record) for record in records]
@@ -183,6 +196,9 @@ class BatchProcessor:
     def _pass(self, decoded: list[_Decoded], isolate: bool) -> BatchResult:
         with Session(self.engine) as session:
             batch = _Batch(session, self._already_processed(session, decoded), isolate)
+            if self.prepare is not None and not isolate:
+                events = [item.event for item in decoded if item.event is not None]
+                batch.cache = self.prepare(session, events)
             for item in decoded:
                 self._process_one(batch, item)
             batch.write()
@@ -218,7 +234,7 @@ class BatchProcessor:
         if item.event is None:
             self._dead_letter(batch, item.inbound, item.error or "unreadable")
             return
-        unit = Unit(session=batch.session, inbound=item.inbound, batched=True)
+        unit = Unit(session=batch.session, inbound=item.inbound, batched=True, cache=batch.cache)
         try:
             self._handle(batch, unit, item.event)
         except DataError as error:  # a value the store cannot hold: retrying will not help

@@ -35,7 +35,7 @@ from shared.db import make_engine
 from shared.http import Authorizer, health_routes, json_error_handlers, load_tokens
 from shared.kafka import BatchConsumer, OutboxRelay, ensure_topics
 from shared.logsafe import describe_error
-from shared.messaging import PLUMBING_TABLES, BatchProcessor, Route, outbox_backlog
+from shared.messaging import PLUMBING_TABLES, BatchProcessor, Prepare, Route, outbox_backlog
 from shared.observability import ServiceMetrics, configure_logging
 from shared.ops import SERVICES, KafkaInspector, heartbeat_key, read_heartbeats
 from shared.settings import Settings
@@ -70,6 +70,8 @@ class ServiceSpec:
     description: str = ""
     # Requests the service holds (waiting for an enrollment); None: it holds nothing.
     held_count: Callable[[Session], int] | None = None
+    # Loads in one go what a batch's handlers will read (see BatchProcessor).
+    prepare: Prepare | None = None
 
 
 @dataclass
@@ -118,7 +120,8 @@ def build_context(spec: ServiceSpec, settings: Settings) -> ServiceContext:
         middlewares=(KafkaPrometheusMiddleware(registry=registry, app_name=f"e2c_{spec.name}"),),
     )
     relay = OutboxRelay(engine, settings.kafka_bootstrap_servers, metrics)
-    consumer = BatchConsumer(BatchProcessor(spec.name, engine, spec.routes), metrics, relay.wake)
+    processor = BatchProcessor(spec.name, engine, spec.routes, spec.prepare)
+    consumer = BatchConsumer(processor, metrics, relay.wake)
     instance_id = settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
     return ServiceContext(
         spec=spec,

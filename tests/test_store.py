@@ -51,8 +51,9 @@ def engine(
 
 
 def processor(engine: Engine, routes: dict[str, Route] | None = None) -> BatchProcessor:
+    """The referrals service's processor, with its batch loading (as deployed)."""
     handlers = ReferralHandlers(set(load_schools()))
-    return BatchProcessor("referrals", engine, routes or handlers.routes())
+    return BatchProcessor("referrals", engine, routes or handlers.routes(), handlers.prepare)
 
 
 def record(
@@ -240,3 +241,20 @@ def test_retention_erases_settled_and_exited_referrals_only(engine: Engine) -> N
             assert row is not None and row.last_name is None and row.birth_date is None
             assert row.status in ("rejected", "accepted")
             assert [h.kind for h in store.history(gone["referral_id"])][-1] == "erasure"
+
+
+@pytest.mark.parametrize("prepared", [True, False])
+def test_the_same_person_twice_in_one_batch_is_one_acceptance_and_one_duplicate(
+    engine: Engine, prepared: bool
+) -> None:
+    """With the batch cache (the fast path) and without it (the savepoint path)."""
+    person = {"last_name": referral()["candidate"]["last_name"]}
+    first, second = referral(candidate=person), referral(candidate=person)
+    handlers = ReferralHandlers(set(load_schools()))
+    batch = BatchProcessor("referrals", engine, handlers.routes(),
+                           handlers.prepare if prepared else None)
+
+    batch.process([record(first, 0), record(second, 1)])
+
+    statuses = [json.loads(m.payload)["status"] for m in outbox(engine)]
+    assert statuses == ["accepted", "duplicate"]

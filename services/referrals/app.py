@@ -74,6 +74,7 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
         },
         tables=TABLES,
         http_routes=api.routes,
+        prepare=handlers.prepare,
         periodic=[
             PeriodicJob("retention", settings.retention_interval_hours * 3600, apply_retention)
         ],

@@ -6,6 +6,9 @@ import json
 import uuid
 from datetime import datetime
 
+from pydantic import BaseModel
+from sqlmodel import Session
+
 from shared.contract import (
     DerogationSubmitted,
     EnrollmentDecided,
@@ -23,12 +26,28 @@ from shared.contract import (
 from shared.messaging import Route, Unit
 
 from . import domain
-from .store import Referral, ReferralStore, now
+from .store import BatchCache, Referral, ReferralStore, now
 
 
 class ReferralHandlers:
     def __init__(self, known_schools: set[str]) -> None:
         self.known_schools = frozenset(known_schools)
+
+    def prepare(self, session: Session, events: list[BaseModel]) -> BatchCache:
+        """Loads what the batch's handlers will read, so that they query nothing."""
+        store = ReferralStore(session)
+        referral_ids = {e.referral_id for e in events  # type: ignore[attr-defined]
+                        if isinstance(e, ReferralSubmitted | DerogationSubmitted
+                                      | EnrollmentSubmitted)}
+        trainee_ids = {e.trainee_id for e in events if isinstance(e, ExitDecided)}
+        digests = {store.person_digest(self._person_key(e)) for e in events
+                   if isinstance(e, ReferralSubmitted)}
+        return store.load_batch(referral_ids, trainee_ids, digests)
+
+    @staticmethod
+    def _person_key(event: ReferralSubmitted) -> str:
+        candidate = event.candidate
+        return domain.person_key(candidate.first_name, candidate.last_name, candidate.birth_date)
 
     def routes(self) -> dict[str, Route]:
         return {
@@ -39,7 +58,7 @@ class ReferralHandlers:
         }
 
     def on_referral(self, unit: Unit, event: ReferralSubmitted) -> None:
-        store = ReferralStore(unit.session)
+        store = ReferralStore(unit.session, unit.cache)
         existing = store.get(event.referral_id)
         if existing is not None:
             # Re-sent under a new event_id: the decision already taken, nothing changes.
@@ -48,9 +67,7 @@ class ReferralHandlers:
             unit.emit(Topic.REFERRALS_DECIDED, referral_decided(existing, event.event_id))
             return
         candidate = event.candidate
-        key = store.person_digest(
-            domain.person_key(candidate.first_name, candidate.last_name, candidate.birth_date)
-        )
+        key = store.person_digest(self._person_key(event))
         live = store.live_referral_of(key)
         decision = domain.decide_referral(
             domain.Applicant(
@@ -78,7 +95,7 @@ class ReferralHandlers:
         return new_trainee_id() if decision.gives_trainee else None
 
     def on_derogation(self, unit: Unit, event: DerogationSubmitted) -> None:
-        store = ReferralStore(unit.session)
+        store = ReferralStore(unit.session, unit.cache)
         referral = store.get(event.referral_id)
         current = ReferralStatus(referral.status) if referral else ReferralStatus.REJECTED
         decision = domain.decide_derogation(current, event.granted)
@@ -103,7 +120,7 @@ class ReferralHandlers:
         )
 
     def on_enrollment(self, unit: Unit, event: EnrollmentSubmitted) -> None:
-        store = ReferralStore(unit.session)
+        store = ReferralStore(unit.session, unit.cache)
         referral = store.get(event.referral_id)
         state = None
         if referral is not None:
@@ -131,7 +148,7 @@ class ReferralHandlers:
         """Learns from outcomes that a trainee left: the person may be referred again."""
         if event.status is not ExitStatus.RECORDED:
             return
-        store = ReferralStore(unit.session)
+        store = ReferralStore(unit.session, unit.cache)
         referral = store.by_trainee(event.trainee_id)
         if referral is None or referral.exited_on is not None:
             return

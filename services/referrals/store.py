@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import json
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
 from sqlalchemy import func, or_
@@ -122,19 +122,58 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+@dataclass
+class BatchCache:
+    """What a batch's handlers read, loaded at once: referrals by id and by trainee, live
+    claims by person digest (None: known to be absent). Kept up to date by the store."""
+
+    referrals: dict[str, Referral | None] = field(default_factory=dict)
+    by_trainee: dict[str, Referral | None] = field(default_factory=dict)
+    claims: dict[str, str | None] = field(default_factory=dict)
+
+
 class ReferralStore:
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, cache: BatchCache | None = None) -> None:
         self.session = session
+        self.cache = cache
 
     def get(self, referral_id: str, for_update: bool = False) -> Referral | None:
         """`for_update` locks the row (PostgreSQL) against a concurrent change of it."""
+        if self.cache is not None and referral_id in self.cache.referrals:
+            return self.cache.referrals[referral_id]
         return self.session.get(Referral, referral_id, with_for_update=for_update)
 
     def by_trainee(self, trainee_id: str) -> Referral | None:
+        if self.cache is not None and trainee_id in self.cache.by_trainee:
+            return self.cache.by_trainee[trainee_id]
         query = select(Referral).where(
             Referral.trainee_id == trainee_id, Referral.duplicate_of == None  # noqa: E711
         )
         return self.session.exec(query).first()
+
+    def load_batch(
+        self, referral_ids: set[str], trainee_ids: set[str], digests: set[str]
+    ) -> BatchCache:
+        """Three queries for the whole batch instead of a few per record."""
+        cache = BatchCache()
+        cache.referrals = dict.fromkeys(referral_ids)
+        if referral_ids:
+            found = select(Referral).where(col(Referral.referral_id).in_(referral_ids))
+            cache.referrals.update({r.referral_id: r for r in self.session.exec(found).all()})
+        cache.by_trainee = dict.fromkeys(trainee_ids)
+        if trainee_ids:
+            found = select(Referral).where(
+                col(Referral.trainee_id).in_(trainee_ids), col(Referral.duplicate_of).is_(None)
+            )
+            cache.by_trainee.update({r.trainee_id: r for r in self.session.exec(found).all()
+                                     if r.trainee_id})
+        cache.claims = dict.fromkeys(digests)
+        if digests:
+            found_claims = select(PersonClaim).where(col(PersonClaim.person_key).in_(digests))
+            cache.claims.update({c.person_key: c.referral_id
+                                 for c in self.session.exec(found_claims).all()})
+        self.cache = cache
+        return cache
 
     def person_digest(self, person_key: str) -> str:
         """The person key as stored: keyed with this store's secret, so that neither the
@@ -156,18 +195,26 @@ class ReferralStore:
         return _secrets[cache_key]
 
     def live_referral_of(self, person_key: str) -> str | None:
+        if self.cache is not None and person_key in self.cache.claims:
+            return self.cache.claims[person_key]
         query = select(PersonClaim.referral_id).where(PersonClaim.person_key == person_key)
         return self.session.exec(query).first()
 
     def add(self, referral: Referral, live: bool) -> None:
         self.session.add(referral)
+        if self.cache is not None:
+            self.cache.referrals[referral.referral_id] = referral
         if live and referral.person_key is not None:
             self.session.add(PersonClaim(person_key=referral.person_key,
                                          referral_id=referral.referral_id))
+            if self.cache is not None:
+                self.cache.claims[referral.person_key] = referral.referral_id
 
     def release_claim(self, referral: Referral) -> None:
         if referral.person_key is None:
             return
+        if self.cache is not None:
+            self.cache.claims[referral.person_key] = None
         self.session.exec(
             delete(PersonClaim).where(
                 col(PersonClaim.person_key) == referral.person_key,
