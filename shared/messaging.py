@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import Engine, delete, func, insert
+from sqlalchemy import Engine, Table, delete, func, insert
 from sqlalchemy.exc import DataError, SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, col, select
 
@@ -85,6 +85,14 @@ class Unit:
     batched: bool = False
     cache: Any = None  # what the service's `prepare` loaded for the batch (fast path only)
     emitted: list[dict[str, Any]] = field(default_factory=list)
+    later: list[tuple[Table, dict[str, Any]]] = field(default_factory=list)
+
+    def insert_later(self, table: Table, row: dict[str, Any]) -> None:
+        """An append-only row nothing reads in the batch (history): written in bulk with it."""
+        if self.batched:
+            self.later.append((table, row))
+        else:
+            self.session.exec(insert(table), params=[row])  # type: ignore[call-overload]
 
     def emit(self, topic: str, event: BaseModel, key: str | None = None) -> None:
         row = {
@@ -150,12 +158,15 @@ class _Batch:
     result: BatchResult = field(default_factory=BatchResult)
     inbox: list[dict[str, Any]] = field(default_factory=list)
     outbox: list[dict[str, Any]] = field(default_factory=list)
+    later: dict[Table, list[dict[str, Any]]] = field(default_factory=dict)
 
     def record(self, key: str, topic: str) -> None:
         self.inbox.append({"key": key, "topic": topic, "processed_at": datetime.now(UTC)})
         self.done.add(key)
 
     def write(self) -> None:
+        for table, rows in self.later.items():
+            self.session.exec(insert(table), params=rows)  # type: ignore[call-overload]
         if self.inbox:
             self.session.exec(insert(InboxEvent.__table__), params=self.inbox)  # type: ignore[call-overload,arg-type]
         write_outbox(self.session, self.outbox)
@@ -255,6 +266,8 @@ class BatchProcessor:
         batch.record(item.event_id or item.inbound.dead_letter_key, topic)
         batch.result.count(batch.result.handled, topic)
         batch.outbox.extend(unit.emitted)
+        for table, row in unit.later:
+            batch.later.setdefault(table, []).append(row)
         for message in unit.emitted:
             batch.result.count(batch.result.emitted, message["topic"])
 

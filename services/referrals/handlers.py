@@ -58,7 +58,7 @@ class ReferralHandlers:
         }
 
     def on_referral(self, unit: Unit, event: ReferralSubmitted) -> None:
-        store = ReferralStore(unit.session, unit.cache)
+        store = store_of(unit)
         existing = store.get(event.referral_id)
         if existing is not None:
             # Re-sent under a new event_id: the decision already taken, nothing changes.
@@ -95,7 +95,7 @@ class ReferralHandlers:
         return new_trainee_id() if decision.gives_trainee else None
 
     def on_derogation(self, unit: Unit, event: DerogationSubmitted) -> None:
-        store = ReferralStore(unit.session, unit.cache)
+        store = store_of(unit)
         referral = store.get(event.referral_id)
         current = ReferralStatus(referral.status) if referral else ReferralStatus.REJECTED
         decision = domain.decide_derogation(current, event.granted)
@@ -120,7 +120,7 @@ class ReferralHandlers:
         )
 
     def on_enrollment(self, unit: Unit, event: EnrollmentSubmitted) -> None:
-        store = ReferralStore(unit.session, unit.cache)
+        store = store_of(unit)
         referral = store.get(event.referral_id)
         state = None
         if referral is not None:
@@ -148,7 +148,7 @@ class ReferralHandlers:
         """Learns from outcomes that a trainee left: the person may be referred again."""
         if event.status is not ExitStatus.RECORDED:
             return
-        store = ReferralStore(unit.session, unit.cache)
+        store = store_of(unit)
         referral = store.by_trainee(event.trainee_id)
         if referral is None or referral.exited_on is not None:
             return
@@ -156,6 +156,10 @@ class ReferralHandlers:
         store.release_claim(referral)
         store.touch(referral)
         store.log(referral.referral_id, "exit", str(event.outcome), [], str(event.event_id))
+
+
+def store_of(unit: Unit) -> ReferralStore:
+    return ReferralStore(unit.session, unit.cache, unit.insert_later)
 
 
 def new_referral(

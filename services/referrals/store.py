@@ -6,10 +6,12 @@ import hashlib
 import hmac
 import json
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from typing import Any
 
-from sqlalchemy import func, or_
+from sqlalchemy import Table, func, or_
 from sqlmodel import Field, Session, SQLModel, col, delete, select
 
 from shared.contract import ReferralStatus
@@ -133,9 +135,17 @@ class BatchCache:
 
 
 class ReferralStore:
-    def __init__(self, session: Session, cache: BatchCache | None = None) -> None:
+    def __init__(
+        self,
+        session: Session,
+        cache: BatchCache | None = None,
+        insert_later: Callable[[Table, dict[str, Any]], None] | None = None,
+    ) -> None:
+        """`cache`: what the batch loaded at once; `insert_later`: where append-only rows
+        (the history) go to be written in bulk with the batch."""
         self.session = session
         self.cache = cache
+        self.insert_later = insert_later
 
     def get(self, referral_id: str, for_update: bool = False) -> Referral | None:
         """`for_update` locks the row (PostgreSQL) against a concurrent change of it."""
@@ -242,16 +252,12 @@ class ReferralStore:
         reasons: list[str],
         request_event_id: str | None,
     ) -> None:
-        self.session.add(
-            ReferralEvent(
-                referral_id=referral_id,
-                kind=kind,
-                request_event_id=request_event_id,
-                status=status,
-                reasons=json.dumps(reasons),
-                at=now(),
-            )
-        )
+        row = {"referral_id": referral_id, "kind": kind, "request_event_id": request_event_id,
+               "status": status, "reasons": json.dumps(reasons), "at": now()}
+        if self.insert_later is not None:
+            self.insert_later(ReferralEvent.__table__, row)  # type: ignore[arg-type]
+        else:
+            self.session.add(ReferralEvent(**row))
 
     def history(self, referral_id: str) -> list[ReferralEvent]:
         query = (
