@@ -293,17 +293,22 @@ class OutboxRelay:
     def _claim(self) -> tuple[Session, list[Row]] | None:
         """Opens the round's transaction and reads the oldest rows in it.
 
-        Only one instance of a service relays at a time (a transaction-scoped advisory lock
-        on PostgreSQL; SQLite's write lock, taken at BEGIN, does the same), so the outbox
-        leaves in commit order and no row is published twice by two instances. The
-        transaction stays open while the rows are published, then deletes them.
+        On PostgreSQL only one instance of a service relays at a time (a transaction-scoped
+        advisory lock held while the rows are published, then deleted), so the outbox
+        leaves in commit order and no row is published twice by two instances.
         """
         session = Session(self.engine)
-        if is_postgresql(self.engine):
-            lock = text("SELECT pg_try_advisory_xact_lock(:key)")
-            if not session.exec(lock, params={"key": OUTBOX_LOCK_KEY}).one()[0]:  # type: ignore[call-overload]
-                session.close()
-                return None
+        if not is_postgresql(self.engine):
+            # SQLite: holding its single write lock while publishing would stall the
+            # consumer; the read ends at once (instances sharing one file may then publish
+            # a row twice, with its event_id: consumers drop the repeat).
+            rows = pending_outbox_rows(session, self.batch_size)
+            session.commit()
+            return session, rows
+        lock = text("SELECT pg_try_advisory_xact_lock(:key)")
+        if not session.exec(lock, params={"key": OUTBOX_LOCK_KEY}).one()[0]:  # type: ignore[call-overload]
+            session.close()
+            return None
         return session, pending_outbox_rows(session, self.batch_size)
 
     @staticmethod
