@@ -11,6 +11,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import anyio
@@ -35,7 +36,14 @@ from shared.db import make_engine
 from shared.http import Authorizer, health_routes, json_error_handlers, load_tokens
 from shared.kafka import BatchConsumer, OutboxRelay, ensure_topics
 from shared.logsafe import describe_error
-from shared.messaging import PLUMBING_TABLES, BatchProcessor, Prepare, Route, outbox_backlog
+from shared.messaging import (
+    PLUMBING_TABLES,
+    BatchProcessor,
+    Prepare,
+    Route,
+    Unit,
+    outbox_backlog,
+)
 from shared.observability import ServiceMetrics, configure_logging
 from shared.ops import SERVICES, KafkaInspector, heartbeat_key, read_heartbeats
 from shared.settings import Settings
@@ -55,6 +63,18 @@ class PeriodicJob:
     name: str
     interval_seconds: float
     run: Callable[[ServiceContext], object]
+
+
+def hold_sweep(name: str, sweep: Callable[[Unit, timedelta], int], every: float) -> PeriodicJob:
+    """The job that decides the inputs held longer than the hold (`E2C_HOLD_SECONDS`)."""
+
+    def run(ctx: ServiceContext) -> int:
+        with Session(ctx.engine) as session:
+            swept = sweep(Unit(session), timedelta(seconds=ctx.settings.hold_seconds))
+            session.commit()
+        return swept
+
+    return PeriodicJob(name, every, run)
 
 
 @dataclass

@@ -134,14 +134,14 @@ def test_a_held_request_is_decided_when_its_enrollment_arrives(engine: Engine) -
     feed(engine, (Topic.AIDS_REQUESTED, request(trainee, "laptop", amount_cents=30000)))
     assert decisions(engine) == []
     with Session(engine) as session:
-        assert AidStore(session).held_count() == 1
+        assert AidStore(session).held.count() == 1
 
     feed(engine, (Topic.ENROLLMENTS_DECIDED, enrollment(trainee, on="2024-01-08")))
 
     [decision] = decisions(engine)
     assert (decision["status"], decision["school_id"]) == ("granted", "toulouse")
     with Session(engine) as session:
-        assert AidStore(session).held_count() == 0
+        assert AidStore(session).held.count() == 0
 
 
 def test_the_sweep_refuses_what_is_held_past_the_hold(engine: Engine) -> None:

@@ -449,7 +449,7 @@ def test_a_rebuild_from_the_events_gives_the_same_bytes(
             assert get(again, path).content == get(client, path).content, path
         with Session(rebuilt) as session:
             assert session.exec(select(OutboxMessage)).all() == []  # nothing published
-            assert OutcomeStore(session).held_count() == 1
+            assert OutcomeStore(session).held.count() == 1
     finally:
         rebuilt.dispose()
 

@@ -37,7 +37,7 @@ class AidHandlers:
     def on_request(self, unit: Unit, event: AidRequested) -> None:
         store = AidStore(unit.session)
         if store.decision(event.request_id) is None and self._must_wait(store, event):
-            store.hold(event.trainee_id, event.model_dump_json())
+            store.held.hold(event.trainee_id, event.model_dump_json())
             return
         self.decide(unit, store, event)
 
@@ -86,7 +86,7 @@ class AidHandlers:
         assert event.school_id is not None and event.enrolled_on is not None
         store = AidStore(unit.session)
         store.learn_enrollment(event.trainee_id, event.school_id, event.enrolled_on)
-        for held in store.held_for(event.trainee_id):
+        for held in store.held.for_trainee(event.trainee_id):
             self.decide_held(unit, store, held)
 
     def on_exit(self, unit: Unit, event: ExitDecided) -> None:
@@ -94,13 +94,13 @@ class AidHandlers:
             AidStore(unit.session).learn_exit(event.trainee_id, event.exited_on)
 
     def decide_held(self, unit: Unit, store: AidStore, held: HeldRequest) -> None:
-        store.release(held)
+        store.held.release(held)
         self.decide(unit, store, AidRequested.model_validate_json(held.payload))
 
     def sweep(self, unit: Unit, hold: timedelta, moment: datetime | None = None) -> int:
         """Decides the requests held longer than `hold`: still unknown, they are refused."""
         store = AidStore(unit.session)
-        expired = store.held_before((moment or now()) - hold)
+        expired = store.held.received_before((moment or now()) - hold)
         for held in expired:
             self.decide_held(unit, store, held)
         return len(expired)

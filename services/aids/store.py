@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 from sqlalchemy import BigInteger
-from sqlmodel import Field, Session, SQLModel, col, delete, select
+from sqlmodel import Field, Session, SQLModel, col, select
 
 from shared.contract import AidKind
 from shared.db import UtcDateTime, add_to, insert_ignore
+from shared.held import HeldInput, HeldQueue
 
 from . import domain
 
@@ -36,15 +37,10 @@ class AidTrainee(SQLModel, table=True):
         return domain.Trainee(self.school_id, self.enrolled_on, self.exited_on)
 
 
-class HeldRequest(SQLModel, table=True):
+class HeldRequest(HeldInput, table=True):
     """A request that arrived before its trainee's enrollment, waiting to be decided."""
 
     __tablename__ = "aid_held_request"
-
-    id: int | None = Field(default=None, primary_key=True)
-    trainee_id: str = Field(index=True, max_length=64)
-    payload: str
-    received_at: datetime = Field(index=True, sa_type=UtcDateTime)
 
 
 class AidRequestRecord(SQLModel, table=True):
@@ -179,34 +175,9 @@ class AidStore:
         trainee.exited_on = exited_on
         self.session.add(trainee)
 
-    def hold(self, trainee_id: str, payload: str) -> None:
-        self.session.add(HeldRequest(trainee_id=trainee_id, payload=payload, received_at=now()))
-
-    def held_for(self, trainee_id: str) -> list[HeldRequest]:
-        query = (
-            select(HeldRequest)
-            .where(HeldRequest.trainee_id == trainee_id)
-            .order_by(col(HeldRequest.id))
-        )
-        return list(self.session.exec(query).all())
-
-    def held_before(self, moment: datetime, limit: int = 500) -> list[HeldRequest]:
-        query = (
-            select(HeldRequest)
-            .where(col(HeldRequest.received_at) < moment)
-            .order_by(col(HeldRequest.id))
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        return list(self.session.exec(query).all())
-
-    def release(self, held: HeldRequest) -> None:
-        self.session.exec(delete(HeldRequest).where(col(HeldRequest.id) == held.id))
-
-    def held_count(self) -> int:
-        from sqlalchemy import func
-
-        return self.session.exec(select(func.count()).select_from(HeldRequest)).one()
+    @property
+    def held(self) -> HeldQueue[HeldRequest]:
+        return HeldQueue(self.session, HeldRequest)
 
     # --- decisions and grants -------------------------------------------------------------
 

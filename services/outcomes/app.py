@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from datetime import timedelta
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
@@ -21,7 +20,7 @@ from shared.messaging import (
     Unit,
     outbox_backlog,
 )
-from shared.service import PeriodicJob, ServiceApp, ServiceContext, ServiceSpec, build_app
+from shared.service import ServiceApp, ServiceSpec, build_app, hold_sweep
 from shared.settings import Settings
 
 from . import api
@@ -41,14 +40,6 @@ REBUILD_ORDER = (
 )
 
 
-def sweep_held_exits(handlers: OutcomeHandlers, ctx: ServiceContext) -> int:
-    """Refuses `unknown_trainee` the exits whose enrollment never came within the hold."""
-    with Session(ctx.engine) as session:
-        swept = handlers.sweep(Unit(session), timedelta(seconds=ctx.settings.hold_seconds))
-        session.commit()
-    return swept
-
-
 def create_app(settings: Settings | None = None) -> ServiceApp:
     settings = settings or Settings()
     handlers = OutcomeHandlers()
@@ -58,15 +49,9 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
         outputs={Topic.EXITS_DECIDED: ExitDecided},
         tables=TABLES,
         http_routes=api.routes,
-        periodic=[
-            PeriodicJob(
-                "held-exits-sweep",
-                settings.hold_sweep_seconds,
-                lambda ctx: sweep_held_exits(handlers, ctx),
-            )
-        ],
+        periodic=[hold_sweep("held-exits-sweep", handlers.sweep, settings.hold_sweep_seconds)],
         description="Exits, outcome categories, yearly indicators and the referral funnel.",
-        held_count=lambda session: OutcomeStore(session).held_count(),
+        held_count=lambda session: OutcomeStore(session).held.count(),
     )
     return build_app(spec, settings)
 
@@ -177,7 +162,7 @@ def _hold_undecided(engine: Engine) -> int:
         for submission in store.undecided_submissions():
             event = ExitSubmitted.model_validate_json(submission.payload)
             if store.trainee(event.trainee_id) is None:
-                store.hold(submission.trainee_id, submission.payload)
+                store.held.hold(submission.trainee_id, submission.payload)
                 held += 1
             else:
                 handlers.decide(Unit(session), store, event)

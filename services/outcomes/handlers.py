@@ -52,7 +52,7 @@ class OutcomeHandlers:
         payload = event.model_dump_json()
         store.remember_submission(str(event.event_id), event.trainee_id, payload)
         if store.trainee(event.trainee_id) is None:
-            store.hold(event.trainee_id, payload)  # its enrollment may follow
+            store.held.hold(event.trainee_id, payload)  # its enrollment may follow
             return
         self.decide(unit, store, event)
 
@@ -87,13 +87,13 @@ class OutcomeHandlers:
     def sweep(self, unit: Unit, hold: timedelta, moment: datetime | None = None) -> int:
         """Decides the exits held longer than `hold`: still unknown, they are refused."""
         store = OutcomeStore(unit.session)
-        expired = store.held_before((moment or now()) - hold)
+        expired = store.held.received_before((moment or now()) - hold)
         for held in expired:
             self._decide_held(unit, store, held)
         return len(expired)
 
     def _decide_held(self, unit: Unit, store: OutcomeStore, held: HeldExit) -> None:
-        store.release(held)
+        store.held.release(held)
         self.decide(unit, store, ExitSubmitted.model_validate_json(held.payload))
 
     # --- the view -------------------------------------------------------------------------
@@ -111,7 +111,7 @@ class OutcomeHandlers:
             return
         store = OutcomeStore(unit.session)
         store.add_trainee(trainee_view(event))
-        for held in store.held_for(event.trainee_id):
+        for held in store.held.for_trainee(event.trainee_id):
             self._decide_held(unit, store, held)
 
     def on_aid_decided(self, unit: Unit, event: AidDecided) -> None:

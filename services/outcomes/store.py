@@ -6,11 +6,11 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func
-from sqlmodel import Field, Session, SQLModel, col, delete, select
+from sqlmodel import Field, Session, SQLModel, col, select
 
 from shared.contract import AgencyKind, AidKind, Outcome
 from shared.db import UtcDateTime, add_to, insert_ignore
+from shared.held import HeldInput, HeldQueue
 
 from . import domain
 
@@ -92,13 +92,8 @@ class ExitSubmission(SQLModel, table=True):
     decided: bool = False
 
 
-class HeldExit(SQLModel, table=True):
+class HeldExit(HeldInput, table=True):
     __tablename__ = "outcome_held_exit"
-
-    id: int | None = Field(default=None, primary_key=True)
-    trainee_id: str = Field(index=True, max_length=64)
-    payload: str
-    received_at: datetime = Field(index=True, sa_type=UtcDateTime)
 
 
 TABLES = tuple(
@@ -165,30 +160,9 @@ class OutcomeStore:
 
     # --- held exits -----------------------------------------------------------------------
 
-    def hold(self, trainee_id: str, payload: str) -> None:
-        self.session.add(HeldExit(trainee_id=trainee_id, payload=payload, received_at=now()))
-
-    def held_for(self, trainee_id: str) -> list[HeldExit]:
-        query = select(HeldExit).where(HeldExit.trainee_id == trainee_id).order_by(
-            col(HeldExit.id)
-        )
-        return list(self.session.exec(query).all())
-
-    def held_before(self, moment: datetime, limit: int = 500) -> list[HeldExit]:
-        query = (
-            select(HeldExit)
-            .where(col(HeldExit.received_at) < moment)
-            .order_by(col(HeldExit.id))
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        return list(self.session.exec(query).all())
-
-    def release(self, held: HeldExit) -> None:
-        self.session.exec(delete(HeldExit).where(col(HeldExit.id) == held.id))
-
-    def held_count(self) -> int:
-        return self.session.exec(select(func.count()).select_from(HeldExit)).one()
+    @property
+    def held(self) -> HeldQueue[HeldExit]:
+        return HeldQueue(self.session, HeldExit)
 
     # --- what the reports read ------------------------------------------------------------
 
