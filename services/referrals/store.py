@@ -214,6 +214,8 @@ class ReferralStore:
         self.session.add(referral)
         if self.cache is not None:
             self.cache.referrals[referral.referral_id] = referral
+            if referral.trainee_id is not None and referral.duplicate_of is None:
+                self.cache.by_trainee[referral.trainee_id] = referral
         if live and referral.person_key is not None:
             self.session.add(PersonClaim(person_key=referral.person_key,
                                          referral_id=referral.referral_id))
