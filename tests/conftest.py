@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -54,6 +55,16 @@ TOKENS = {
     "test-ml-toulouse": "partner:ml-toulouse",
     "test-ft-toulouse": "partner:ft-toulouse",
 }
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty store: a SQLite file, then a PostgreSQL database (store tests run
+    on both)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    create_database: Callable[[str], str] = request.getfixturevalue("postgres_database")
+    return create_database("e2c_store_test")
 
 
 @pytest.fixture(scope="session")

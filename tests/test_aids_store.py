@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,14 +28,9 @@ pytestmark = pytest.mark.infra
 HANDLERS = AidHandlers(load_rules())
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'aids.db'}"
-    else:
-        create_database: Callable[[str], str] = request.getfixturevalue("postgres_database")
-        url = create_database("e2c_aids_store_test")
-    store_engine = make_engine(url)
+@pytest.fixture
+def engine(store_url: str) -> Iterator[Engine]:
+    store_engine = make_engine(store_url)
     create_schema(store_engine, TABLES)
     yield store_engine
     store_engine.dispose()

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
@@ -35,16 +34,9 @@ from tests.events import referral
 pytestmark = pytest.mark.infra
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'referrals.db'}"
-    else:
-        create_database: Callable[[str], str] = request.getfixturevalue("postgres_database")
-        url = create_database("e2c_store_test")
-    store_engine = make_engine(url)
+@pytest.fixture
+def engine(store_url: str) -> Iterator[Engine]:
+    store_engine = make_engine(store_url)
     create_schema(store_engine, TABLES)
     yield store_engine
     store_engine.dispose()
