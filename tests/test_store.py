@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 
@@ -250,3 +251,35 @@ def test_the_same_person_twice_in_one_batch_is_one_acceptance_and_one_duplicate(
 
     statuses = [json.loads(m.payload)["status"] for m in outbox(engine)]
     assert statuses == ["accepted", "duplicate"]
+
+
+def test_a_referral_changed_in_the_batch_that_created_it_is_still_right(engine: Engine) -> None:
+    """The fast path writes new referrals in bulk and lets the batch read a frozen copy; a
+    derogation and an enrollment of that referral in the same batch send the batch down the
+    savepoint path, where they apply as they would in separate batches."""
+    pending = referral(candidate={"birth_date": "1997-01-02"})  # 27 on 2024-03-04
+    derogation = {"event_id": str(uuid.uuid4()), "occurred_at": "2024-03-05T10:00:00+01:00",
+                  "schema_version": 1, "referral_id": pending["referral_id"],
+                  "granted": True, "decided_by": "direction"}
+    enrollment = {"event_id": str(uuid.uuid4()), "occurred_at": "2024-03-06T10:00:00+01:00",
+                  "schema_version": 1, "referral_id": pending["referral_id"],
+                  "school_id": "toulouse", "enrolled_on": "2024-03-06"}
+
+    processor(engine).process([
+        record(pending, 0),
+        record(derogation, 1, Topic.DEROGATIONS_SUBMITTED),
+        record(enrollment, 2, Topic.ENROLLMENTS_SUBMITTED),
+    ])
+
+    answers = [(m.topic, json.loads(m.payload)["status"]) for m in outbox(engine)]
+    assert answers == [
+        (Topic.REFERRALS_DECIDED, "pending_derogation"),
+        (Topic.REFERRALS_DECIDED, "accepted"),
+        (Topic.ENROLLMENTS_DECIDED, "enrolled"),
+    ]
+    with Session(engine) as session:
+        stored = ReferralStore(session).get(pending["referral_id"])
+        assert stored is not None
+        assert (stored.status, str(stored.enrolled_on)) == ("accepted", "2024-03-06")
+        kinds = [h.kind for h in ReferralStore(session).history(pending["referral_id"])]
+    assert kinds == ["referral", "derogation", "enrollment"]

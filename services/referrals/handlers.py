@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel
 from sqlmodel import Session
@@ -26,7 +27,7 @@ from shared.contract import (
 from shared.messaging import Route, Unit
 
 from . import domain
-from .store import BatchCache, Referral, ReferralStore, now
+from .store import BatchCache, NewReferral, Referral, ReferralStore, now
 
 
 class ReferralHandlers:
@@ -81,11 +82,10 @@ class ReferralHandlers:
             live,
         )
         trainee_id = self._trainee_for(store, decision)
-        referral = new_referral(event, decision, key, trainee_id)
-        store.add(referral, live=decision.is_live)
-        store.log(referral.referral_id, "referral", decision.status,
+        created = store.add(new_referral(event, decision, key, trainee_id), decision.is_live)
+        store.log(event.referral_id, "referral", decision.status,
                   [str(r) for r in decision.reasons], str(event.event_id))
-        unit.emit(Topic.REFERRALS_DECIDED, referral_decided(referral, event.event_id))
+        unit.emit(Topic.REFERRALS_DECIDED, referral_decided(created, event.event_id))
 
     @staticmethod
     def _trainee_for(store: ReferralStore, decision: domain.Decision) -> str | None:
@@ -164,34 +164,37 @@ def store_of(unit: Unit) -> ReferralStore:
 
 def new_referral(
     event: ReferralSubmitted, decision: domain.Decision, person_key: str, trainee_id: str | None
-) -> Referral:
+) -> dict[str, Any]:
+    """The columns of a new referral row."""
     moment = now()
     candidate = event.candidate
-    return Referral(
-        referral_id=event.referral_id,
-        agency_id=event.agency.id,
-        agency_kind=event.agency.kind,
-        school_id=event.school_id,
-        referred_on=event.occurred_at.date(),
-        status=decision.status,
-        reasons=_json_reasons(decision),
-        status_changed_at=moment,
-        trainee_id=trainee_id,
-        duplicate_of=decision.duplicate_of,
-        highest_qualification=candidate.highest_qualification,
-        in_school=candidate.in_school,
-        has_work_experience=candidate.has_work_experience,
-        rqth=candidate.rqth,
-        qpv_resident=candidate.qpv_resident,
-        first_name=candidate.first_name,
-        last_name=candidate.last_name,
-        birth_date=candidate.birth_date,
-        email=candidate.email,
-        phone=candidate.phone,
-        person_key=person_key,
-        created_at=moment,
-        updated_at=moment,
-    )
+    return {
+        "referral_id": event.referral_id,
+        "agency_id": event.agency.id,
+        "agency_kind": event.agency.kind.value,
+        "school_id": event.school_id,
+        "referred_on": event.occurred_at.date(),
+        "status": decision.status.value,
+        "reasons": _json_reasons(decision),
+        "status_changed_at": moment,
+        "trainee_id": trainee_id,
+        "duplicate_of": decision.duplicate_of,
+        "highest_qualification": candidate.highest_qualification.value,
+        "in_school": candidate.in_school,
+        "has_work_experience": candidate.has_work_experience,
+        "rqth": candidate.rqth,
+        "qpv_resident": candidate.qpv_resident,
+        "first_name": candidate.first_name,
+        "last_name": candidate.last_name,
+        "birth_date": candidate.birth_date,
+        "email": candidate.email,
+        "phone": candidate.phone,
+        "person_key": person_key,
+        "created_at": moment,
+        "updated_at": moment,
+        "enrolled_on": None, "enrolled_school_id": None, "age_at_entry": None,
+        "exited_on": None, "erased_at": None,
+    }
 
 
 def _json_reasons(decision: domain.Decision) -> str:
@@ -204,7 +207,7 @@ def new_trainee_id() -> str:
 
 
 def referral_decided(
-    referral: Referral,
+    referral: Referral | NewReferral,
     request_event_id: uuid.UUID,
     status: str | None = None,
     reasons: list[str] | None = None,

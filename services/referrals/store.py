@@ -69,6 +69,33 @@ class Referral(SQLModel, table=True):
         return self.status
 
 
+@dataclass(frozen=True)
+class NewReferral:
+    """A referral created in the batch being handled, as the rest of the batch reads it."""
+
+    referral_id: str
+    agency_id: str
+    school_id: str
+    status: str
+    reasons: str
+    trainee_id: str | None
+    duplicate_of: str | None
+    person_key: str | None
+    enrolled_on: date | None = None
+    exited_on: date | None = None
+    erased_at: datetime | None = None
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> NewReferral:
+        return cls(**{name: row[name] for name in (
+            "referral_id", "agency_id", "school_id", "status", "reasons", "trainee_id",
+            "duplicate_of", "person_key")})
+
+    @property
+    def reason_codes(self) -> list[str]:
+        return list(json.loads(self.reasons))
+
+
 class PersonClaim(SQLModel, table=True):
     """At most one live referral per person: the primary key makes a concurrent second
     acceptance of the same person fail (and its batch retry), whatever the partition."""
@@ -210,17 +237,32 @@ class ReferralStore:
         query = select(PersonClaim.referral_id).where(PersonClaim.person_key == person_key)
         return self.session.exec(query).first()
 
-    def add(self, referral: Referral, live: bool) -> None:
-        self.session.add(referral)
+    def add(self, row: dict[str, Any], live: bool) -> Referral | NewReferral:
+        """A new referral (and its claim on the person while it is live).
+
+        In a batch with its cache, the rows are written in bulk with the batch and the
+        batch reads a frozen copy: nothing changes a referral in the batch that created it
+        (its decision has not left yet); if something tries, the copy refuses and the batch
+        takes the savepoint path, where the rows are ORM objects like everywhere else.
+        """
+        claim = {"person_key": row["person_key"], "referral_id": row["referral_id"]}
+        if self.cache is not None and self.insert_later is not None:
+            self.insert_later(Referral.__table__, row)  # type: ignore[arg-type]
+            if live:
+                self.insert_later(PersonClaim.__table__, claim)  # type: ignore[arg-type]
+            new: Referral | NewReferral = NewReferral.of(row)
+        else:
+            new = Referral(**row)
+            self.session.add(new)
+            if live:
+                self.session.add(PersonClaim(**claim))
         if self.cache is not None:
-            self.cache.referrals[referral.referral_id] = referral
-            if referral.trainee_id is not None and referral.duplicate_of is None:
-                self.cache.by_trainee[referral.trainee_id] = referral
-        if live and referral.person_key is not None:
-            self.session.add(PersonClaim(person_key=referral.person_key,
-                                         referral_id=referral.referral_id))
-            if self.cache is not None:
-                self.cache.claims[referral.person_key] = referral.referral_id
+            self.cache.referrals[row["referral_id"]] = new  # type: ignore[assignment]
+            if row["trainee_id"] is not None and row["duplicate_of"] is None:
+                self.cache.by_trainee[row["trainee_id"]] = new  # type: ignore[assignment]
+            if live:
+                self.cache.claims[row["person_key"]] = row["referral_id"]
+        return new
 
     def release_claim(self, referral: Referral) -> None:
         if referral.person_key is None:
