@@ -16,7 +16,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ExceptionHandler
 
-ROLES = ("finance", "outcomes", "ops", "admin")
 PARTNER_PREFIX = "partner:"
 
 Check = Callable[[], Awaitable[None]]

@@ -288,6 +288,13 @@ class Simulation:
             if expected_decisions[status] != outcome.decisions[status]:
                 differences.append(f"referrals {status}: expected {expected_decisions[status]}, "
                                    f"got {outcome.decisions[status]}")
+        wrong_reasons = [
+            r.referral_id for r in [*self.plan.referrals, *self.plan.duplicates]
+            if self.answers.by_request.get(r.event_id, {}).get("reasons") != r.expected_reasons
+        ]
+        if wrong_reasons:
+            differences.append(f"{len(wrong_reasons)} referrals decided with other reasons "
+                               f"than planned, e.g. {wrong_reasons[:3]}")
         twice = [r for r, ids in self.answers.event_ids.items() if len(ids) > 1]
         if twice:
             differences.append(f"{len(twice)} inputs answered by more than one event")
