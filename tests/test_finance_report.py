@@ -7,11 +7,10 @@ import itertools
 import json
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine
@@ -27,12 +26,12 @@ from services.aids.handlers import AidHandlers
 from services.aids.store import TABLES, AidStore, KindYearTotal, LedgerLine, YearTotals
 from shared.contract import Topic
 from shared.db import make_engine
-from shared.http import Authorizer, json_error_handlers
 from shared.messaging import BatchProcessor, Inbound
 from shared.schools import load_schools
-from shared.service import ServiceContext, create_schema
+from shared.service import create_schema
 from shared.settings import Settings
 from tests.events import new_id
+from tests.http_app import app_for as http_app_for
 
 YEAR = 2024
 KINDS = ("laptop", "meals", "childcare")
@@ -54,15 +53,6 @@ _offsets = itertools.count()
 
 
 # --- Store, events, app -------------------------------------------------------------------
-
-
-@dataclass
-class Context:
-    """What the routes use of a ServiceContext."""
-
-    engine: Engine
-    auth: Authorizer
-    settings: Settings
 
 
 @pytest.fixture
@@ -147,8 +137,7 @@ def filled(engine: Engine) -> Engine:
 
 
 def app_for(engine: Engine) -> Starlette:
-    ctx = cast(ServiceContext, Context(engine, Authorizer(TOKENS), Settings()))
-    return Starlette(routes=routes(ctx), exception_handlers=json_error_handlers())
+    return http_app_for(routes, engine, TOKENS)
 
 
 @pytest.fixture

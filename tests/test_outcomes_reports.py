@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -28,12 +27,12 @@ from services.outcomes.handlers import OutcomeHandlers
 from services.outcomes.store import TABLES, OutcomeStore
 from shared.contract import Topic
 from shared.db import make_engine
-from shared.http import Authorizer, json_error_handlers
 from shared.messaging import BatchProcessor, Inbound, OutboxMessage
 from shared.schools import load_schools
-from shared.service import ServiceContext, create_schema
+from shared.service import create_schema
 from shared.settings import Settings
 from tests.events import new_id
+from tests.http_app import app_for as http_app_for
 
 YEAR = 2024
 REGISTRY = list(load_schools())
@@ -194,18 +193,8 @@ def cohort() -> list[list[tuple[str, dict[str, Any]]]]:
     ]
 
 
-@dataclass
-class Context:
-    """What the routes use of a ServiceContext."""
-
-    engine: Engine
-    auth: Authorizer
-    settings: Settings
-
-
 def app_for(engine: Engine) -> Starlette:
-    ctx = cast(ServiceContext, Context(engine, Authorizer(TOKENS), Settings()))
-    return Starlette(routes=routes(ctx), exception_handlers=json_error_handlers())
+    return http_app_for(routes, engine, TOKENS)
 
 
 Batches = list[list[tuple[str, dict[str, Any]]]]

@@ -25,11 +25,11 @@ from services.referrals.handlers import ReferralHandlers
 from services.referrals.store import TABLES, Referral, ReferralStore
 from shared.contract import Topic
 from shared.db import make_engine
-from shared.http import Authorizer, json_error_handlers
 from shared.messaging import BatchProcessor, Inbound
 from shared.schools import load_schools
-from shared.service import ServiceContext, create_schema
+from shared.service import create_schema
 from tests.events import new_id, referral
+from tests.http_app import app_for as http_app_for
 
 OWN = "ml-toulouse"
 OTHER = "ft-31"
@@ -52,14 +52,6 @@ _offsets = itertools.count()
 # --- Store and app ------------------------------------------------------------------------
 
 
-@dataclass
-class Context:
-    """What the routes use of a ServiceContext."""
-
-    engine: Engine
-    auth: Authorizer
-
-
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
     store_engine = make_engine(f"sqlite:///{tmp_path / 'referrals.db'}")
@@ -69,8 +61,7 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
 
 
 def app_for(engine: Engine, *extra: Route) -> Starlette:
-    ctx = cast(ServiceContext, Context(engine, Authorizer(TOKENS)))
-    return Starlette(routes=[*routes(ctx), *extra], exception_handlers=json_error_handlers())
+    return http_app_for(routes, engine, TOKENS, *extra)
 
 
 @pytest.fixture
