@@ -33,6 +33,7 @@ from pydantic_core import PydanticCustomError
 __all__ = [
     "ALL_TOPICS",
     "INPUT_MODELS",
+    "MAX_SAFE_INTEGER",
     "MODELS",
     "OUTCOME_CATEGORY",
     "OUTPUT_MODELS",
@@ -66,6 +67,7 @@ __all__ = [
     "ReferralReason",
     "ReferralStatus",
     "ReferralSubmitted",
+    "SafeInt",
     "SchemaVersion",
     "Timestamp",
     "Topic",
@@ -268,6 +270,15 @@ Timestamp = Annotated[AwareDatetime, BeforeValidator(_check_datetime)]
 
 SchemaVersion = Annotated[Literal[1], BeforeValidator(_check_schema_version)]
 
+MAX_SAFE_INTEGER = 2**53 - 1
+"""(1.1) The largest integer every JSON reader holds exactly; beyond it an integer is malformed."""
+
+SafeInt = Annotated[StrictInt, Field(ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER)]
+"""A JSON integer within ±(2^53 − 1): a larger one is a wrong type (dead letter), so that no
+store ever sees a value it cannot hold."""
+
+NonNegativeSafeInt = Annotated[StrictInt, Field(ge=0, le=MAX_SAFE_INTEGER)]
+
 ReferralId = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
 """1 to 64 characters of `A-Za-z0-9._-`."""
 
@@ -369,7 +380,7 @@ class EnrollmentDecided(Decided):
     school_id: str | None = None
     enrolled_on: IsoDate | None = None
     agency_kind: AgencyKind | None = None
-    age_at_entry: StrictInt | None = None
+    age_at_entry: SafeInt | None = None
     rqth: StrictBool | None = None
     qpv_resident: StrictBool | None = None
     has_work_experience: StrictBool | None = None
@@ -388,8 +399,8 @@ class AidRequested(Event):
     request_id: NonEmptyStr
     trainee_id: str
     kind: AidKind
-    quantity: StrictInt
-    amount_cents: StrictInt | None = None
+    quantity: SafeInt
+    amount_cents: SafeInt | None = None
     period_start: IsoDate
     period_end: IsoDate
 
@@ -397,9 +408,9 @@ class AidRequested(Event):
 class BudgetSubmitted(Event):
     """`e2c.budgets.submitted.v1`: sets (or replaces) one kind's envelope for one year."""
 
-    year: StrictInt
+    year: SafeInt
     kind: AidKind
-    envelope_cents: StrictInt = Field(ge=0)
+    envelope_cents: NonNegativeSafeInt
 
 
 class AidDecided(Decided):
@@ -411,8 +422,8 @@ class AidDecided(Decided):
     kind: AidKind
     status: AidStatus
     reasons: list[AidReason] = Field(default_factory=list)
-    quantity: StrictInt
-    amount_cents: StrictInt | None = None
+    quantity: SafeInt
+    amount_cents: SafeInt | None = None
     period_start: IsoDate
     period_end: IsoDate
 
@@ -445,14 +456,23 @@ class ExitDecided(Decided):
 
 
 class DeadLetter(Event):
-    """`e2c.deadletter.v1`: an unreadable input, kept as text in `original`."""
+    """`e2c.deadletter.v1`: an unreadable input.
+
+    (1.1) The original value is kept as text in `original` when it is UTF-8, else as
+    `original_base64`; a letter never exceeds 512 KiB: a longer original is cut
+    (`original_truncated`), and `original_bytes` and `original_sha256` describe the whole.
+    """
 
     service: str
     source_topic: str
-    partition: StrictInt
-    offset: StrictInt
+    partition: SafeInt
+    offset: SafeInt
     error: str
-    original: str
+    original: str | None
+    original_base64: str | None = None
+    original_truncated: StrictBool = False
+    original_bytes: SafeInt | None = None
+    original_sha256: str | None = None
 
 
 # --- Registries and helpers ---------------------------------------------------------------

@@ -9,11 +9,14 @@ is read again) or finds the event ids already recorded (the redelivery has no ef
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -29,6 +32,7 @@ log = logging.getLogger(__name__)
 
 DEAD_LETTER_NAMESPACE = uuid.UUID("5b7c2f0e-0d6a-4f43-9a0e-e2c0de1e77e5")
 MAX_ERROR_CHARS = 2000
+MAX_DEAD_LETTER_BYTES = 512 * 1024  # (1.1) a letter never exceeds it: its original is cut
 
 
 class InboxEvent(SQLModel, table=True):
@@ -48,27 +52,55 @@ class OutboxMessage(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     topic: str = Field(max_length=200)
-    key: str | None = Field(default=None, max_length=200)
+    key: str | None = Field(default=None)  # a dead letter keeps its original's key, any length
     payload: str
     created_at: datetime = Field(sa_type=UtcDateTime)
 
 
-PLUMBING_TABLES = (InboxEvent.__table__, OutboxMessage.__table__)
+class ParkedMessage(SQLModel, table=True):
+    """An outbox row the broker refused for good (too large, not allowed...): set aside so
+    that the rows behind it go out, and kept for operations to see (`/ops/pipeline`)."""
+
+    __tablename__ = "outbox_parked"
+
+    id: int = Field(primary_key=True)  # the outbox row's id
+    topic: str = Field(max_length=200)
+    key: str | None = Field(default=None)
+    payload: str
+    created_at: datetime = Field(sa_type=UtcDateTime)
+    error: str
+    parked_at: datetime = Field(sa_type=UtcDateTime)
+
+
+PLUMBING_TABLES = (InboxEvent.__table__, OutboxMessage.__table__, ParkedMessage.__table__)
 
 
 @dataclass(frozen=True)
 class Inbound:
-    """One consumed Kafka record, as the processor needs it."""
+    """One consumed Kafka record, as the processor needs it (`value` None: a tombstone)."""
 
     topic: str
     partition: int
     offset: int
     key: str | None
-    value: bytes
+    value: bytes | None
+
+    @cached_property
+    def dead_letter_key(self) -> str:
+        """The inbox key of this record when it has no readable `event_id`.
+
+        Its position alone is not enough: a topic deleted and created again starts its
+        offsets anew, and a valid record at a position an old dead letter had must be read.
+        """
+        digest = hashlib.sha256()
+        digest.update(b"\x01" + self.key.encode() if self.key is not None else b"\x00")
+        digest.update(self.value or b"")
+        return f"dl:{self.topic}:{self.partition}:{self.offset}:{digest.hexdigest()[:16]}"
 
     @property
-    def dead_letter_key(self) -> str:
-        return f"dl:{self.topic}:{self.partition}:{self.offset}"
+    def is_tombstone(self) -> bool:
+        """(1.1) A null value (erasure) is not an input: neither answered nor dead-lettered."""
+        return self.value is None
 
 
 @dataclass
@@ -83,6 +115,7 @@ class Unit:
     session: Session
     inbound: Inbound | None = None  # None for work a timer started (sweeps)
     batched: bool = False
+    service: str = ""  # who writes the dead letters this unit emits
     cache: Any = None  # what the service's `prepare` loaded for the batch (fast path only)
     emitted: list[dict[str, Any]] = field(default_factory=list)
     later: list[tuple[Table, dict[str, Any]]] = field(default_factory=list)
@@ -95,12 +128,7 @@ class Unit:
             self.session.exec(insert(table), params=[row])  # type: ignore[call-overload]
 
     def emit(self, topic: str, event: BaseModel, key: str | None = None) -> None:
-        row = {
-            "topic": topic,
-            "key": key if key is not None else event_key(topic, event),
-            "payload": event.model_dump_json(),
-            "created_at": datetime.now(UTC),
-        }
+        row = outbox_row(topic, event, key if key is not None else event_key(topic, event))
         self.emitted.append(row)
         if not self.batched:
             write_outbox(self.session, [row])
@@ -126,6 +154,7 @@ class BatchResult:
     handled: dict[str, int] = field(default_factory=dict)
     duplicates: dict[str, int] = field(default_factory=dict)
     dead_letters: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)  # tombstones
     emitted: dict[str, int] = field(default_factory=dict)
 
     def count(self, bucket: dict[str, int], topic: str) -> None:
@@ -149,20 +178,44 @@ class _HandlerFailed(Exception):
 
 @dataclass
 class _Batch:
-    """What one pass over a batch writes besides the handlers' own changes."""
+    """What one pass over a batch writes besides the handlers' own changes.
+
+    On the fast path the inbox, the outbox and the append-only rows are written in bulk at
+    the end; on the savepoint path (`isolate`) each record's rows are written inside its
+    own savepoint, so that no row of one record can fail the others.
+    """
 
     session: Session
     done: set[str]
     isolate: bool
+    service: str
     cache: Any = None
     result: BatchResult = field(default_factory=BatchResult)
     inbox: list[dict[str, Any]] = field(default_factory=list)
     outbox: list[dict[str, Any]] = field(default_factory=list)
     later: dict[Table, list[dict[str, Any]]] = field(default_factory=dict)
 
+    def unit(self, inbound: Inbound) -> Unit:
+        return Unit(session=self.session, inbound=inbound, batched=not self.isolate,
+                    service=self.service, cache=self.cache)
+
     def record(self, key: str, topic: str) -> None:
-        self.inbox.append({"key": key, "topic": topic, "processed_at": datetime.now(UTC)})
+        row = {"key": key, "topic": topic, "processed_at": datetime.now(UTC)}
         self.done.add(key)
+        if self.isolate:
+            self.session.exec(insert(InboxEvent.__table__), params=[row])  # type: ignore[call-overload,arg-type]
+        else:
+            self.inbox.append(row)
+
+    def keep(self, unit: Unit) -> None:
+        """What a handled record emitted and deferred, for the bulk write (fast path)."""
+        for message in unit.emitted:
+            self.result.count(self.result.emitted, message["topic"])
+        if not unit.batched:
+            return  # already written in the record's savepoint
+        self.outbox.extend(unit.emitted)
+        for table, row in unit.later:
+            self.later.setdefault(table, []).append(row)
 
     def write(self) -> None:
         for table, rows in self.later.items():
@@ -198,15 +251,21 @@ class BatchProcessor:
         self.prepare = prepare
 
     def process(self, records: Sequence[Inbound]) -> BatchResult:
-        decoded = [self._decode(record) for record in records]
+        inputs = [record for record in records if not record.is_tombstone]
+        decoded = [self._decode(record) for record in inputs]
         try:
-            return self._pass(decoded, isolate=False)
+            result = self._pass(decoded, isolate=False)
         except (_HandlerFailed, DataError):
-            return self._pass(decoded, isolate=True)
+            result = self._pass(decoded, isolate=True)
+        for record in records:
+            if record.is_tombstone:
+                result.count(result.skipped, record.topic)
+        return result
 
     def _pass(self, decoded: list[_Decoded], isolate: bool) -> BatchResult:
         with Session(self.engine) as session:
-            batch = _Batch(session, self._already_processed(session, decoded), isolate)
+            batch = _Batch(session, self._already_processed(session, decoded), isolate,
+                           self.service)
             if self.prepare is not None and not isolate:
                 events = [item.event for item in decoded if item.event is not None]
                 batch.cache = self.prepare(session, events)
@@ -221,7 +280,7 @@ class BatchProcessor:
         if route is None:
             return _Decoded(inbound, None, f"no handler for topic {inbound.topic}")
         try:
-            return _Decoded(inbound, route.model.model_validate_json(inbound.value), None)
+            return _Decoded(inbound, route.model.model_validate_json(inbound.value or b""), None)
         except ValidationError as error:
             return _Decoded(inbound, None, describe_validation_error(error))
 
@@ -245,7 +304,7 @@ class BatchProcessor:
         if item.event is None:
             self._dead_letter(batch, item.inbound, item.error or "unreadable")
             return
-        unit = Unit(session=batch.session, inbound=item.inbound, batched=True, cache=batch.cache)
+        unit = batch.unit(item.inbound)
         try:
             self._handle(batch, unit, item.event)
         except DataError as error:  # a value the store cannot hold: retrying will not help
@@ -265,11 +324,7 @@ class BatchProcessor:
             return
         batch.record(item.event_id or item.inbound.dead_letter_key, topic)
         batch.result.count(batch.result.handled, topic)
-        batch.outbox.extend(unit.emitted)
-        for table, row in unit.later:
-            batch.later.setdefault(table, []).append(row)
-        for message in unit.emitted:
-            batch.result.count(batch.result.emitted, message["topic"])
+        batch.keep(unit)
 
     def _handle(self, batch: _Batch, unit: Unit, event: BaseModel) -> None:
         assert unit.inbound is not None
@@ -282,30 +337,90 @@ class BatchProcessor:
 
     def _dead_letter(self, batch: _Batch, inbound: Inbound, error: str) -> None:
         letter = build_dead_letter(self.service, inbound, error)
-        unit = Unit(session=batch.session, inbound=inbound, batched=True)
-        unit.emit(Topic.DEADLETTER, letter, key=inbound.key)
-        batch.outbox.extend(unit.emitted)
+        row = outbox_row(Topic.DEADLETTER, letter, inbound.key)
+        if batch.isolate:
+            write_dead_letter(batch.session, row)
+        else:
+            batch.outbox.append(row)
         batch.record(inbound.dead_letter_key, inbound.topic)
         batch.result.count(batch.result.dead_letters, inbound.topic)
         log.warning("dead letter from %s[%s]@%s: %s", inbound.topic, inbound.partition,
                     inbound.offset, error.splitlines()[0][:300])
 
 
+def write_dead_letter(session: Session, row: dict[str, Any]) -> None:
+    """Writes a dead letter in its own savepoint; one the store refuses with its key (an
+    old store's bounded key column) goes without the key rather than block the batch."""
+    try:
+        with session.begin_nested():
+            write_outbox(session, [row])
+    except DataError:
+        with session.begin_nested():
+            write_outbox(session, [{**row, "key": None}])
+
+
+def outbox_row(topic: str, event: BaseModel, key: str | None) -> dict[str, Any]:
+    return {
+        "topic": topic,
+        "key": key,
+        "payload": event.model_dump_json(),
+        "created_at": datetime.now(UTC),
+    }
+
+
 def build_dead_letter(service: str, inbound: Inbound, error: str) -> DeadLetter:
+    """The contract's dead letter for `inbound`, its original cut to fit 512 KiB."""
     fields = new_event_fields()
     # Deterministic id: the same unreadable record, read again, is the same dead letter.
     fields["event_id"] = uuid.uuid5(
         DEAD_LETTER_NAMESPACE, f"{service}:{inbound.dead_letter_key}"
     )
-    return DeadLetter(
+    value = inbound.value or b""
+    base = DeadLetter(
         **fields,
         service=service,
         source_topic=inbound.topic,
         partition=inbound.partition,
         offset=inbound.offset,
         error=error[:MAX_ERROR_CHARS],
-        original=inbound.value.decode("utf-8", errors="replace"),
+        original=None,
+        original_bytes=len(value),
+        original_sha256=hashlib.sha256(value).hexdigest(),
     )
+    as_text = _utf8(value)
+
+    def letter(kept: int) -> DeadLetter:
+        return base.model_copy(update=_original_fields(value[:kept], as_text, kept < len(value)))
+
+    whole = letter(len(value))
+    if _size(whole) <= MAX_DEAD_LETTER_BYTES:
+        return whole
+    low, high = 0, len(value)  # the longest prefix that fits: low fits, high does not
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if _size(letter(middle)) <= MAX_DEAD_LETTER_BYTES else (
+            low, middle)
+    return letter(low)
+
+
+def _utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _original_fields(kept: bytes, as_text: bool, truncated: bool) -> dict[str, Any]:
+    if as_text:  # a cut may split a character: its incomplete tail is left out
+        text = kept.decode("utf-8", errors="ignore")
+        return {"original": text, "original_base64": None, "original_truncated": truncated}
+    encoded = base64.b64encode(kept).decode("ascii")
+    return {"original": None, "original_base64": encoded, "original_truncated": truncated}
+
+
+def _size(letter: DeadLetter) -> int:
+    return len(letter.model_dump_json().encode("utf-8"))
 
 
 def describe_validation_error(error: ValidationError) -> str:
@@ -339,3 +454,30 @@ def delete_outbox(session: Session, ids: Sequence[int]) -> None:
 
 def outbox_backlog(session: Session) -> int:
     return session.exec(select(func.count()).select_from(OutboxMessage)).one()
+
+
+def park_outbox(session: Session, refused: dict[int, str]) -> None:
+    """Moves the refused rows (id -> the broker's error) from the outbox to the parked ones."""
+    rows = session.exec(select(OutboxMessage).where(col(OutboxMessage.id).in_(refused))).all()
+    moment = datetime.now(UTC)
+    for row in rows:
+        assert row.id is not None
+        session.add(ParkedMessage(id=row.id, topic=row.topic, key=row.key, payload=row.payload,
+                                  created_at=row.created_at, error=refused[row.id][:500],
+                                  parked_at=moment))
+    delete_outbox(session, list(refused))
+
+
+def parked_messages(session: Session, limit: int) -> tuple[int, list[dict[str, Any]]]:
+    """How many rows are parked and the newest ones, without their payload (it may hold
+    personal data)."""
+    count = session.exec(select(func.count()).select_from(ParkedMessage)).one()
+    query = select(ParkedMessage).order_by(col(ParkedMessage.parked_at).desc(),
+                                          col(ParkedMessage.id).desc()).limit(limit)
+    newest = [
+        {"id": row.id, "topic": row.topic, "bytes": len(row.payload.encode("utf-8")),
+         "error": row.error, "created_at": row.created_at.isoformat(),
+         "parked_at": row.parked_at.isoformat()}
+        for row in session.exec(query).all()
+    ]
+    return count, newest

@@ -28,7 +28,8 @@ class ServiceMetrics:
         self.registry = registry
         self.events_consumed = Counter(
             "e2c_events_consumed_total",
-            "Input records consumed, by topic and result (handled, duplicate, dead_letter).",
+            "Input records consumed, by topic and result "
+            "(handled, duplicate, dead_letter, skipped: a tombstone).",
             ["service", "topic", "result"],
             registry=registry,
         )
@@ -61,6 +62,12 @@ class ServiceMetrics:
         self.relay_failures = Counter(
             "e2c_outbox_relay_failures_total",
             "Outbox relay rounds that failed (broker or store unavailable).",
+            ["service"],
+            registry=registry,
+        )
+        self.outbox_parked = Counter(
+            "e2c_outbox_parked_total",
+            "Outbox rows the broker refused for good, set aside (see /ops/pipeline).",
             ["service"],
             registry=registry,
         )
@@ -110,12 +117,13 @@ class ServiceMetrics:
             registry=registry,
         )
         self._last_processed_at: float | None = None
+        self.outbox_parked.labels(service)  # visible at zero: an alert can watch it
 
     def watch_topics(self, topics: list[str]) -> None:
         """Makes the per-topic series visible at zero before anything happened."""
         for topic in topics:
             self.dead_letters.labels(self.service, topic)
-            for result in ("handled", "duplicate", "dead_letter"):
+            for result in ("handled", "duplicate", "dead_letter", "skipped"):
                 self.events_consumed.labels(self.service, topic, result)
 
     def mark_processed(self, at: float) -> None:
@@ -144,6 +152,7 @@ class ServiceMetrics:
             (result.handled, "handled"),
             (result.duplicates, "duplicate"),
             (result.dead_letters, "dead_letter"),
+            (result.skipped, "skipped"),
         ):
             for topic, count in bucket.items():
                 self.events_consumed.labels(self.service, topic, name).inc(count)

@@ -19,6 +19,7 @@ or not: `e2c ops status` and each service's `GET /ops/pipeline` are built from i
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -55,7 +56,7 @@ SERVICE_INPUTS: dict[str, tuple[str, ...]] = {
                  Topic.AIDS_DECIDED),
 }
 LISTED_FIELDS = ("event_id", "occurred_at", "service", "source_topic", "partition", "offset",
-                 "error")
+                 "error", "original_bytes", "original_truncated")
 
 
 def heartbeat_key(service: str, instance: str) -> str:
@@ -98,6 +99,7 @@ class _Letter:
         if show_original:
             entry["key"] = self.key.decode("utf-8", errors="replace") if self.key else None
             entry["original"] = self.body.get("original")
+            entry["original_base64"] = self.body.get("original_base64")
         return entry
 
 
@@ -328,6 +330,18 @@ async def read_dead_letters(
         return await inspector.dead_letters(limit, service, show_original)
 
 
+def original_bytes(body: dict[str, Any]) -> bytes | None:
+    """A letter's whole original value (text or base64), None when cut or absent."""
+    if body.get("original_truncated"):
+        return None
+    if isinstance(body.get("original"), str):
+        return str(body["original"]).encode("utf-8")
+    if isinstance(body.get("original_base64"), str):
+        with contextlib.suppress(ValueError):
+            return base64.b64decode(body["original_base64"], validate=True)
+    return None
+
+
 class ReplayError(Exception):
     """The letter cannot be replayed (unknown id, no original, or an unexpected topic)."""
 
@@ -341,18 +355,19 @@ async def replay_dead_letter(
     if letter is None or letter.body is None:
         raise ReplayError(f"no dead letter {dead_letter_event_id} in {Topic.DEADLETTER}")
     source = letter.body.get("source_topic")
-    original = letter.body.get("original")
     if source not in REPLAYABLE_TOPICS:
         raise ReplayError(f"dead letter {dead_letter_event_id}: source topic {source!r} is "
                           "not a topic of the contract")
-    if not isinstance(original, str):
-        raise ReplayError(f"dead letter {dead_letter_event_id} holds no original message")
+    original = original_bytes(letter.body)
+    if original is None:
+        raise ReplayError(f"dead letter {dead_letter_event_id} holds no whole original "
+                          "message (none, or cut to fit the dead letter)")
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
                                 enable_idempotence=True, client_id="e2c-ops-replay",
                                 request_timeout_ms=int(timeout * 1000))
     await producer.start()
     try:
-        sent = await producer.send_and_wait(source, original.encode("utf-8"), key=letter.key)
+        sent = await producer.send_and_wait(source, original, key=letter.key)
     finally:
         await producer.stop()
     log.info("dead letter %s replayed to %s[%s]@%s", dead_letter_event_id, source,
@@ -499,6 +514,8 @@ async def collect_status(
                 "lag": lag,
                 "lag_total": sum(row["lag"] for row in lag) if lag is not None else None,
                 "outbox_backlog": page.get("outbox_backlog") if answered else None,
+                "outbox_parked": (page.get("outbox_parked") or {}).get("count")
+                if answered else None,
                 "held": page.get("held") if answered else None,
                 "last_processed_age_seconds":
                     page.get("last_processed_age_seconds") if answered else None,
@@ -518,7 +535,7 @@ def render_status(status: PipelineStatus) -> str:
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(status.at))
     lines = [f"e2c pipeline at {stamp}   kafka {status.kafka}   redis {status.redis}", ""]
     header = (f"{'SERVICE':<10} {'STATUS':<6} {'HEARTBEAT':<21} {'LAG':>6} {'OUTBOX':>6} "
-              f"{'HELD':>5} {'LAST EVENT':>10} {'DEAD':>5}")
+              f"{'PARKED':>6} {'HELD':>5} {'LAST EVENT':>10} {'DEAD':>5}")
     lines.append(header)
     for service in status.services:
         beat = service["heartbeat"]
@@ -527,7 +544,8 @@ def render_status(status: PipelineStatus) -> str:
         lines.append(
             f"{service['service']:<10} {service['status']:<6} {beat:<21} "
             f"{_cell(service['lag_total']):>6} {_cell(service['outbox_backlog']):>6} "
-            f"{_cell(service['held']):>5} {_seconds(service['last_processed_age_seconds']):>10} "
+            f"{_cell(service.get('outbox_parked')):>6} {_cell(service['held']):>5} "
+            f"{_seconds(service['last_processed_age_seconds']):>10} "
             f"{_cell(service['dead_letters']):>5}"
         )
     lagging = [

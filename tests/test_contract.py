@@ -22,6 +22,7 @@ from shared.contract import (
     AidReason,
     AidRequested,
     BudgetSubmitted,
+    DeadLetter,
     EnrollmentDecided,
     Event,
     ExitSubmitted,
@@ -154,6 +155,10 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "offset": 1234,
         "error": "quantity: Input should be a valid integer",
         "original": '{"quantity": "20"}',
+        "original_base64": None,  # (1.1) the fields below
+        "original_truncated": False,
+        "original_bytes": 18,
+        "original_sha256": "0" * 64,
     },
 }
 
@@ -316,6 +321,16 @@ INVALID: list[tuple[str, str, bytes]] = [
     (B, "envelope string", raw(B, envelope_cents="21000000")),
     (B, "envelope float", raw(B, envelope_cents=210000.5)),
     (B, "envelope negative", raw(B, envelope_cents=-1)),
+    # (1.1) integers beyond ±(2^53 - 1)
+    (A, "quantity 2^53", raw(A, quantity=2**53)),
+    (A, "quantity 2^70", raw(A, quantity=2**70)),
+    (A, "quantity -2^53", raw(A, quantity=-(2**53))),
+    (A, "amount 2^63", raw(A, kind="childcare", amount_cents=2**63)),
+    (A, "quantity 5000 digits",
+     raw(A, quantity=7).replace(b'"quantity": 7', b'"quantity": ' + b"9" * 5000)),
+    (B, "envelope 2^53", raw(B, envelope_cents=2**53)),
+    (B, "year 2^64", raw(B, year=2**64)),
+    (T.ENROLLMENTS_DECIDED, "age 2^60", raw(T.ENROLLMENTS_DECIDED, age_at_entry=2**60)),
     (T.DEADLETTER, "partition string", raw(T.DEADLETTER, partition="2")),
     (T.AIDS_DECIDED, "reasons not a list", raw(T.AIDS_DECIDED, reasons="invalid_period")),
     # unknown enum values
@@ -404,6 +419,9 @@ VALID: list[tuple[str, str, bytes]] = [
     (X, "satisfied false", raw(X, satisfied=False)),
     (X, "satisfied missing", raw(X, satisfied=DROP)),
     (B, "envelope zero", raw(B, envelope_cents=0)),
+    (A, "quantity 2^53 - 1", raw(A, quantity=2**53 - 1)),
+    (A, "quantity -(2^53 - 1)", raw(A, quantity=-(2**53 - 1))),
+    (B, "envelope 2^53 - 1", raw(B, envelope_cents=2**53 - 1)),
     (E, "unknown referral", raw(E, referral_id="nope")),
     (D, "refused", raw(D, granted=False)),
     # unknown extra fields are ignored, at every level
@@ -445,6 +463,14 @@ def test_rejected_enrollment_profile_is_null() -> None:
     event = parse_both(T.ENROLLMENTS_DECIDED, data)
     assert isinstance(event, EnrollmentDecided)
     assert event_key(T.ENROLLMENTS_DECIDED, event) == "ML-TLS-2024-000123"
+
+
+def test_a_dead_letter_of_revision_1_0_still_reads() -> None:
+    old = {key: value for key, value in EXAMPLES[T.DEADLETTER].items()
+           if not key.startswith("original_")}
+    letter = parse_both(T.DEADLETTER, json.dumps(old).encode())
+    assert isinstance(letter, DeadLetter)
+    assert (letter.original_base64, letter.original_truncated) == (None, False)
 
 
 # --- Serialization ------------------------------------------------------------------------

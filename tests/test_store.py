@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import threading
 import uuid
@@ -18,6 +20,7 @@ from services.referrals.store import TABLES, PersonClaim, Referral, ReferralStor
 from shared.contract import ReferralSubmitted, Topic
 from shared.db import make_engine
 from shared.messaging import (
+    MAX_DEAD_LETTER_BYTES,
     BatchProcessor,
     Inbound,
     InboxEvent,
@@ -283,3 +286,89 @@ def test_a_referral_changed_in_the_batch_that_created_it_is_still_right(engine: 
         assert (stored.status, str(stored.enrolled_on)) == ("accepted", "2024-03-06")
         kinds = [h.kind for h in ReferralStore(session).history(pending["referral_id"])]
     assert kinds == ["referral", "derogation", "enrollment"]
+
+
+# --- (1.1) No message stalls anything -----------------------------------------------------
+
+
+def letter_of(message: OutboxMessage) -> dict[str, object]:
+    assert message.topic == Topic.DEADLETTER
+    assert len(message.payload.encode("utf-8")) <= MAX_DEAD_LETTER_BYTES
+    return json.loads(message.payload)
+
+
+def test_bytes_that_are_not_utf8_are_kept_in_base64_and_cut_to_512_kib(engine: Engine) -> None:
+    flood = b"\xff" * 900_000
+    processor(engine).process([record(flood, 0)])
+
+    letter = letter_of(*outbox(engine))
+    assert letter["original"] is None
+    kept = base64.b64decode(str(letter["original_base64"]))
+    assert 0 < len(kept) < len(flood) and flood.startswith(kept)
+    assert letter["original_truncated"] is True
+    assert letter["original_bytes"] == 900_000
+    assert letter["original_sha256"] == hashlib.sha256(flood).hexdigest()
+
+
+def test_control_characters_are_kept_as_text_and_cut_to_512_kib(engine: Engine) -> None:
+    flood = b"\x01" * 300_000  # valid UTF-8: six bytes each once escaped in JSON
+    processor(engine).process([record(flood, 0)])
+
+    letter = letter_of(*outbox(engine))
+    kept = str(letter["original"]).encode("utf-8")
+    assert letter["original_base64"] is None
+    assert 0 < len(kept) < len(flood) and flood.startswith(kept)
+    assert (letter["original_truncated"], letter["original_bytes"]) == (True, 300_000)
+
+
+def test_a_cut_never_splits_a_character(engine: Engine) -> None:
+    flood = "é".encode() * 400_000  # two bytes each: the cut may fall inside one
+    processor(engine).process([record(flood, 0)])
+
+    letter = letter_of(*outbox(engine))
+    assert set(str(letter["original"])) == {"é"}
+    assert letter["original_truncated"] is True
+
+
+def test_an_original_that_fits_is_kept_whole(engine: Engine) -> None:
+    brackets = b"[" * 200_000
+    processor(engine).process([record(brackets, 0)])
+
+    letter = letter_of(*outbox(engine))
+    assert letter["original"] == brackets.decode()
+    assert letter["original_truncated"] is False
+    assert letter["original_sha256"] == hashlib.sha256(brackets).hexdigest()
+
+
+def test_a_tombstone_is_neither_answered_nor_dead_lettered(engine: Engine) -> None:
+    tombstone = Inbound(Topic.REFERRALS_SUBMITTED, 0, 3, "ML-1", None)
+    result = processor(engine).process([tombstone, record(referral(), 4)])
+
+    assert result.skipped == {Topic.REFERRALS_SUBMITTED: 1}
+    assert result.dead_letters == {}
+    assert [m.topic for m in outbox(engine)] == [Topic.REFERRALS_DECIDED]
+    with Session(engine) as session:
+        assert len(session.exec(select(InboxEvent)).all()) == 1
+
+
+def test_a_dead_letter_does_not_swallow_another_record_at_its_position(engine: Engine) -> None:
+    processor(engine).process([record(b"{not json", 5)])
+    # The topic is deleted and created again: its offsets start anew.
+    valid = referral()
+    result = processor(engine).process([record(valid, 5)])
+
+    assert result.handled == {Topic.REFERRALS_SUBMITTED: 1}
+    again = processor(engine).process([record(b"{not json", 5)])
+    assert again.duplicates == {Topic.REFERRALS_SUBMITTED: 1}
+
+
+def test_a_dead_letter_keeps_a_key_of_any_length(engine: Engine) -> None:
+    long_key = "K" * 5000
+    processor(engine).process(
+        [Inbound(Topic.REFERRALS_SUBMITTED, 0, 0, long_key, b"{not json"),
+         record(referral(), 1)]
+    )
+
+    topics = {m.topic: m.key for m in outbox(engine)}
+    assert topics[Topic.DEADLETTER] == long_key
+    assert Topic.REFERRALS_DECIDED in topics
