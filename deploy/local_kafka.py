@@ -20,6 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from deploy.processes import DetachedServer, command_line, port_open, spawn, tail
+from shared.kafka import MAX_MESSAGE_BYTES
 
 KAFKA_DIR = Path(__file__).resolve().parent / "kafka"
 POM_FILE = KAFKA_DIR / "pom.xml"
@@ -150,6 +151,7 @@ def server_settings(port: int, controller_port: int, log_dirs: Path) -> dict[str
         "default.replication.factor": 1,
         "min.insync.replicas": 1,
         "auto.create.topics.enable": "true",
+        "message.max.bytes": MAX_MESSAGE_BYTES,  # the producers' and topics' limit too
         "offsets.topic.replication.factor": 1,
         "offsets.topic.num.partitions": 10,
         "transaction.state.log.replication.factor": 1,

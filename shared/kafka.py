@@ -13,7 +13,8 @@ from typing import Any, Union
 import anyio
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.message import KafkaMessage
@@ -28,6 +29,7 @@ from shared.messaging import (
     Inbound,
     delete_outbox,
     outbox_backlog,
+    park_outbox,
     pending_outbox_rows,
 )
 from shared.observability import ServiceMetrics
@@ -40,25 +42,48 @@ Row = tuple[int, str, str | None, str]
 CRASH_EXIT_CODE = 75
 
 
+# One limit for a record everywhere: the producers' `max_request_size`, the broker's
+# `message.max.bytes` and each topic's `max.message.bytes` (a record batch of one record,
+# its header included). A dead letter (512 KiB at most) and its key fit in it.
+MAX_MESSAGE_BYTES = 1024 * 1024
+
 # The topics are the system of record the views are rebuilt from: they are kept forever.
-TOPIC_CONFIG = {"retention.ms": "-1"}
+TOPIC_CONFIG = {"retention.ms": "-1", "max.message.bytes": str(MAX_MESSAGE_BYTES)}
 
 
 async def ensure_topics(bootstrap: str, topics: Sequence[str], partitions: int) -> None:
-    """Create the missing topics; a topic another service created meanwhile is fine."""
+    """Create the missing topics (a topic another service created meanwhile is fine) and
+    give the existing ones our settings where they differ (topics made by an older version)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         missing = [t for t in topics if t not in existing]
-        if not missing:
-            return
-        new = [NewTopic(t, num_partitions=partitions, replication_factor=1,
-                        topic_configs=TOPIC_CONFIG) for t in missing]
-        with contextlib.suppress(TopicAlreadyExistsError):
-            await admin.create_topics(new)
+        if missing:
+            new = [NewTopic(t, num_partitions=partitions, replication_factor=1,
+                            topic_configs=TOPIC_CONFIG) for t in missing]
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(new)
+        await _align_topic_configs(admin, [t for t in topics if t in existing])
     finally:
         await admin.close()
+
+
+async def _align_topic_configs(admin: AIOKafkaAdminClient, topics: Sequence[str]) -> None:
+    if not topics:
+        return
+    resources = [ConfigResource(ConfigResourceType.TOPIC, topic) for topic in topics]
+    stale = []
+    for response in await admin.describe_configs(resources):
+        for _code, _message, _type, name, entries, *_ in response.resources:
+            values = {entry[0]: entry[1] for entry in entries}
+            if any(values.get(key) != value for key, value in TOPIC_CONFIG.items()):
+                stale.append(name)
+    if stale:
+        log.info("topic settings set again on %s", ", ".join(stale))
+        await admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, TOPIC_CONFIG) for topic in stale]
+        )
 
 
 async def topic_partitions(
@@ -185,8 +210,20 @@ def to_inbound(record: Any) -> Inbound:
         partition=record.partition,
         offset=record.offset,
         key=key,
-        value=record.value if record.value is not None else b"",
+        value=record.value,
     )
+
+
+def _raise_if_transient(error: BaseException) -> None:
+    """A failure that may pass (broker away, leader moving) fails the whole round."""
+    if not isinstance(error, KafkaError) or isinstance(error, KafkaTimeoutError):
+        raise error
+    if getattr(error, "retriable", False):
+        raise error
+
+
+def _refusal(error: KafkaError) -> str:
+    return f"{type(error).__name__}: {str(error)[:300]}"
 
 
 class OutboxRelay:
@@ -214,13 +251,17 @@ class OutboxRelay:
         self._task: asyncio.Task[None] | None = None
         self._producer: AIOKafkaProducer | None = None
 
-    async def start(self) -> None:
-        self._producer = AIOKafkaProducer(
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
             bootstrap_servers=self.bootstrap,
             enable_idempotence=True,
             linger_ms=5,
             max_batch_size=512 * 1024,
+            max_request_size=MAX_MESSAGE_BYTES,
         )
+
+    async def start(self) -> None:
+        self._producer = self._new_producer()
         await self._producer.start()
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
 
@@ -251,7 +292,11 @@ class OutboxRelay:
                 await asyncio.sleep(min(0.2 * 2**failures, 10.0))
 
     async def drain(self) -> int:
-        """Publishes the outbox until it is empty, or until another instance holds it."""
+        """Publishes the outbox until it is empty, or until another instance holds it.
+
+        A row the broker refuses for good (too large, not allowed) is parked, not retried:
+        the rows behind it go out. A transient failure (broker away) fails the round.
+        """
         published = 0
         while True:
             claim = await anyio.to_thread.run_sync(self._claim)
@@ -261,34 +306,80 @@ class OutboxRelay:
             try:
                 if not rows:
                     break
-                await self._publish(rows)
-                await anyio.to_thread.run_sync(
-                    self._delete, session, [row_id for row_id, *_ in rows]
-                )
-                published += len(rows)
+                refused = await self._publish(rows)
+                await anyio.to_thread.run_sync(self._settle, session, rows, refused)
+                published += len(rows) - len(refused)
             finally:
                 await anyio.to_thread.run_sync(session.close)
         backlog = await anyio.to_thread.run_sync(self._backlog)
         self.metrics.outbox_backlog.labels(self.metrics.service).set(backlog)
         return published
 
-    async def _publish(self, rows: list[Row]) -> None:
+    async def _publish(self, rows: list[Row]) -> dict[int, str]:
+        """Sends the rows; returns those refused for good (id -> error)."""
+        refused: dict[int, str] = {}
+        sent: list[tuple[Row, asyncio.Future[Any]]] = []
+        for row in rows:
+            try:
+                sent.append((row, await self._send(row)))
+            except KafkaError as error:  # refused before sending (size)
+                refused[row[0]] = _refusal(error)
+        results = await asyncio.gather(*(future for _, future in sent), return_exceptions=True)
+        failed = []
+        for (row, _), result in zip(sent, results, strict=True):
+            if isinstance(result, BaseException):
+                _raise_if_transient(result)
+                failed.append(row)
+        if failed:
+            # A refused batch leaves the idempotent producer's sequence behind the broker's
+            # (the next batches fail too): a new producer tries each failed row alone.
+            await self._restart_producer()
+            for row in failed:
+                error = await self._send_alone(row)
+                if error is not None:
+                    refused[row[0]] = error
+                    await self._restart_producer()
+        self._count_published(rows, refused)
+        return refused
+
+    async def _restart_producer(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+        self._producer = self._new_producer()
+        await self._producer.start()
+
+    async def _send(self, row: Row) -> asyncio.Future[Any]:
         assert self._producer is not None
-        futures = []
-        for _id, topic, key, payload in rows:
-            futures.append(
-                await self._producer.send(
-                    topic,
-                    value=payload.encode("utf-8"),
-                    key=key.encode("utf-8") if key is not None else None,
-                )
+        _id, topic, key, payload = row
+        try:
+            return await self._producer.send(
+                topic,
+                value=payload.encode("utf-8"),
+                key=key.encode("utf-8") if key is not None else None,
             )
-        await asyncio.gather(*futures)
+        except KafkaError as error:
+            _raise_if_transient(error)
+            raise
+
+    async def _send_alone(self, row: Row) -> str | None:
+        """The broker's final refusal of this one row, or None once it is published."""
+        try:
+            await (await self._send(row))
+        except KafkaError as error:
+            _raise_if_transient(error)
+            return _refusal(error)
+        return None
+
+    def _count_published(self, rows: list[Row], refused: dict[int, str]) -> None:
         counts: dict[str, int] = {}
-        for _id, topic, _key, _payload in rows:
-            counts[topic] = counts.get(topic, 0) + 1
+        for row_id, topic, _key, _payload in rows:
+            if row_id not in refused:
+                counts[topic] = counts.get(topic, 0) + 1
         for topic, count in counts.items():
             self.metrics.record_published(topic, count)
+        for row_id, error in refused.items():
+            self.metrics.outbox_parked.labels(self.metrics.service).inc()
+            log.error("outbox row %s refused by the broker for good, parked: %s", row_id, error)
 
     def _claim(self) -> tuple[Session, list[Row]] | None:
         """Opens the round's transaction and reads the oldest rows in it.
@@ -312,8 +403,13 @@ class OutboxRelay:
         return session, pending_outbox_rows(session, self.batch_size)
 
     @staticmethod
-    def _delete(session: Session, ids: list[int]) -> None:
-        delete_outbox(session, ids)
+    def _settle(session: Session, rows: list[Row], refused: dict[int, str]) -> None:
+        """Deletes the published rows and parks the refused ones, in the round's transaction."""
+        published = [row_id for row_id, *_ in rows if row_id not in refused]
+        if published:
+            delete_outbox(session, published)
+        if refused:
+            park_outbox(session, refused)
         session.commit()
 
     def _backlog(self) -> int:

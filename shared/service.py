@@ -43,6 +43,7 @@ from shared.messaging import (
     Route,
     Unit,
     outbox_backlog,
+    parked_messages,
 )
 from shared.observability import ServiceMetrics, configure_logging
 from shared.ops import SERVICES, KafkaInspector, heartbeat_key, read_heartbeats
@@ -70,7 +71,8 @@ def hold_sweep(name: str, sweep: Callable[[Unit, timedelta], int], every: float)
 
     def run(ctx: ServiceContext) -> int:
         with Session(ctx.engine) as session:
-            swept = sweep(Unit(session), timedelta(seconds=ctx.settings.hold_seconds))
+            unit = Unit(session, service=ctx.spec.name)
+            swept = sweep(unit, timedelta(seconds=ctx.settings.hold_seconds))
             session.commit()
         return swept
 
@@ -289,6 +291,12 @@ def _backlog(ctx: ServiceContext) -> int:
         return outbox_backlog(session)
 
 
+def _parked(ctx: ServiceContext, limit: int) -> dict[str, Any]:
+    with Session(ctx.engine) as session:
+        count, last = parked_messages(session, limit)
+    return {"count": count, "last": last}
+
+
 async def _ops_metrics(ctx: ServiceContext) -> None:
     """Refreshes the consumer lag and held-requests gauges; failures are only logged."""
     while True:
@@ -319,9 +327,10 @@ async def pipeline_state(ctx: ServiceContext, dead_letter_limit: int = 10) -> di
             errors[name] = type(error).__name__
             return None
 
-    lag, backlog, held, letters, beats = await asyncio.gather(
+    lag, backlog, parked, held, letters, beats = await asyncio.gather(
         part("lag", ctx.inspector.lag(ctx.group_id, list(ctx.spec.routes))),
         part("outbox_backlog", anyio.to_thread.run_sync(_backlog, ctx)),
+        part("outbox_parked", anyio.to_thread.run_sync(_parked, ctx, dead_letter_limit)),
         part("held", anyio.to_thread.run_sync(_held, ctx)),
         part("dead_letters", ctx.inspector.dead_letters(dead_letter_limit, ctx.spec.name),
              timeout=OPS_TIMEOUT_SECONDS * 4),
@@ -337,6 +346,7 @@ async def pipeline_state(ctx: ServiceContext, dead_letter_limit: int = 10) -> di
         "lag": lag,
         "lag_total": sum(row["lag"] for row in lag) if lag is not None else None,
         "outbox_backlog": backlog,
+        "outbox_parked": parked,
         "held": held,
         "last_processed_age_seconds":
             round(time.time() - processed, 1) if processed is not None else None,

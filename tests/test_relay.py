@@ -1,0 +1,115 @@
+"""The outbox relay through the real broker, on SQLite and PostgreSQL: a row the broker
+refuses for good is parked, and the rows behind it are published."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from prometheus_client import CollectorRegistry
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from shared.db import make_engine
+from shared.kafka import MAX_MESSAGE_BYTES, OutboxRelay
+from shared.messaging import outbox_backlog, parked_messages, write_outbox
+from shared.observability import ServiceMetrics
+from shared.service import create_schema
+
+pytestmark = pytest.mark.infra
+
+
+@pytest.fixture
+def engine(store_url: str) -> Iterator[Engine]:
+    store_engine = make_engine(store_url)
+    create_schema(store_engine, [])
+    yield store_engine
+    store_engine.dispose()
+
+
+async def new_topic(bootstrap: str, **config: str) -> str:
+    name = f"e2c.test.relay.{uuid.uuid4().hex[:10]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, 1, 1, topic_configs=config)])
+    finally:
+        await admin.close()
+    return name
+
+
+def fill_outbox(engine: Engine, topic: str, payloads: list[str]) -> None:
+    now = datetime.now(UTC)
+    with Session(engine) as session:
+        write_outbox(session, [{"topic": topic, "key": "k", "payload": payload,
+                                "created_at": now} for payload in payloads])
+        session.commit()
+
+
+@pytest.fixture
+async def relay(engine: Engine, kafka: str) -> AsyncIterator[OutboxRelay]:
+    metrics = ServiceMetrics("relay-test", CollectorRegistry())
+    running = OutboxRelay(engine, kafka, metrics, poll_seconds=0.1)
+    await running.start()
+    yield running
+    await running.stop()
+
+
+async def read(bootstrap: str, topic: str, count: int, timeout: float = 30) -> list[bytes]:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    values: list[bytes] = []
+    try:
+        async with asyncio.timeout(timeout):
+            while len(values) < count:
+                batch = await consumer.getmany(timeout_ms=500)
+                values += [record.value for records in batch.values() for record in records]
+    finally:
+        await consumer.stop()
+    return values
+
+
+async def wait_settled(engine: Engine, parked: int, timeout: float = 30) -> list[dict]:
+    """Waits until the outbox is empty and `parked` rows are set aside."""
+    async with asyncio.timeout(timeout):
+        while True:
+            with Session(engine) as session:
+                backlog = outbox_backlog(session)
+                count, last = parked_messages(session, 10)
+            if backlog == 0 and count >= parked:
+                return last
+            await asyncio.sleep(0.05)
+
+
+async def test_a_row_over_the_producer_limit_is_parked_and_the_next_go_out(
+    engine: Engine, kafka: str, relay: OutboxRelay
+) -> None:
+    topic = await new_topic(kafka, **{"max.message.bytes": str(MAX_MESSAGE_BYTES)})
+    fill_outbox(engine, topic, ['{"n": 1}', "x" * (MAX_MESSAGE_BYTES + 1), '{"n": 2}'])
+    relay.wake()
+
+    assert await read(kafka, topic, 2) == [b'{"n": 1}', b'{"n": 2}']
+    [parked] = await wait_settled(engine, parked=1)
+    assert parked["topic"] == topic
+    assert parked["error"].startswith("MessageSizeTooLargeError")
+    assert parked["bytes"] == MAX_MESSAGE_BYTES + 1
+    assert "payload" not in parked  # may hold personal data
+
+
+async def test_a_row_the_broker_refuses_is_tried_alone_then_parked(
+    engine: Engine, kafka: str, relay: OutboxRelay
+) -> None:
+    topic = await new_topic(kafka, **{"max.message.bytes": "2000"})
+    fill_outbox(engine, topic, ['{"n": 1}', "y" * 5000, '{"n": 2}', '{"n": 3}'])
+    relay.wake()
+
+    values = await read(kafka, topic, 3)
+    [parked] = await wait_settled(engine, parked=1)
+    assert sorted(values) == [b'{"n": 1}', b'{"n": 2}', b'{"n": 3}']
+    assert parked["bytes"] == 5000
