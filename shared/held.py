@@ -3,13 +3,24 @@ aids and outcomes services: each has its own table of this shape."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
+from pydantic import ValidationError
 from sqlalchemy import func
+from sqlalchemy.exc import DataError, SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, col, delete, select
 
+from shared.contract import Topic
 from shared.db import UtcDateTime
+from shared.logsafe import describe_error
+from shared.messaging import Inbound, Unit, build_dead_letter, describe_validation_error
+
+log = logging.getLogger(__name__)
+
+HELD_POSITION = -1  # a held input's letter names no partition or offset: it was held, not read
 
 
 class HeldInput(SQLModel):
@@ -58,3 +69,55 @@ class HeldQueue(Generic[Held]):
 
     def count(self) -> int:
         return self.session.exec(select(func.count()).select_from(self.model)).one()
+
+
+def release_each(
+    unit: Unit,
+    queue: HeldQueue[Held],
+    held_rows: Sequence[Held],
+    decide: Callable[[Held], None],
+    source_topic: str,
+) -> None:
+    """Releases and decides each held input on its own, in a savepoint.
+
+    One that cannot be decided (a payload the contract no longer reads, a value the store
+    cannot hold, a bug) becomes a dead letter of its source topic and is released: it never
+    blocks the others, nor the enrollment or the sweep that released it. A store failure or
+    a lost race is raised: the whole batch (or sweep) is done again.
+    """
+    for held in held_rows:
+        emitted, later = len(unit.emitted), len(unit.later)
+        try:
+            with unit.session.begin_nested():
+                queue.release(held)
+                decide(held)
+        except (DataError, ValidationError) as error:
+            _undecidable(unit, queue, held, source_topic, error, emitted, later)
+        except SQLAlchemyError:
+            raise
+        except Exception as error:  # a bug must not hold the others back
+            _undecidable(unit, queue, held, source_topic, error, emitted, later)
+
+
+def _undecidable(
+    unit: Unit,
+    queue: HeldQueue[Held],
+    held: Held,
+    source_topic: str,
+    error: Exception,
+    emitted: int,
+    later: int,
+) -> None:
+    del unit.emitted[emitted:], unit.later[later:]  # what the failed decision had queued
+    reason = f"held input could not be decided: {type(error).__name__}"
+    if isinstance(error, ValidationError):
+        reason += f": {describe_validation_error(error)}"
+    elif isinstance(error, DataError):
+        reason += f": {describe_error(error)}"
+    log.error("held %s row %s: %s", source_topic, held.id, reason)
+    with unit.session.begin_nested():
+        queue.release(held)
+    inbound = Inbound(topic=source_topic, partition=HELD_POSITION, offset=HELD_POSITION,
+                      key=held.trainee_id, value=held.payload.encode("utf-8"))
+    unit.emit(Topic.DEADLETTER, build_dead_letter(unit.service, inbound, reason),
+              key=held.trainee_id)

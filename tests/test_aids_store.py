@@ -19,7 +19,14 @@ from services.aids.handlers import AidHandlers
 from services.aids.store import TABLES, AidStore, HeldRequest, LedgerLine
 from shared.contract import AidKind, EnrollmentDecided, Topic, new_event_fields
 from shared.db import make_engine
-from shared.messaging import BatchProcessor, Inbound, OutboxMessage, Unit, pending_outbox
+from shared.messaging import (
+    BatchProcessor,
+    BatchResult,
+    Inbound,
+    OutboxMessage,
+    Unit,
+    pending_outbox,
+)
 from shared.service import create_schema
 from tests.events import new_id
 
@@ -54,9 +61,9 @@ def request(trainee_id: str, kind: str, **fields: Any) -> bytes:
     return json.dumps(body).encode()
 
 
-def feed(engine: Engine, *records: tuple[str, bytes]) -> None:
+def feed(engine: Engine, *records: tuple[str, bytes]) -> BatchResult:
     processor = BatchProcessor("aids", engine, HANDLERS.routes())
-    processor.process(
+    return processor.process(
         [Inbound(topic, 0, offset, None, value) for offset, (topic, value) in enumerate(records)]
     )
 
@@ -178,3 +185,57 @@ def test_a_budget_above_two_billion_cents_is_stored(engine: Engine) -> None:
     feed(engine, (Topic.BUDGETS_SUBMITTED, json.dumps(budget).encode()))
     with Session(engine) as session:
         assert AidStore(session).year_totals(2024).envelopes == {"meals": 3_000_000_000}
+
+
+def hold_unreadable(engine: Engine, trainee_id: str) -> None:
+    """A request held by an older version, which the contract no longer reads (2^70 meals)."""
+    payload = json.loads(request(trainee_id, "meals"))
+    payload["quantity"] = 2**70
+    with Session(engine) as session:
+        AidStore(session).held.hold(trainee_id, json.dumps(payload))
+        session.commit()
+
+
+def dead_letters(engine: Engine) -> list[dict[str, Any]]:
+    with Session(engine) as session:
+        rows: list[OutboxMessage] = pending_outbox(session, 10_000)
+    return [json.loads(row.payload) for row in rows if row.topic == Topic.DEADLETTER]
+
+
+def test_an_undecidable_held_request_never_blocks_its_enrollment(engine: Engine) -> None:
+    trainee = uuid.uuid4().hex
+    feed(engine, (Topic.AIDS_REQUESTED, request(trainee, "laptop", amount_cents=30000)))
+    hold_unreadable(engine, trainee)
+    feed(engine, (Topic.AIDS_REQUESTED, request(trainee, "meals", quantity=1)))
+
+    result = feed(engine, (Topic.ENROLLMENTS_DECIDED, enrollment(trainee)))
+
+    assert result.handled == {Topic.ENROLLMENTS_DECIDED: 1}
+    assert result.dead_letters == {}
+    assert [(d["kind"], d["status"]) for d in decisions(engine)] == [
+        ("laptop", "granted"), ("meals", "granted")]
+    [letter] = dead_letters(engine)
+    assert (letter["source_topic"], letter["service"]) == (Topic.AIDS_REQUESTED, "aids")
+    assert letter["error"].startswith("held input could not be decided")
+    assert "quantity" in letter["error"]
+    with Session(engine) as session:
+        assert AidStore(session).held.count() == 0
+
+
+def test_the_sweep_decides_each_held_request_on_its_own(engine: Engine) -> None:
+    trainee = uuid.uuid4().hex
+    feed(engine, (Topic.AIDS_REQUESTED, request(trainee, "meals", quantity=1)))
+    hold_unreadable(engine, trainee)
+    feed(engine, (Topic.AIDS_REQUESTED, request(trainee, "laptop", amount_cents=30000)))
+
+    with Session(engine) as session:
+        swept = HANDLERS.sweep(Unit(session, service="aids"), timedelta(hours=24),
+                               datetime.now(UTC) + timedelta(hours=25))
+        session.commit()
+
+    assert swept == 3
+    assert [(d["status"], d["reasons"]) for d in decisions(engine)] == [
+        ("rejected", ["unknown_trainee"])] * 2
+    assert len(dead_letters(engine)) == 1
+    with Session(engine) as session:
+        assert AidStore(session).held.count() == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from shared.contract import (
@@ -16,6 +17,7 @@ from shared.contract import (
     Topic,
     new_event_fields,
 )
+from shared.held import release_each
 from shared.messaging import Route, Unit
 
 from . import domain
@@ -86,23 +88,25 @@ class AidHandlers:
         assert event.school_id is not None and event.enrolled_on is not None
         store = AidStore(unit.session)
         store.learn_enrollment(event.trainee_id, event.school_id, event.enrolled_on)
-        for held in store.held.for_trainee(event.trainee_id):
-            self.decide_held(unit, store, held)
+        self.decide_held(unit, store, store.held.for_trainee(event.trainee_id))
 
     def on_exit(self, unit: Unit, event: ExitDecided) -> None:
         if event.status is ExitStatus.RECORDED:
             AidStore(unit.session).learn_exit(event.trainee_id, event.exited_on)
 
-    def decide_held(self, unit: Unit, store: AidStore, held: HeldRequest) -> None:
-        store.held.release(held)
-        self.decide(unit, store, AidRequested.model_validate_json(held.payload))
+    def decide_held(self, unit: Unit, store: AidStore, held: Sequence[HeldRequest]) -> None:
+        """Each held request released and decided on its own (see `release_each`)."""
+
+        def decide_one(request: HeldRequest) -> None:
+            self.decide(unit, store, AidRequested.model_validate_json(request.payload))
+
+        release_each(unit, store.held, held, decide_one, Topic.AIDS_REQUESTED)
 
     def sweep(self, unit: Unit, hold: timedelta, moment: datetime | None = None) -> int:
         """Decides the requests held longer than `hold`: still unknown, they are refused."""
         store = AidStore(unit.session)
         expired = store.held.received_before((moment or now()) - hold)
-        for held in expired:
-            self.decide_held(unit, store, held)
+        self.decide_held(unit, store, expired)
         return len(expired)
 
 

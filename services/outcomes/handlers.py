@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from shared.contract import (
@@ -18,6 +19,7 @@ from shared.contract import (
     Topic,
     new_event_fields,
 )
+from shared.held import release_each
 from shared.messaging import Route, Unit
 
 from . import domain
@@ -88,13 +90,16 @@ class OutcomeHandlers:
         """Decides the exits held longer than `hold`: still unknown, they are refused."""
         store = OutcomeStore(unit.session)
         expired = store.held.received_before((moment or now()) - hold)
-        for held in expired:
-            self._decide_held(unit, store, held)
+        self._decide_held(unit, store, expired)
         return len(expired)
 
-    def _decide_held(self, unit: Unit, store: OutcomeStore, held: HeldExit) -> None:
-        store.held.release(held)
-        self.decide(unit, store, ExitSubmitted.model_validate_json(held.payload))
+    def _decide_held(self, unit: Unit, store: OutcomeStore, held: Sequence[HeldExit]) -> None:
+        """Each held exit released and decided on its own (see `release_each`)."""
+
+        def decide_one(row: HeldExit) -> None:
+            self.decide(unit, store, ExitSubmitted.model_validate_json(row.payload))
+
+        release_each(unit, store.held, held, decide_one, Topic.EXITS_SUBMITTED)
 
     # --- the view -------------------------------------------------------------------------
 
@@ -111,8 +116,7 @@ class OutcomeHandlers:
             return
         store = OutcomeStore(unit.session)
         store.add_trainee(trainee_view(event))
-        for held in store.held.for_trainee(event.trainee_id):
-            self._decide_held(unit, store, held)
+        self._decide_held(unit, store, store.held.for_trainee(event.trainee_id))
 
     def on_aid_decided(self, unit: Unit, event: AidDecided) -> None:
         if event.status is AidStatus.GRANTED:
