@@ -31,6 +31,7 @@ from deploy.simulation.plan import YearPlan, plan_year
 from deploy.simulation.run import Endpoints, Outcome, Progress, Simulation
 from shared.contract import Topic
 from shared.kafka import topic_partitions
+from shared.ops import original_bytes
 from shared.settings import PROJECT_ROOT
 
 CHAOS_DIR = PROJECT_ROOT / "var" / "chaos"
@@ -124,12 +125,13 @@ class Chaos:
             marker = uuid.uuid4().hex
             topic = self.rng.choice(MALFORMED_TOPICS)
             raw = self.rng.choice((
-                f'{{"chaos": "{marker}", "not closed"',  # not JSON
+                f'{{"chaos": "{marker}", "not closed"'.encode(),  # not JSON
                 json.dumps({"event_id": str(uuid.uuid4()), "schema_version": 2,
-                            "chaos": marker}),  # wrong version, missing fields
+                            "chaos": marker}).encode(),  # wrong version, missing fields
                 json.dumps({"event_id": marker, "occurred_at": "yesterday",
-                            "schema_version": 1}),  # not a UUID, not a date
-            )).encode()
+                            "schema_version": 1}).encode(),  # not a UUID, not a date
+                b"\xff\xfe" + marker.encode(),  # not UTF-8: kept in base64
+            ))
             self.journal.malformed[marker] = raw
             await producer.send(topic, raw, key=f"chaos-{marker[:8]}".encode())
         if count:
@@ -170,7 +172,7 @@ async def settled_dead_letters(
 
 
 def check_dead_letters(letters: list[dict[str, Any]], journal: Journal) -> list[str]:
-    originals = [letter["original"].encode() for letter in letters]
+    originals = [original_bytes(letter) or b"" for letter in letters]
     expected = sorted(journal.malformed.values())
     if sorted(originals) == expected:
         return []

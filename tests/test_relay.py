@@ -1,5 +1,6 @@
 """The outbox relay through the real broker, on SQLite and PostgreSQL: a row the broker
-refuses for good is parked, and the rows behind it are published."""
+refuses for good is parked, and the rows behind it are published; one record limit for the
+producers, the broker and the topics."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -15,8 +17,9 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from deploy.local_kafka import server_settings
 from shared.db import make_engine
-from shared.kafka import MAX_MESSAGE_BYTES, OutboxRelay
+from shared.kafka import MAX_MESSAGE_BYTES, OutboxRelay, ensure_topics
 from shared.messaging import outbox_backlog, parked_messages, write_outbox
 from shared.observability import ServiceMetrics
 from shared.service import create_schema
@@ -113,3 +116,32 @@ async def test_a_row_the_broker_refuses_is_tried_alone_then_parked(
     [parked] = await wait_settled(engine, parked=1)
     assert sorted(values) == [b'{"n": 1}', b'{"n": 2}', b'{"n": 3}']
     assert parked["bytes"] == 5000
+
+
+async def topic_config(bootstrap: str, topic: str) -> dict[str, str]:
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        [response] = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic)])
+    finally:
+        await admin.close()
+    [(_code, _message, _type, _name, entries, *_)] = response.resources
+    return {entry[0]: entry[1] for entry in entries}
+
+
+async def test_one_record_limit_for_producer_broker_and_topics(kafka: str) -> None:
+    old = await new_topic(kafka)  # made before the limit was set: the broker's default
+    fresh = f"e2c.test.limits.{uuid.uuid4().hex[:10]}"
+
+    await ensure_topics(kafka, [old, fresh], partitions=1)
+
+    for topic in (old, fresh):
+        config = await topic_config(kafka, topic)
+        assert config["max.message.bytes"] == str(MAX_MESSAGE_BYTES)
+        assert config["retention.ms"] == "-1"
+    assert server_settings(9092, 9093, Path("/tmp"))["message.max.bytes"] == MAX_MESSAGE_BYTES
+    relay = OutboxRelay(make_engine("sqlite://"), kafka, ServiceMetrics("x", CollectorRegistry()))
+    assert relay._new_producer()._max_request_size == MAX_MESSAGE_BYTES
