@@ -21,6 +21,21 @@ PARTNER_PREFIX = "partner:"
 Check = Callable[[], Awaitable[None]]
 
 
+def bounded_int(text: str, lowest: int, highest: int) -> int | None:
+    """`text` as a decimal integer from `lowest` to `highest` (0 <= lowest), else None.
+
+    Only ASCII digits; the length is checked before converting, so that thousands of
+    digits are refused like any other bad number (int() raises beyond 4300 digits).
+    """
+    if not (text.isascii() and text.isdigit()):
+        return None
+    digits = text.lstrip("0") or "0"
+    if len(digits) > len(str(highest)):
+        return None
+    value = int(digits)
+    return value if lowest <= value <= highest else None
+
+
 def load_tokens(path: Path | None) -> dict[str, str]:
     if path is None or not path.exists():
         return {}
