@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ExceptionHandler
 
 PARTNER_PREFIX = "partner:"
@@ -95,6 +96,17 @@ async def _server_error(_request: Request, _error: Exception) -> Response:
 def json_error_handlers() -> dict[Any, ExceptionHandler]:
     """Starlette `exception_handlers` answering every error as JSON `{"detail": ...}`."""
     return {HTTPException: _http_error, Exception: _server_error}
+
+
+def json_app(routes: Sequence[BaseRoute]) -> Starlette:
+    """The HTTP app of a service: every error as JSON, and a path is served as written.
+
+    Starlette would redirect `/referrals/` to `/referrals`, building `Location` from the
+    request's Host header (an open redirect); here it is a JSON 404 like any unknown path.
+    """
+    app = Starlette(routes=list(routes), exception_handlers=json_error_handlers())
+    app.router.redirect_slashes = False
+    return app
 
 
 def health_routes(checks: dict[str, Check], registry: CollectorRegistry) -> list[Route]:

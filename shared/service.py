@@ -33,7 +33,7 @@ from starlette.types import Receive, Scope, Send
 
 from shared.contract import ALL_TOPICS
 from shared.db import make_engine
-from shared.http import Authorizer, health_routes, json_error_handlers, load_tokens
+from shared.http import Authorizer, health_routes, json_app, load_tokens
 from shared.kafka import BatchConsumer, OutboxRelay, ensure_topics
 from shared.logsafe import describe_error
 from shared.messaging import (
@@ -228,7 +228,7 @@ def build_app(spec: ServiceSpec, settings: Settings | None = None) -> ServiceApp
     routes.append(HttpRoute("/ops/pipeline", _pipeline_endpoint(ctx)))
     if spec.http_routes is not None:
         routes.extend(spec.http_routes(ctx))
-    http = Starlette(routes=routes, exception_handlers=json_error_handlers())
+    http = json_app(routes)
     return ServiceApp(stream, http, ctx)
 
 

@@ -545,6 +545,19 @@ def test_routing_errors_are_json(client: TestClient) -> None:
     assert "GET" in wrong_method.headers["allow"]
 
 
+@pytest.mark.parametrize("path", ["/referrals/", "/referrals/ML-TLS-1/", "/nowhere/"])
+def test_a_trailing_slash_is_a_json_404_not_a_redirect_to_the_host_given(
+    engine: Engine, path: str
+) -> None:
+    client = TestClient(app_for(engine), follow_redirects=False)
+
+    answer = client.get(path, headers={**OWN_TOKEN, "Host": "evil.example"})
+
+    assert (answer.status_code, answer.json()) == (404, {"detail": "Not Found"})
+    assert "location" not in answer.headers
+    assert "evil.example" not in answer.text
+
+
 def test_an_unexpected_failure_is_a_json_500(engine: Engine) -> None:
     async def broken(_request: Request) -> Response:
         raise RuntimeError("bug")
