@@ -33,7 +33,7 @@ from starlette.types import Receive, Scope, Send
 
 from shared.contract import ALL_TOPICS
 from shared.db import make_engine
-from shared.http import Authorizer, health_routes, json_app, load_tokens
+from shared.http import Authorizer, bounded_int, health_routes, json_app, load_tokens
 from shared.kafka import BatchConsumer, OutboxRelay, ensure_topics
 from shared.logsafe import describe_error
 from shared.messaging import (
@@ -350,11 +350,8 @@ async def pipeline_state(ctx: ServiceContext, dead_letter_limit: int = 10) -> di
 def _pipeline_endpoint(ctx: ServiceContext) -> Callable[[Request], Any]:
     async def pipeline(request: Request) -> Response:
         ctx.auth.require(request, "ops")
-        try:
-            limit = int(request.query_params.get("limit", "10"))
-        except ValueError:
-            limit = -1
-        if not 0 <= limit <= 1000:
+        limit = bounded_int(request.query_params.get("limit", "10"), 0, 1000)
+        if limit is None:
             return JSONResponse({"detail": "limit must be an integer from 0 to 1000"}, 400)
         return JSONResponse(await pipeline_state(ctx, limit))
 
