@@ -295,6 +295,24 @@ def test_an_unknown_referral_is_404(
     assert "ML-TLS-nobody" not in answer.text
 
 
+@pytest.mark.parametrize(
+    "referral_id", ["ML%00TLS", pytest.param("x" * 65, id="65-chars"), "ML TLS", "%C3%A9"]
+)
+def test_an_id_the_contract_does_not_allow_is_404_without_asking_the_store(
+    client: TestClient, world: World, referral_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*_args: Any, **_kwargs: Any) -> None:
+        raise AssertionError("the store was asked")  # PostgreSQL refuses a NUL: a 500
+
+    monkeypatch.setattr(ReferralStore, "get", refuse)
+
+    answers = [client.get(f"/referrals/{referral_id}", headers=ADMIN_TOKEN),
+               erase(client, referral_id, ADMIN_TOKEN)]
+
+    for answer in answers:
+        assert (answer.status_code, answer.json()) == (404, {"detail": "no such referral"})
+
+
 # --- GET /referrals -----------------------------------------------------------------------
 
 
@@ -446,6 +464,16 @@ def test_the_earliest_and_latest_since_in_utc_are_accepted(
 
 def test_the_largest_page_size_is_accepted(client: TestClient, world: World) -> None:
     assert listing(client, OWN_TOKEN, page_size=500)["total"] == 5
+
+
+@pytest.mark.parametrize("agency_id", ["ml\x00toulouse", "ml\ntoulouse"])
+def test_an_agency_id_with_control_characters_is_422(
+    client: TestClient, world: World, agency_id: str
+) -> None:
+    answer = client.get("/referrals", params={"agency_id": agency_id}, headers=ADMIN_TOKEN)
+
+    assert answer.status_code == 422
+    assert answer.json() == {"detail": "invalid agency_id: expected printable characters"}
 
 
 def test_admin_must_name_the_agency(client: TestClient, world: World) -> None:

@@ -37,6 +37,7 @@ MAX_PAGE = 10_000_000  # keeps the row offset within a 64-bit integer
 Json = dict[str, Any]
 T = TypeVar("T")
 
+_REFERRAL_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")  # the contract's referral_id
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _DATETIME = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
@@ -148,7 +149,10 @@ async def in_store(engine: Engine, work: Callable[[ReferralStore], T]) -> T:
 def accessible(
     store: ReferralStore, referral_id: str, caller: Caller, for_update: bool = False
 ) -> Referral:
-    referral = store.get(referral_id, for_update=for_update)
+    """The referral if the caller may see it; an id the contract does not allow names none
+    and is never sent to the store (PostgreSQL refuses a NUL in text: that was a 500)."""
+    known = _REFERRAL_ID.fullmatch(referral_id) is not None
+    referral = store.get(referral_id, for_update=for_update) if known else None
     if referral is None:
         raise HTTPException(404, "no such referral")
     if not caller.may_access(referral.agency_id):
@@ -212,6 +216,8 @@ def agency_param(params: QueryParams, caller: Caller) -> str:
     if caller.is_admin:
         if asked is None:
             raise HTTPException(422, "agency_id is required for an admin token")
+        if not asked.isprintable():  # a NUL would reach PostgreSQL, which refuses it
+            raise _invalid("agency_id", "printable characters")
         return asked
     if asked is not None and asked != caller.agency_id:
         raise HTTPException(403, "a partner token may only list its own agency's referrals")
