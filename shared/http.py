@@ -4,21 +4,37 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ExceptionHandler
 
 PARTNER_PREFIX = "partner:"
 
 Check = Callable[[], Awaitable[None]]
+
+
+def bounded_int(text: str, lowest: int, highest: int) -> int | None:
+    """`text` as a decimal integer from `lowest` to `highest` (0 <= lowest), else None.
+
+    Only ASCII digits; the length is checked before converting, so that thousands of
+    digits are refused like any other bad number (int() raises beyond 4300 digits).
+    """
+    if not (text.isascii() and text.isdigit()):
+        return None
+    digits = text.lstrip("0") or "0"
+    if len(digits) > len(str(highest)):
+        return None
+    value = int(digits)
+    return value if lowest <= value <= highest else None
 
 
 def load_tokens(path: Path | None) -> dict[str, str]:
@@ -80,6 +96,17 @@ async def _server_error(_request: Request, _error: Exception) -> Response:
 def json_error_handlers() -> dict[Any, ExceptionHandler]:
     """Starlette `exception_handlers` answering every error as JSON `{"detail": ...}`."""
     return {HTTPException: _http_error, Exception: _server_error}
+
+
+def json_app(routes: Sequence[BaseRoute]) -> Starlette:
+    """The HTTP app of a service: every error as JSON, and a path is served as written.
+
+    Starlette would redirect `/referrals/` to `/referrals`, building `Location` from the
+    request's Host header (an open redirect); here it is a JSON 404 like any unknown path.
+    """
+    app = Starlette(routes=list(routes), exception_handlers=json_error_handlers())
+    app.router.redirect_slashes = False
+    return app
 
 
 def health_routes(checks: dict[str, Check], registry: CollectorRegistry) -> list[Route]:

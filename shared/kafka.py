@@ -175,7 +175,7 @@ class BatchConsumer:
             session_timeout_ms=10_000,
             heartbeat_interval_ms=2_000,
             decoder=_keep_undecoded,
-            title=f"{group_id}:inputs",
+            title=f"{self.processor.service}:inputs",  # the document shows no group id
             description=f"Inputs of {self.processor.service}; unreadable ones go to the DLT.",
         )(on_batch)
 

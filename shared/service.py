@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio
 import redis.asyncio as aioredis
-from faststream.asgi import AsgiFastStream, AsyncAPIRoute
+from faststream.asgi import AsgiFastStream
 from faststream.kafka import KafkaBroker
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from faststream.specification import AsyncAPI
@@ -33,7 +33,8 @@ from starlette.types import Receive, Scope, Send
 
 from shared.contract import ALL_TOPICS
 from shared.db import make_engine
-from shared.http import Authorizer, health_routes, json_error_handlers, load_tokens
+from shared.docs import docs_routes
+from shared.http import Authorizer, bounded_int, health_routes, json_app, load_tokens
 from shared.kafka import BatchConsumer, OutboxRelay, ensure_topics
 from shared.logsafe import describe_error
 from shared.messaging import (
@@ -166,16 +167,16 @@ def _document_outputs(ctx: ServiceContext) -> None:
 
 
 class ServiceApp:
-    """ASGI entry: faststream runs the lifespan and the AsyncAPI page, Starlette the rest."""
+    """ASGI entry: faststream runs the lifespan (broker and background work), Starlette
+    every HTTP route, the AsyncAPI document included."""
 
     def __init__(self, stream: AsgiFastStream, http: Starlette, ctx: ServiceContext) -> None:
         self.stream = stream
         self.http = http
         self.ctx = ctx
-        self._stream_paths = {path for path, _ in stream.routes}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan" or scope.get("path") in self._stream_paths:
+        if scope["type"] == "lifespan":
             await self.stream(scope, receive, send)  # type: ignore[arg-type]
             return
         await self.http(scope, receive, send)
@@ -218,19 +219,22 @@ def build_app(spec: ServiceSpec, settings: Settings | None = None) -> ServiceApp
         with contextlib.suppress(Exception):
             await ctx.redis.aclose()
 
-    stream = AsgiFastStream(
+    specification = AsyncAPI(
+        ctx.broker, title=f"e2c {spec.name}", version="1", description=spec.description
+    )
+    stream = AsgiFastStream(  # no asyncapi_path: its page needs a CDN and shows the broker
         ctx.broker,
-        asyncapi_path=AsyncAPIRoute("/docs/asyncapi", try_it_out_path=None),
-        specification=AsyncAPI(title=f"e2c {spec.name}", version="1", description=spec.description),
+        specification=specification,
         on_startup=[create_topics],
         after_startup=[start_background],
         on_shutdown=[stop_background],
     )
     routes: list[BaseRoute] = list(health_routes(_readiness_checks(ctx), ctx.registry))
     routes.append(HttpRoute("/ops/pipeline", _pipeline_endpoint(ctx)))
+    routes.extend(docs_routes(specification, ctx.auth))
     if spec.http_routes is not None:
         routes.extend(spec.http_routes(ctx))
-    http = Starlette(routes=routes, exception_handlers=json_error_handlers())
+    http = json_app(routes)
     return ServiceApp(stream, http, ctx)
 
 
@@ -360,11 +364,8 @@ async def pipeline_state(ctx: ServiceContext, dead_letter_limit: int = 10) -> di
 def _pipeline_endpoint(ctx: ServiceContext) -> Callable[[Request], Any]:
     async def pipeline(request: Request) -> Response:
         ctx.auth.require(request, "ops")
-        try:
-            limit = int(request.query_params.get("limit", "10"))
-        except ValueError:
-            limit = -1
-        if not 0 <= limit <= 1000:
+        limit = bounded_int(request.query_params.get("limit", "10"), 0, 1000)
+        if limit is None:
             return JSONResponse({"detail": "limit must be an integer from 0 to 1000"}, 400)
         return JSONResponse(await pipeline_state(ctx, limit))
 

@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
-from shared.http import Authorizer, json_error_handlers
+from shared.http import Authorizer, json_app
 from shared.service import ServiceContext
 from shared.settings import Settings
 
@@ -30,6 +30,6 @@ def app_for(
     tokens: dict[str, str],
     *extra: BaseRoute,
 ) -> Starlette:
-    """The routes as the service serves them (JSON errors included)."""
+    """The routes as the service serves them (JSON errors, no slash redirects)."""
     ctx = cast(ServiceContext, RouteContext(engine, Authorizer(tokens)))
-    return Starlette(routes=[*routes(ctx), *extra], exception_handlers=json_error_handlers())
+    return json_app([*routes(ctx), *extra])

@@ -276,7 +276,8 @@ def test_finance_and_admin_only(client: TestClient, path: str) -> None:
 
 
 @pytest.mark.parametrize("path", ["/reports/finance", "/reports/finance.csv"])
-@pytest.mark.parametrize("year", [None, "", "abc", "1999", "2101", "2024.0", "-2024", "٢٠٢٤"])
+@pytest.mark.parametrize("year", [None, "", "abc", "1999", "2101", "2024.0", "-2024", "٢٠٢٤",
+                                  pytest.param("7" * 5000, id="5000-digits")])
 def test_a_missing_or_bad_year_is_422(client: TestClient, path: str, year: str | None) -> None:
     params = {} if year is None else {"year": year}
 
@@ -284,6 +285,13 @@ def test_a_missing_or_bad_year_is_422(client: TestClient, path: str, year: str |
 
     assert answer.status_code == 422
     assert "2000 to 2100" in answer.json()["detail"]
+    assert answer.json() == {"detail": year_error(year)}
+    assert not year or year not in answer.text  # never the value given
+
+
+def year_error(year: str | None) -> str:
+    expected = "an integer from 2000 to 2100"
+    return f"year is required: {expected}" if not year else f"invalid year: expected {expected}"
 
 
 # --- The CSV export -----------------------------------------------------------------------

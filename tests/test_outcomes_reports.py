@@ -319,7 +319,8 @@ def test_aid_beside_outcome_is_for_outcomes_finance_and_admin(client: TestClient
 
 @pytest.mark.parametrize("path", ["/reports/outcomes", "/reports/funnel",
                                   "/reports/aids-outcomes"])
-@pytest.mark.parametrize("year", [None, "", "abc", "1999", "2101", "2024.0", "-2024"])
+@pytest.mark.parametrize("year", [None, "", "abc", "1999", "2101", "2024.0", "-2024",
+                                  pytest.param("7" * 5000, id="5000-digits")])
 def test_a_missing_or_bad_year_is_422(client: TestClient, path: str, year: str | None) -> None:
     params = {} if year is None else {"year": year}
 
@@ -327,6 +328,13 @@ def test_a_missing_or_bad_year_is_422(client: TestClient, path: str, year: str |
 
     assert answer.status_code == 422
     assert "2000 to 2100" in answer.json()["detail"]
+    assert answer.json() == {"detail": year_error(year)}
+    assert not year or year not in answer.text  # never the value given
+
+
+def year_error(year: str | None) -> str:
+    expected = "an integer from 2000 to 2100"
+    return f"year is required: {expected}" if not year else f"invalid year: expected {expected}"
 
 
 def test_a_partner_with_a_bad_year_is_422_too(client: TestClient) -> None:

@@ -291,7 +291,26 @@ def test_an_unknown_referral_is_404(
     answer = client.get("/referrals/ML-TLS-nobody", headers=headers)
 
     assert answer.status_code == 404
-    assert "ML-TLS-nobody" in answer.json()["detail"]
+    assert answer.json() == {"detail": "no such referral"}
+    assert "ML-TLS-nobody" not in answer.text
+
+
+@pytest.mark.parametrize(
+    "referral_id", ["ML%00TLS", pytest.param("x" * 65, id="65-chars"), "ML TLS", "%C3%A9"]
+)
+def test_an_id_the_contract_does_not_allow_is_404_without_asking_the_store(
+    client: TestClient, world: World, referral_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*_args: Any, **_kwargs: Any) -> None:
+        raise AssertionError("the store was asked")  # PostgreSQL refuses a NUL: a 500
+
+    monkeypatch.setattr(ReferralStore, "get", refuse)
+
+    answers = [client.get(f"/referrals/{referral_id}", headers=ADMIN_TOKEN),
+               erase(client, referral_id, ADMIN_TOKEN)]
+
+    for answer in answers:
+        assert (answer.status_code, answer.json()) == (404, {"detail": "no such referral"})
 
 
 # --- GET /referrals -----------------------------------------------------------------------
@@ -385,6 +404,15 @@ def test_a_partner_may_not_list_another_agency(client: TestClient, world: World)
     assert answer.json()["detail"]
 
 
+EXPECTED = {
+    "status": "one of accepted, rejected, pending_derogation, duplicate, enrolled, exited",
+    "since": "an RFC 3339 date-time with an offset or a date YYYY-MM-DD",
+    "page": "an integer from 1 to 10000000",
+    "page_size": "an integer from 1 to 500",
+}
+THOUSANDS_OF_DIGITS = "7" * 5000  # beyond int()'s 4300 digits
+
+
 @pytest.mark.parametrize(
     ("params", "named"),
     [
@@ -393,13 +421,17 @@ def test_a_partner_may_not_list_another_agency(client: TestClient, world: World)
         ({"since": "yesterday"}, "since"),
         ({"since": "2024-03-03T10:00:00"}, "since"),
         ({"since": "2024-02-30"}, "since"),
+        ({"since": "0001-01-01T00:00:00+01:00"}, "since"),  # before year 1 in UTC
+        ({"since": "9999-12-31T23:59:59-23:59"}, "since"),  # after year 9999 in UTC
         ({"page": "0"}, "page"),
         ({"page": "-1"}, "page"),
         ({"page": "one"}, "page"),
         ({"page": "99999999999999999999"}, "page"),
+        ({"page": THOUSANDS_OF_DIGITS}, "page"),
         ({"page_size": "0"}, "page_size"),
         ({"page_size": "501"}, "page_size"),
         ({"page_size": "2.5"}, "page_size"),
+        ({"page_size": THOUSANDS_OF_DIGITS}, "page_size"),
     ],
 )
 def test_bad_list_parameters_are_422_naming_the_parameter(
@@ -408,13 +440,40 @@ def test_bad_list_parameters_are_422_naming_the_parameter(
     answer = client.get("/referrals", params=params, headers=OWN_TOKEN)
 
     assert answer.status_code == 422
-    detail = answer.json()["detail"]
-    assert detail.startswith(f"invalid {named} ")
-    assert repr(next(iter(params.values()))) in detail
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.json() == {"detail": f"invalid {named}: expected {EXPECTED[named]}"}
+
+
+@pytest.mark.parametrize("name", ["status", "since", "page", "page_size"])
+def test_a_bad_parameter_is_never_echoed(client: TestClient, world: World, name: str) -> None:
+    marker = "<script>alert(1)</script>"
+
+    answer = client.get("/referrals", params={name: marker}, headers=OWN_TOKEN)
+
+    assert answer.status_code == 422
+    assert name in answer.json()["detail"]
+    assert "script" not in answer.text
+
+
+def test_the_earliest_and_latest_since_in_utc_are_accepted(
+    client: TestClient, world: World
+) -> None:
+    assert len(ids(listing(client, OWN_TOKEN, since="0001-01-01T00:00:00-01:00"))) == 5
+    assert ids(listing(client, OWN_TOKEN, since="9999-12-31T23:59:59Z")) == []
 
 
 def test_the_largest_page_size_is_accepted(client: TestClient, world: World) -> None:
     assert listing(client, OWN_TOKEN, page_size=500)["total"] == 5
+
+
+@pytest.mark.parametrize("agency_id", ["ml\x00toulouse", "ml\ntoulouse"])
+def test_an_agency_id_with_control_characters_is_422(
+    client: TestClient, world: World, agency_id: str
+) -> None:
+    answer = client.get("/referrals", params={"agency_id": agency_id}, headers=ADMIN_TOKEN)
+
+    assert answer.status_code == 422
+    assert answer.json() == {"detail": "invalid agency_id: expected printable characters"}
 
 
 def test_admin_must_name_the_agency(client: TestClient, world: World) -> None:
@@ -512,6 +571,19 @@ def test_routing_errors_are_json(client: TestClient) -> None:
     assert wrong_method.status_code == 405
     assert wrong_method.json() == {"detail": "Method Not Allowed"}
     assert "GET" in wrong_method.headers["allow"]
+
+
+@pytest.mark.parametrize("path", ["/referrals/", "/referrals/ML-TLS-1/", "/nowhere/"])
+def test_a_trailing_slash_is_a_json_404_not_a_redirect_to_the_host_given(
+    engine: Engine, path: str
+) -> None:
+    client = TestClient(app_for(engine), follow_redirects=False)
+
+    answer = client.get(path, headers={**OWN_TOKEN, "Host": "evil.example"})
+
+    assert (answer.status_code, answer.json()) == (404, {"detail": "Not Found"})
+    assert "location" not in answer.headers
+    assert "evil.example" not in answer.text
 
 
 def test_an_unexpected_failure_is_a_json_500(engine: Engine) -> None:

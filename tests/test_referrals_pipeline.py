@@ -16,6 +16,7 @@ from tests.infra import Publisher, TopicWatcher
 
 SUBMITTED = Topic.REFERRALS_SUBMITTED
 DECIDED = Topic.REFERRALS_DECIDED
+ADMIN = {"Authorization": "Bearer test-admin"}  # the stack's tokens (tests/conftest.py)
 
 pytestmark = pytest.mark.infra
 
@@ -173,13 +174,16 @@ async def test_every_service_reports_ready_with_health_and_metrics(stack: Stack)
             assert (await client.get(f"{service.url}/health/live")).status_code == 200
             metrics = await client.get(f"{service.url}/metrics")
             assert "e2c_outbox_backlog" in metrics.text
-            doc = await client.get(f"{service.url}/docs/asyncapi.json")
+            assert (await client.get(f"{service.url}/docs/asyncapi.json")).status_code == 401
+            doc = await client.get(f"{service.url}/docs/asyncapi.json", headers=ADMIN)
             assert doc.status_code == 200
             assert doc.json()["asyncapi"].startswith("3.")
+            assert "servers" not in doc.json()  # the broker's address is not shown
             if service.name == "referrals":
                 schemas = doc.json()["components"]["schemas"]
                 assert {"ReferralSubmitted", "ReferralDecided"} <= set(schemas)
-            try_it = await client.post(f"{service.url}/docs/asyncapi/try", json={})
+            try_it = await client.post(f"{service.url}/docs/asyncapi/try", json={},
+                                       headers=ADMIN)
             assert try_it.status_code != 200  # nobody publishes events over HTTP
 
 

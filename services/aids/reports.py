@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from shared.contract import AidKind
+from shared.http import bounded_int
 
 from .domain import run_out_month
 from .store import AidStore, LedgerLine, YearTotals
@@ -275,9 +276,10 @@ def parse_year(value: str | None) -> int:
     expected = f"an integer from {FIRST_YEAR} to {LAST_YEAR}"
     if value is None or value == "":
         raise ValueError(f"year is required: {expected}")
-    if not (value.isascii() and value.isdigit()) or not FIRST_YEAR <= int(value) <= LAST_YEAR:
-        raise ValueError(f"invalid year {value!r}: expected {expected}")
-    return int(value)
+    year = bounded_int(value, FIRST_YEAR, LAST_YEAR)
+    if year is None:
+        raise ValueError(f"invalid year: expected {expected}")  # never the value given
+    return year
 
 
 def today() -> date:

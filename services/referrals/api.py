@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from shared.http import PARTNER_PREFIX, Authorizer
+from shared.http import PARTNER_PREFIX, Authorizer, bounded_int
 from shared.service import ServiceContext
 
 from .store import STAGES, Referral, ReferralEvent, ReferralStore
@@ -37,7 +37,7 @@ MAX_PAGE = 10_000_000  # keeps the row offset within a 64-bit integer
 Json = dict[str, Any]
 T = TypeVar("T")
 
-_DIGITS = re.compile(r"[0-9]+")
+_REFERRAL_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")  # the contract's referral_id
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _DATETIME = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
@@ -149,9 +149,12 @@ async def in_store(engine: Engine, work: Callable[[ReferralStore], T]) -> T:
 def accessible(
     store: ReferralStore, referral_id: str, caller: Caller, for_update: bool = False
 ) -> Referral:
-    referral = store.get(referral_id, for_update=for_update)
+    """The referral if the caller may see it; an id the contract does not allow names none
+    and is never sent to the store (PostgreSQL refuses a NUL in text: that was a 500)."""
+    known = _REFERRAL_ID.fullmatch(referral_id) is not None
+    referral = store.get(referral_id, for_update=for_update) if known else None
     if referral is None:
-        raise HTTPException(404, f"no referral {referral_id!r}")
+        raise HTTPException(404, "no such referral")
     if not caller.may_access(referral.agency_id):
         raise HTTPException(403, "this referral belongs to another agency")
     return referral
@@ -202,8 +205,9 @@ def _param(params: QueryParams, name: str) -> str | None:
     return params.get(name) or None
 
 
-def _invalid(name: str, expected: str, value: str) -> HTTPException:
-    return HTTPException(422, f"invalid {name} {value!r}: expected {expected}")
+def _invalid(name: str, expected: str) -> HTTPException:
+    """422 naming the parameter and what it takes, never the value given."""
+    return HTTPException(422, f"invalid {name}: expected {expected}")
 
 
 def agency_param(params: QueryParams, caller: Caller) -> str:
@@ -212,6 +216,8 @@ def agency_param(params: QueryParams, caller: Caller) -> str:
     if caller.is_admin:
         if asked is None:
             raise HTTPException(422, "agency_id is required for an admin token")
+        if not asked.isprintable():  # a NUL would reach PostgreSQL, which refuses it
+            raise _invalid("agency_id", "printable characters")
         return asked
     if asked is not None and asked != caller.agency_id:
         raise HTTPException(403, "a partner token may only list its own agency's referrals")
@@ -222,18 +228,22 @@ def agency_param(params: QueryParams, caller: Caller) -> str:
 def stage_param(params: QueryParams) -> str | None:
     value = _param(params, "status")
     if value is not None and value not in STAGES:
-        raise _invalid("status", "one of " + ", ".join(STAGES), value)
+        raise _invalid("status", "one of " + ", ".join(STAGES))
     return value
 
 
 def parse_since(value: str) -> datetime:
-    """An RFC 3339 date-time with an offset, or a date meaning its midnight UTC (ValueError)."""
+    """An RFC 3339 date-time with an offset, or a date meaning its midnight UTC (ValueError,
+    also when the moment in UTC falls outside the years 1 to 9999)."""
     if _DATE.fullmatch(value):
         return datetime.combine(date.fromisoformat(value), datetime.min.time(), UTC)
     value = _SPACED_OFFSET.sub(r"\1+\3", value)
     if not _DATETIME.fullmatch(value):
-        raise ValueError(value)
-    return datetime.fromisoformat(value.upper()).astimezone(UTC)
+        raise ValueError("not an RFC 3339 date-time")
+    try:
+        return datetime.fromisoformat(value.upper()).astimezone(UTC)
+    except OverflowError:
+        raise ValueError("out of range in UTC") from None
 
 
 def since_param(params: QueryParams) -> datetime | None:
@@ -244,16 +254,17 @@ def since_param(params: QueryParams) -> datetime | None:
         return parse_since(value)
     except ValueError:
         expected = "an RFC 3339 date-time with an offset or a date YYYY-MM-DD"
-        raise _invalid("since", expected, value) from None
+        raise _invalid("since", expected) from None
 
 
 def int_param(params: QueryParams, name: str, default: int, highest: int) -> int:
     value = _param(params, name)
     if value is None:
         return default
-    if not _DIGITS.fullmatch(value) or not 1 <= int(value) <= highest:
-        raise _invalid(name, f"an integer from 1 to {highest}", value)
-    return int(value)
+    number = bounded_int(value, 1, highest)
+    if number is None:
+        raise _invalid(name, f"an integer from 1 to {highest}")
+    return number
 
 
 def list_query(params: QueryParams, caller: Caller) -> ListQuery:
