@@ -20,6 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from deploy.processes import DetachedServer, command_line, port_open, spawn, tail
+from shared.private_files import OWNER_ONLY_UMASK, private_dir, write_private
 
 KAFKA_DIR = Path(__file__).resolve().parent / "kafka"
 POM_FILE = KAFKA_DIR / "pom.xml"
@@ -96,8 +97,9 @@ class LocalKafka(DetachedServer):
                 raise RuntimeError(f"127.0.0.1:{port} is taken by a process not started here")
 
     def _prepare(self, lib_dir: Path) -> None:
-        self.log_dirs.mkdir(parents=True, exist_ok=True)
-        self.properties_file.write_text(self._server_properties())
+        private_dir(self.home)
+        private_dir(self.log_dirs)  # the topics: personal data until erased
+        write_private(self.properties_file, self._server_properties())
         if not (self.log_dirs / "meta.properties").exists():
             self._format_storage(lib_dir)
 
@@ -109,7 +111,9 @@ class LocalKafka(DetachedServer):
         cluster_id = _persisted_cluster_id(self.cluster_id_file)
         args = ["format", "-t", cluster_id, "-c", str(self.properties_file), "--ignore-formatted"]
         command = self._java_command(lib_dir, "kafka.tools.StorageTool", args)
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            command, capture_output=True, text=True, check=False, umask=OWNER_ONLY_UMASK
+        )
         if result.returncode != 0:
             raise RuntimeError(f"Kafka storage format failed:\n{result.stdout}{result.stderr}")
 
@@ -173,7 +177,7 @@ def _persisted_cluster_id(path: Path) -> str:
     if path.exists():
         return path.read_text().strip()
     cluster_id = new_cluster_id()
-    path.write_text(cluster_id)
+    write_private(path, cluster_id)
     return cluster_id
 
 
