@@ -402,6 +402,15 @@ def _ops_bootstrap() -> str:
     return os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or LocalStack().kafka.bootstrap
 
 
+def _ops_redis_url() -> str:
+    """REDIS_URL when set, else the stack's own Redis (its URL carries its password)."""
+    import os
+
+    from deploy.stack import LocalStack
+
+    return os.environ.get("REDIS_URL") or LocalStack().cache_url()
+
+
 def stack_tokens(settings: Settings) -> dict[str, str]:
     """The stack's tokens file (E2C_TOKENS_FILE, else var/tokens.json), checked as the
     services check it; a file they would refuse stops the command with the same message."""
@@ -434,13 +443,14 @@ def _ops_status(args: argparse.Namespace) -> int:
 
     settings = Settings()
     bootstrap = _ops_bootstrap()
+    redis_url = _ops_redis_url()
     urls = {name: f"http://127.0.0.1:{settings.port(name)}" for name in SERVICES}
     token = _ops_token(settings)
     code = 1
     try:
         while True:
             status = asyncio.run(
-                collect_status(bootstrap, settings.redis_url, urls, token, args.limit)
+                collect_status(bootstrap, redis_url, urls, token, args.limit)
             )
             code = 0 if status.healthy else 1
             if args.json:

@@ -22,6 +22,7 @@ from deploy.local_postgres import LocalPostgres
 from deploy.local_redis import LocalRedis, ensure_installed, redis_answers
 from deploy.processes import DetachedProcess, command_contains, spawn
 from shared.http import create_tokens_file, load_tokens
+from shared.logsafe import redact_url
 from shared.private_files import private_dir
 from shared.settings import PROJECT_ROOT, SERVICE_PORTS, Settings
 
@@ -83,13 +84,20 @@ class LocalStack:
         return self.kafka.bootstrap
 
     def _ensure_redis(self, say: Say) -> str:
-        if redis_answers(self.settings.redis_url):
-            say(f"redis      using {self.settings.redis_url}")
+        """REDIS_URL when a Redis answers there (and the stack's own is not running), else the
+        stack's Redis, with its password. Messages never show a password."""
+        if not self.redis.is_running() and redis_answers(self.settings.redis_url):
+            say(f"redis      using {redact_url(self.settings.redis_url)}")
             return self.settings.redis_url
         ensure_installed()
         self.redis.start()
-        say(f"redis      ready on {self.redis.url}")
+        say(f"redis      ready on {redact_url(self.redis.url)} "
+            f"(password in {self.redis.password_file})")
         return self.redis.url
+
+    def cache_url(self) -> str:
+        """The Redis the stack's services use: its own when it runs, else REDIS_URL."""
+        return self.redis.url if self.redis.is_running() else self.settings.redis_url
 
     def _ensure_postgres(self, say: Say) -> dict[str, str]:
         """Start the stack's PostgreSQL with a database per service whose `*_DATABASE_URL` is
@@ -207,7 +215,7 @@ class LocalStack:
                 "redis",
                 self.redis.pid,
                 self.redis.port,
-                "up" if redis_answers(self.settings.redis_url) else "down",
+                "up" if redis_answers(self.cache_url()) else "down",
             ),
         ]
         if self.uses_postgres():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from deploy.local_redis import ensure_installed as ensure_redis
 from deploy.processes import (
     DetachedProcess,
     command_contains,
+    command_line,
     port_open,
     process_exists,
     read_pid,
@@ -86,6 +88,29 @@ def test_redis_refuses_a_port_served_by_another_redis(
 
     with pytest.raises(RuntimeError, match="not started here"):
         other.start()
+
+
+def test_redis_asks_for_its_password_and_keeps_it_across_restarts(
+    local_redis: LocalRedis,
+) -> None:
+    local_redis.start()
+    url = local_redis.url
+    password = local_redis.password
+
+    assert url == f"redis://:{password}@127.0.0.1:{local_redis.port}/0" and len(password) >= 32
+    assert stat.S_IMODE(local_redis.password_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(local_redis.config_file.stat().st_mode) == 0o600
+    assert not redis_answers(f"redis://127.0.0.1:{local_redis.port}/0")
+    assert not redis_answers(f"redis://:wrong-{password}@127.0.0.1:{local_redis.port}/0")
+    with redis.Redis(port=local_redis.port) as anonymous, pytest.raises(redis.RedisError):
+        anonymous.set("greeting", "bonjour")
+    assert password not in " ".join(command_line(local_redis.pid or 0))
+    assert password not in local_redis.log_file.read_text()
+
+    local_redis.stop()
+    local_redis.start()
+
+    assert local_redis.url == url and redis_answers(url)
 
 
 def test_redis_answers_is_false_without_a_server() -> None:

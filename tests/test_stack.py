@@ -3,12 +3,14 @@ and `down` / `down --purge` (without Kafka or the services: those are covered el
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
+from deploy import cli
 from deploy.local_postgres import ensure_installed as ensure_postgres
 from deploy.stack import SERVICES, LocalStack
 from shared.settings import Settings
@@ -121,3 +123,35 @@ def test_down_stops_postgres_and_purge_deletes_its_cluster(stack: LocalStack) ->
 
     assert not stack.postgres.has_cluster()
     assert not stack.postgres.cluster_root.exists()
+
+
+def use_stack_env(monkeypatch: pytest.MonkeyPatch, stack: LocalStack) -> None:
+    """`e2c` commands run in this process see the stack under test."""
+    settings = stack.settings
+    monkeypatch.setenv("E2C_DATA_DIR", str(stack.data_dir))
+    monkeypatch.setenv("REDIS_URL", settings.redis_url)
+    monkeypatch.setenv("E2C_KAFKA_PORT", str(settings.kafka_port))
+    monkeypatch.setenv("E2C_KAFKA_CONTROLLER_PORT", str(settings.kafka_controller_port))
+    for name in SERVICES:
+        monkeypatch.setenv(f"{name.upper()}_PORT", str(settings.port(name)))
+
+
+def test_the_stacks_redis_has_a_password_that_is_never_shown(
+    stack: LocalStack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    said: list[str] = []
+
+    url = stack._ensure_redis(said.append)
+
+    password = stack.redis.password
+    assert url == stack.redis.url and f":{password}@" in url
+    assert stack.cache_url() == url
+    use_stack_env(monkeypatch, stack)
+    capsys.readouterr()
+    cli.main(["stack", "status", "--json"])
+    status = {part["name"]: part for part in json.loads(capsys.readouterr().out)}
+    assert status["redis"]["health"] == "up"
+    cli.main(["stack", "status"])
+    shown = [*said, json.dumps(status), capsys.readouterr().out]
+    assert not any(password in text for text in shown)
+    assert any("password in" in line for line in said)
