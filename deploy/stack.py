@@ -195,8 +195,7 @@ class LocalStack:
         if purge:
             self.kafka.purge()
             if self.postgres.has_cluster():
-                self.postgres.purge()
-                say(f"postgres   cluster deleted ({self.postgres.cluster_root})")
+                say(f"postgres   cluster deleted ({self.postgres.purge()})")
             for folder in ("stores", "redis", "logs", "run", "demo"):
                 shutil.rmtree(self.data_dir / folder, ignore_errors=True)
             say(f"purged     broker log and stores under {self.data_dir}")

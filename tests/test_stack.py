@@ -118,11 +118,12 @@ def test_down_stops_postgres_and_purge_deletes_its_cluster(stack: LocalStack) ->
     assert not stack.uses_postgres()
     assert "postgres" not in status_of(stack)
     assert stack.postgres.has_cluster()
+    root = stack.postgres.cluster_root
 
     stack.down(purge=True, echo=False)
 
     assert not stack.postgres.has_cluster()
-    assert not stack.postgres.cluster_root.exists()
+    assert not root.exists()
 
 
 def use_stack_env(monkeypatch: pytest.MonkeyPatch, stack: LocalStack) -> None:
