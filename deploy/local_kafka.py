@@ -9,6 +9,7 @@ import hashlib
 import os
 import secrets
 import shutil
+import stat
 import subprocess
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from deploy.processes import DetachedServer, command_line, port_open, spawn, tail
-from shared.private_files import OWNER_ONLY_UMASK, private_dir, write_private
+from shared.private_files import OWNER_ONLY_UMASK, loose_bits, private_dir, write_private
 
 KAFKA_DIR = Path(__file__).resolve().parent / "kafka"
 POM_FILE = KAFKA_DIR / "pom.xml"
@@ -37,14 +38,21 @@ def fetch_classpath(cache_dir: Path) -> Path:
     lib_dir = Path(cache_dir).resolve() / "kafka-libs"
     digest = _pom_digest()
     with _file_lock(lib_dir.parent / ".kafka-libs.lock"):
-        if _marker_matches(lib_dir / POM_MARKER, digest):
-            return lib_dir
-        if lib_dir.exists():
-            shutil.rmtree(lib_dir)
-        lib_dir.mkdir(parents=True)
-        _copy_dependencies(lib_dir)
-        (lib_dir / POM_MARKER).write_text(digest)
+        if not _marker_matches(lib_dir / POM_MARKER, digest):
+            if lib_dir.exists():
+                shutil.rmtree(lib_dir)
+            private_dir(lib_dir)
+            _copy_dependencies(lib_dir)
+            write_private(lib_dir / POM_MARKER, digest)
+        _owner_only(lib_dir)
     return lib_dir
+
+
+def _owner_only(folder: Path) -> None:
+    """Maven copies the jars with its repository's modes: take group and other bits off."""
+    for path in (folder, *folder.iterdir()):
+        if loose_bits(path):
+            path.chmod(stat.S_IMODE(path.stat().st_mode) & ~0o077)
 
 
 def broker_answers(bootstrap: str, timeout_ms: int = 5000) -> bool:
@@ -191,8 +199,9 @@ def _marker_matches(marker: Path, digest: str) -> bool:
 
 @contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
+    private_dir(path.parent)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
