@@ -207,7 +207,7 @@ async def run_chaos(trainees: int, seed: int, duration: float, malformed: int) -
                      f"at {rate:.0f}/s over about {duration:.0f}s, {malformed} malformed "
                      "among them")
         endpoints = Endpoints(env.kafka.bootstrap, stack.services["aids"].url,
-                              stack.services["outcomes"].url, "bench-admin")
+                              stack.services["outcomes"].url, env.admin_token)
         chaos = asyncio.create_task(Chaos(env, stack, journal, seed, malformed, pause).run())
 
         async def settle() -> None:

@@ -8,10 +8,12 @@ import json
 import sys
 from datetime import UTC, date, datetime, time
 
+from shared.private_files import restrict_umask
 from shared.settings import Settings
 
 
 def main(argv: list[str] | None = None) -> int:
+    restrict_umask()  # var/, the stores, the broker's log, tokens: the owner's only
     parser = _parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "run"):
@@ -345,8 +347,12 @@ def _outcomes_rebuild(args: argparse.Namespace) -> int:
 
 def _stack_up(args: argparse.Namespace) -> int:
     from deploy.stack import LocalStack
+    from shared.http import TokensFileError
 
-    LocalStack().up(postgres=args.postgres)
+    try:
+        LocalStack().up(postgres=args.postgres)
+    except TokensFileError as error:
+        raise SystemExit(f"e2c: {error}") from None
     return 0
 
 
@@ -396,15 +402,33 @@ def _ops_bootstrap() -> str:
     return os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or LocalStack().kafka.bootstrap
 
 
+def _ops_redis_url() -> str:
+    """REDIS_URL when set, else the stack's own Redis (its URL carries its password)."""
+    import os
+
+    from deploy.stack import LocalStack
+
+    return os.environ.get("REDIS_URL") or LocalStack().cache_url()
+
+
+def stack_tokens(settings: Settings) -> dict[str, str]:
+    """The stack's tokens file (E2C_TOKENS_FILE, else var/tokens.json), checked as the
+    services check it; a file they would refuse stops the command with the same message."""
+    from shared.http import TokensFileError, load_tokens
+
+    try:
+        return load_tokens(settings.tokens_file or settings.data_dir / "tokens.json")
+    except TokensFileError as error:
+        raise SystemExit(f"e2c: {error}") from None
+
+
 def _ops_token(settings: Settings) -> str | None:
     """E2C_TOKEN, else an ops (or else admin) token of the stack's tokens file."""
     import os
 
-    from shared.http import load_tokens
-
     if os.environ.get("E2C_TOKEN"):
         return os.environ["E2C_TOKEN"]
-    tokens = load_tokens(settings.tokens_file or settings.data_dir / "tokens.json")
+    tokens = stack_tokens(settings)
     for wanted in ("ops", "admin"):
         for token, role in tokens.items():
             if role == wanted:
@@ -419,13 +443,14 @@ def _ops_status(args: argparse.Namespace) -> int:
 
     settings = Settings()
     bootstrap = _ops_bootstrap()
+    redis_url = _ops_redis_url()
     urls = {name: f"http://127.0.0.1:{settings.port(name)}" for name in SERVICES}
     token = _ops_token(settings)
     code = 1
     try:
         while True:
             status = asyncio.run(
-                collect_status(bootstrap, settings.redis_url, urls, token, args.limit)
+                collect_status(bootstrap, redis_url, urls, token, args.limit)
             )
             code = 0 if status.healthy else 1
             if args.json:

@@ -4,6 +4,7 @@ chaos run, each with its own broker, cache and stores."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -21,6 +22,7 @@ from deploy.local_postgres import LocalPostgres
 from deploy.local_postgres import ensure_installed as ensure_postgres
 from deploy.local_redis import LocalRedis
 from deploy.local_redis import ensure_installed as ensure_redis
+from shared.private_files import new_secret, open_private_append, private_dir, write_private
 from shared.settings import PROJECT_ROOT
 
 
@@ -50,14 +52,14 @@ class ServiceProcess:
         """Starts the process and waits for `/health/<wait>` ("ready", or "live" when the
         cache may be away) to answer 200."""
         env = {**self.env, **(extra_env or {})}
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", f"services.{self.name}"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=PROJECT_ROOT,
-        )
+        with open_private_append(self.log_path) as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", f"services.{self.name}"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=PROJECT_ROOT,
+            )
         self.wait_ready(timeout, wait)
 
     def wait_ready(self, timeout: float, wait: str = "ready") -> None:
@@ -150,7 +152,9 @@ class Environment:
 
     def __init__(self, data: Path) -> None:
         shutil.rmtree(data, ignore_errors=True)
-        self.data = data
+        self.data = private_dir(data)
+        # The admin token of every stack made here (written to each one's tokens file).
+        self.admin_token = new_secret()
         self.kafka = LocalKafka(self.data, port=free_port(), controller_port=free_port())
         ensure_redis()
         self.redis = LocalRedis(self.data, port=free_port())
@@ -176,7 +180,6 @@ class Environment:
         self.kafka.stop()
 
     def stack(self, label: str) -> Stack:
-        folder = self.data / label
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "tokens.json").write_text('{"bench-admin": "admin"}')
+        folder = private_dir(self.data / label)
+        write_private(folder / "tokens.json", json.dumps({self.admin_token: "admin"}) + "\n")
         return Stack(self.kafka.bootstrap, self.redis.url, folder)

@@ -9,6 +9,7 @@ import hashlib
 import os
 import secrets
 import shutil
+import stat
 import subprocess
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,7 @@ from aiokafka.errors import KafkaError
 
 from deploy.processes import DetachedServer, command_line, port_open, spawn, tail
 from shared.kafka import MAX_MESSAGE_BYTES
+from shared.private_files import OWNER_ONLY_UMASK, loose_bits, private_dir, write_private
 
 KAFKA_DIR = Path(__file__).resolve().parent / "kafka"
 POM_FILE = KAFKA_DIR / "pom.xml"
@@ -37,14 +39,21 @@ def fetch_classpath(cache_dir: Path) -> Path:
     lib_dir = Path(cache_dir).resolve() / "kafka-libs"
     digest = _pom_digest()
     with _file_lock(lib_dir.parent / ".kafka-libs.lock"):
-        if _marker_matches(lib_dir / POM_MARKER, digest):
-            return lib_dir
-        if lib_dir.exists():
-            shutil.rmtree(lib_dir)
-        lib_dir.mkdir(parents=True)
-        _copy_dependencies(lib_dir)
-        (lib_dir / POM_MARKER).write_text(digest)
+        if not _marker_matches(lib_dir / POM_MARKER, digest):
+            if lib_dir.exists():
+                shutil.rmtree(lib_dir)
+            private_dir(lib_dir)
+            _copy_dependencies(lib_dir)
+            write_private(lib_dir / POM_MARKER, digest)
+        _owner_only(lib_dir)
     return lib_dir
+
+
+def _owner_only(folder: Path) -> None:
+    """Maven copies the jars with its repository's modes: take group and other bits off."""
+    for path in (folder, *folder.iterdir()):
+        if loose_bits(path):
+            path.chmod(stat.S_IMODE(path.stat().st_mode) & ~0o077)
 
 
 def broker_answers(bootstrap: str, timeout_ms: int = 5000) -> bool:
@@ -97,8 +106,9 @@ class LocalKafka(DetachedServer):
                 raise RuntimeError(f"127.0.0.1:{port} is taken by a process not started here")
 
     def _prepare(self, lib_dir: Path) -> None:
-        self.log_dirs.mkdir(parents=True, exist_ok=True)
-        self.properties_file.write_text(self._server_properties())
+        private_dir(self.home)
+        private_dir(self.log_dirs)  # the topics: personal data until erased
+        write_private(self.properties_file, self._server_properties())
         if not (self.log_dirs / "meta.properties").exists():
             self._format_storage(lib_dir)
 
@@ -110,7 +120,9 @@ class LocalKafka(DetachedServer):
         cluster_id = _persisted_cluster_id(self.cluster_id_file)
         args = ["format", "-t", cluster_id, "-c", str(self.properties_file), "--ignore-formatted"]
         command = self._java_command(lib_dir, "kafka.tools.StorageTool", args)
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            command, capture_output=True, text=True, check=False, umask=OWNER_ONLY_UMASK
+        )
         if result.returncode != 0:
             raise RuntimeError(f"Kafka storage format failed:\n{result.stdout}{result.stderr}")
 
@@ -175,7 +187,7 @@ def _persisted_cluster_id(path: Path) -> str:
     if path.exists():
         return path.read_text().strip()
     cluster_id = new_cluster_id()
-    path.write_text(cluster_id)
+    write_private(path, cluster_id)
     return cluster_id
 
 
@@ -189,8 +201,9 @@ def _marker_matches(marker: Path, digest: str) -> bool:
 
 @contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
+    private_dir(path.parent)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

@@ -1,21 +1,27 @@
 """A local PostgreSQL cluster (Debian packages) run with pg_ctl, its files under the data folder.
 
+Durable by default (fsync, synchronous commits, full-page writes: PostgreSQL's own defaults);
+`unsafe_fast_for_tests=True` turns them off, for the test suite's throwaway databases only.
+Connections need the password of the `postgres` user (scram-sha-256, over TCP and the socket
+alike), generated at `initdb` and kept 0600 in `<data_dir>/postgres.password`; `dsn()` and
+`url()` carry it.
+
 PostgreSQL refuses to run as root: when we are root, initdb and pg_ctl run as the `postgres`
-system user, which must be able to reach the cluster folder. When it cannot traverse the data
-folder (pytest's /tmp/pytest-of-root and /root are mode 700), the cluster goes to
-/tmp/e2c-postgres-<hash of the data folder> instead (the same data folder always maps to the
-same cluster, whatever the port) rather than loosening permissions of folders we do not own;
-`cluster_root` tells where it went and `purge()` removes it.
+system user, which cannot enter our owner-only data folder. The cluster then lives in a
+private folder of that user made by `tempfile.mkdtemp` (random name, mode 0700), whose path is
+recorded in `<data_dir>/postgres.location` (0600) so that the same data folder finds its
+cluster again; `cluster_root` tells where it is and `purge()` removes it with the record.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pwd
 import shlex
 import shutil
+import stat
 import subprocess
+import tempfile
 import time
 from contextlib import suppress
 from pathlib import Path
@@ -24,10 +30,24 @@ import psycopg
 from psycopg import errors, sql
 
 from deploy.processes import apt_install, port_open, read_pid, tail
+from shared.private_files import (
+    OWNER_ONLY_UMASK,
+    private_dir,
+    read_or_create_secret,
+    read_secret,
+    write_private,
+)
 
 SYSTEM_USER = "postgres"
 PG_LIB = Path("/usr/lib/postgresql")
 MAX_SOCKET_PATH = 100
+# Durability traded for speed: for the test suite's throwaway databases, never for data.
+UNSAFE_FAST_OPTIONS = ("fsync=off", "synchronous_commit=off", "full_page_writes=off")
+
+
+class ClusterNeedsPurge(RuntimeError):
+    """The data folder's cluster cannot be used as it is (made with trust authentication by
+    an older version, or its password file is gone): `purge()` it and start again."""
 
 
 def ensure_installed() -> Path:
@@ -42,18 +62,25 @@ def ensure_installed() -> Path:
 
 
 class LocalPostgres:
-    """One PostgreSQL cluster with trust authentication, listening on 127.0.0.1 only."""
+    """One PostgreSQL cluster with password authentication, listening on 127.0.0.1 only."""
 
-    def __init__(self, data_dir: Path, port: int = 5433) -> None:
+    def __init__(
+        self, data_dir: Path, port: int = 5433, *, unsafe_fast_for_tests: bool = False
+    ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port
+        self.unsafe_fast_for_tests = unsafe_fast_for_tests
+        self.password_file = self.data_dir / "postgres.password"
+        self.location_file = self.data_dir / "postgres.location"
         self._root: Path | None = None
 
     @property
     def cluster_root(self) -> Path:
-        if self._root is None:
-            self._root = self._choose_root()
-        return self._root
+        """The cluster's folder. When we are root and have none yet, `start()` makes one."""
+        root = self._root or self._existing_root()
+        if root is None:
+            raise RuntimeError(f"no PostgreSQL cluster for {self.data_dir} yet: start() makes it")
+        return root
 
     @property
     def pgdata(self) -> Path:
@@ -63,18 +90,23 @@ class LocalPostgres:
     def log_file(self) -> Path:
         return self.cluster_root / "postgres.log"
 
+    @property
+    def password(self) -> str:
+        return read_secret(self.password_file)
+
     def dsn(self, dbname: str = "postgres") -> str:
-        return f"postgresql://{SYSTEM_USER}@127.0.0.1:{self.port}/{dbname}"
+        """A libpq URL, password included: keep it out of logs."""
+        return f"postgresql://{SYSTEM_USER}:{self.password}@127.0.0.1:{self.port}/{dbname}"
 
     def url(self, dbname: str = "postgres") -> str:
-        """The SQLAlchemy URL of a database (psycopg 3 driver)."""
-        return f"postgresql+psycopg://{SYSTEM_USER}@127.0.0.1:{self.port}/{dbname}"
+        """The SQLAlchemy URL of a database (psycopg 3 driver), password included."""
+        return f"postgresql+psycopg://{SYSTEM_USER}:{self.password}@127.0.0.1:{self.port}/{dbname}"
 
     def answers(self) -> bool:
         try:
             with psycopg.connect(self.dsn(), connect_timeout=2) as connection:
                 connection.execute("SELECT 1")
-        except psycopg.Error:
+        except (psycopg.Error, OSError, ValueError):
             return False
         return True
 
@@ -84,17 +116,19 @@ class LocalPostgres:
         return read_pid(self.pgdata / "postmaster.pid") if self.is_running() else None
 
     def has_cluster(self) -> bool:
-        """Whether this data folder has a cluster (looked up without creating users or folders)."""
-        roots = (self._preferred_root(), self._fallback_root())
-        return any((root / "data" / "PG_VERSION").exists() for root in roots)
+        """Whether this data folder has a cluster (looked up without creating anything)."""
+        root = self._existing_root()
+        return root is not None and (root / "data" / "PG_VERSION").exists()
 
     def is_running(self) -> bool:
-        if not (self.pgdata / "PG_VERSION").exists():
+        if not self.has_cluster():
             return False
         return self._pg_ctl("status").returncode == 0
 
     def start(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
+        if self.has_cluster():
+            self._check_password_auth()
         if not self.is_running():
             if port_open(self.port):
                 raise RuntimeError(f"127.0.0.1:{self.port} is taken by a process not started here")
@@ -109,10 +143,17 @@ class LocalPostgres:
         if result.returncode != 0:
             raise RuntimeError(f"pg_ctl stop failed:\n{result.stdout}{result.stderr}")
 
-    def purge(self) -> None:
-        """Stop the server and delete the cluster (all databases)."""
+    def purge(self) -> Path | None:
+        """Stop the server and delete the cluster (all databases), its password and the
+        record of its location; returns the folder deleted, if any."""
         self.stop()
-        shutil.rmtree(self.cluster_root, ignore_errors=True)
+        root = self.data_dir / "postgres" if os.geteuid() != 0 else self._recorded_root()
+        if root is not None and (os.geteuid() != 0 or _is_private_to_system_user(root)):
+            shutil.rmtree(root, ignore_errors=True)
+        self.password_file.unlink(missing_ok=True)
+        self.location_file.unlink(missing_ok=True)
+        self._root = None
+        return root
 
     def create_database(self, name: str) -> None:
         """Create the database unless it exists (also when another client creates it meanwhile)."""
@@ -124,17 +165,40 @@ class LocalPostgres:
             with suppress(errors.DuplicateDatabase, errors.UniqueViolation):
                 connection.execute(create)
 
-    def _choose_root(self) -> Path:
-        if os.geteuid() != 0 or _reachable_by_system_user(self.data_dir):
-            return self._preferred_root()
-        return self._fallback_root()
+    # --- where the cluster lives -----------------------------------------------------------
 
-    def _preferred_root(self) -> Path:
-        return self.data_dir / "postgres"
+    def _existing_root(self) -> Path | None:
+        """The cluster's folder if this data folder has one chosen, without creating it."""
+        if os.geteuid() != 0:
+            return self.data_dir / "postgres"
+        root = self._recorded_root()
+        if root is not None and not _is_private_to_system_user(root):
+            raise RuntimeError(
+                f"{root} (recorded in {self.location_file}) is not a private folder of the "
+                f"{SYSTEM_USER} user: delete {self.location_file} to start a new cluster"
+            )
+        return root
 
-    def _fallback_root(self) -> Path:
-        digest = hashlib.sha256(str(self._preferred_root()).encode()).hexdigest()[:10]
-        return Path("/tmp") / f"e2c-postgres-{digest}"
+    def _recorded_root(self) -> Path | None:
+        """The folder named in the location file, if it still exists (a reboot may clear
+        temporary folders: a new one is then made)."""
+        try:
+            recorded = self.location_file.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
+        root = Path(recorded) if recorded else None
+        return root if root is not None and root.exists() else None
+
+    def _new_private_root(self) -> Path:
+        """A fresh 0700 folder of the postgres user with an unguessable name, recorded."""
+        owner = _system_user()
+        root = Path(tempfile.mkdtemp(prefix="e2c-postgres-"))
+        os.chown(root, owner.pw_uid, owner.pw_gid)
+        private_dir(self.data_dir)
+        write_private(self.location_file, f"{root}\n")
+        return root
+
+    # --- creating and running it -----------------------------------------------------------
 
     def _prepare(self) -> None:
         ensure_installed()
@@ -143,23 +207,51 @@ class LocalPostgres:
             self._initdb()
 
     def _make_root(self) -> None:
-        for folder in (self.cluster_root, self._socket_dir()):
-            folder.mkdir(parents=True, exist_ok=True)
+        self._root = self._existing_root() or self._new_private_root()
+        for folder in (self._root, self._socket_dir()):
+            private_dir(folder)
             if os.geteuid() == 0:
                 owner = _system_user()
                 os.chown(folder, owner.pw_uid, owner.pw_gid)
 
+    def _check_password_auth(self) -> None:
+        """Refuse a cluster made with trust authentication, or whose password is lost."""
+        if not self.password_file.exists():
+            raise ClusterNeedsPurge(
+                f"the PostgreSQL cluster in {self.cluster_root} has no password file "
+                f"({self.password_file}): it was made with trust authentication by an older "
+                "version, or the file was deleted. Purge it (`e2c stack down --purge`, which "
+                "deletes its databases) and start again"
+            )
+        hba = (self.pgdata / "pg_hba.conf").read_text(encoding="utf-8")
+        if any(_is_trust_line(line) for line in hba.splitlines()):
+            raise ClusterNeedsPurge(
+                f"the PostgreSQL cluster in {self.cluster_root} accepts connections without a "
+                "password (trust): purge it (`e2c stack down --purge`, which deletes its "
+                "databases) and start again"
+            )
+
     def _initdb(self) -> None:
+        password = read_or_create_secret(self.password_file)
+        pwfile = self.cluster_root / "initdb.password"  # readable by the cluster's owner
+        write_private(pwfile, password + "\n")
+        if os.geteuid() == 0:
+            owner = _system_user()
+            os.chown(pwfile, owner.pw_uid, owner.pw_gid)
         command = [
             str(ensure_installed() / "initdb"),
             "-D", str(self.pgdata),
-            "-A", "trust",
+            "--auth=scram-sha-256",
+            f"--pwfile={pwfile}",
             "-U", SYSTEM_USER,
             "--encoding=UTF8",
             f"--locale={_initdb_locale()}",
-            "--no-sync",
+            *(["--no-sync"] if self.unsafe_fast_for_tests else []),
         ]  # fmt: skip
-        result = self._run_as_owner(command)
+        try:
+            result = self._run_as_owner(command)
+        finally:
+            pwfile.unlink(missing_ok=True)
         if result.returncode != 0:
             raise RuntimeError(f"initdb failed:\n{result.stdout}{result.stderr}")
 
@@ -174,14 +266,15 @@ class LocalPostgres:
             )
 
     def _server_options(self) -> list[str]:
-        return [
+        options = [
             "-p", str(self.port),
             "-k", self._socket_option(),
             "-c", "listen_addresses=127.0.0.1",
-            "-c", "fsync=off",
-            "-c", "synchronous_commit=off",
-            "-c", "full_page_writes=off",
         ]  # fmt: skip
+        if self.unsafe_fast_for_tests:
+            for setting in UNSAFE_FAST_OPTIONS:
+                options += ["-c", setting]
+        return options
 
     def _socket_dir(self) -> Path:
         return self.cluster_root / "run"
@@ -215,6 +308,7 @@ class LocalPostgres:
             text=True,
             check=False,
             start_new_session=True,
+            umask=OWNER_ONLY_UMASK,
         )
 
     def _log_tail(self, lines: int = 30) -> str:
@@ -254,12 +348,19 @@ def _system_user() -> pwd.struct_passwd:
         return pwd.getpwnam(SYSTEM_USER)
 
 
-def _reachable_by_system_user(folder: Path) -> bool:
-    existing = next(path for path in (folder, *folder.parents) if path.exists())
-    _system_user()
-    command = ["runuser", "-u", SYSTEM_USER, "--", "test", "-x", str(existing)]
-    result = subprocess.run(command, cwd="/", capture_output=True, check=False)
-    return result.returncode == 0
+def _is_private_to_system_user(folder: Path) -> bool:
+    """A real folder (not a link) of the postgres user that nobody else may enter."""
+    info = folder.lstat()
+    return (
+        stat.S_ISDIR(info.st_mode)
+        and info.st_uid == _system_user().pw_uid
+        and not stat.S_IMODE(info.st_mode) & 0o077
+    )
+
+
+def _is_trust_line(line: str) -> bool:
+    """Whether a pg_hba.conf line lets clients in without a password."""
+    return "trust" in line.split("#", 1)[0].split()
 
 
 def _initdb_locale() -> str:

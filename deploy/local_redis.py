@@ -8,7 +8,8 @@ from pathlib import Path
 
 import redis
 
-from deploy.processes import DetachedServer, apt_install, command_line, spawn, tail
+from deploy.processes import DetachedServer, apt_install, command_line, port_open, spawn, tail
+from shared.private_files import private_dir, read_or_create_secret, write_private
 
 
 def ensure_installed() -> str:
@@ -33,7 +34,12 @@ def redis_answers(url: str) -> bool:
 
 
 class LocalRedis(DetachedServer):
-    """A throwaway Redis (no persistence) with its pid and log files under `<data_dir>/redis`."""
+    """A throwaway Redis (no persistence) with its pid and log files under `<data_dir>/redis`.
+
+    It asks for a password, generated on first use and kept (0600) in `redis/password`, so a
+    restart comes back with the same one; `url` carries it. The password reaches redis-server
+    through an owner-only config file, never its command line.
+    """
 
     name = "Redis"
     start_timeout = 30.0
@@ -43,10 +49,17 @@ class LocalRedis(DetachedServer):
     def __init__(self, data_dir: Path, port: int = 6379) -> None:
         super().__init__(data_dir, "redis", port, _is_redis_process)
         self.log_file = self.home / "redis.log"
+        self.password_file = self.home / "password"
+        self.config_file = self.home / "redis.conf"
+
+    @property
+    def password(self) -> str:
+        return read_or_create_secret(self.password_file)
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        """The URL clients use, password included: keep it out of logs (`redact_url`)."""
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 
     def answers(self) -> bool:
         return redis_answers(self.url)
@@ -55,15 +68,17 @@ class LocalRedis(DetachedServer):
         return tail(self.log_file, lines)
 
     def _launch(self) -> subprocess.Popen[bytes]:
-        if redis_answers(self.url):
-            raise RuntimeError(f"{self.url} is served by a Redis not started here")
+        if port_open(self.port):
+            raise RuntimeError(f"{self.address} is taken by a process not started here")
         binary = ensure_installed()
-        self.home.mkdir(parents=True, exist_ok=True)
+        private_dir(self.home)
+        write_private(self.config_file, f"requirepass {self.password}\n")
         return spawn(self._command(binary), self.home, self.log_file, self.pid_file)
 
     def _command(self, binary: str) -> list[str]:
         return [
             binary,
+            str(self.config_file),
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--dir", str(self.home),

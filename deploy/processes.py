@@ -12,6 +12,8 @@ from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
+from shared.private_files import OWNER_ONLY_UMASK, open_private_append, write_private
+
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
 POLL_SECONDS = 0.1
 KILL_WAIT_SECONDS = 10.0
@@ -181,8 +183,11 @@ def spawn(
     pid_file: Path,
     env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start `command` in a session of its own (Ctrl-C spares it), output appended to a log."""
-    with log_file.open("ab") as log:
+    """Start `command` in a session of its own (Ctrl-C spares it), output appended to a log.
+
+    The process creates its files owner-only (umask 077): the broker's log, Redis's files.
+    """
+    with open_private_append(log_file) as log:
         process = subprocess.Popen(
             command,
             env=env,
@@ -191,8 +196,9 @@ def spawn(
             stderr=subprocess.STDOUT,
             cwd=cwd,
             start_new_session=True,
+            umask=OWNER_ONLY_UMASK,
         )
-    pid_file.write_text(str(process.pid))
+    write_private(pid_file, str(process.pid))
     return process
 
 

@@ -21,7 +21,9 @@ from deploy.local_kafka import LocalKafka, broker_answers
 from deploy.local_postgres import LocalPostgres
 from deploy.local_redis import LocalRedis, ensure_installed, redis_answers
 from deploy.processes import DetachedProcess, command_contains, spawn
-from shared.http import create_tokens_file
+from shared.http import create_tokens_file, load_tokens
+from shared.logsafe import redact_url
+from shared.private_files import private_dir
 from shared.settings import PROJECT_ROOT, SERVICE_PORTS, Settings
 
 SERVICES = tuple(SERVICE_PORTS)
@@ -58,14 +60,13 @@ class LocalStack:
         """Start what is not running; with `postgres` (or when it already is part of the
         stack) the services keep their stores in the stack's PostgreSQL."""
         say: Say = print if echo else _quiet
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._make_folders()
+        tokens = self._ensure_tokens(say)  # first: a tokens file the services refuse stops here
         bootstrap = self._ensure_kafka(say)
         redis_url = self._ensure_redis(say)
         database_urls: dict[str, str] = {}
         if postgres or self.uses_postgres():
             database_urls = self._ensure_postgres(say)
-        tokens = self._ensure_tokens(say)
         for name in SERVICES:
             self._start_service(name, bootstrap, redis_url, tokens, database_urls.get(name))
         for name in SERVICES:
@@ -83,13 +84,20 @@ class LocalStack:
         return self.kafka.bootstrap
 
     def _ensure_redis(self, say: Say) -> str:
-        if redis_answers(self.settings.redis_url):
-            say(f"redis      using {self.settings.redis_url}")
+        """REDIS_URL when a Redis answers there (and the stack's own is not running), else the
+        stack's Redis, with its password. Messages never show a password."""
+        if not self.redis.is_running() and redis_answers(self.settings.redis_url):
+            say(f"redis      using {redact_url(self.settings.redis_url)}")
             return self.settings.redis_url
         ensure_installed()
         self.redis.start()
-        say(f"redis      ready on {self.redis.url}")
+        say(f"redis      ready on {redact_url(self.redis.url)} "
+            f"(password in {self.redis.password_file})")
         return self.redis.url
+
+    def cache_url(self) -> str:
+        """The Redis the stack's services use: its own when it runs, else REDIS_URL."""
+        return self.redis.url if self.redis.is_running() else self.settings.redis_url
 
     def _ensure_postgres(self, say: Say) -> dict[str, str]:
         """Start the stack's PostgreSQL with a database per service whose `*_DATABASE_URL` is
@@ -117,15 +125,21 @@ class LocalStack:
         )
         return {name: self.postgres.url(name) for name in wanted}
 
+    def _make_folders(self) -> None:
+        """The data folder and its run and log folders, owner-only (tightened if looser)."""
+        for folder in (self.data_dir, self.run_dir, self.log_dir):
+            private_dir(folder)
+
     def _ensure_tokens(self, say: Say) -> Path:
-        if self.settings.tokens_file is not None:
-            return self.settings.tokens_file
-        path = self.data_dir / "tokens.json"
-        if not path.exists():
+        """E2C_TOKENS_FILE, else var/tokens.json (created with a random admin token), checked
+        as the services check it."""
+        path = self.settings.tokens_file or self.data_dir / "tokens.json"
+        if self.settings.tokens_file is None and not path.exists():
             create_tokens_file(path)
             say(f"tokens     created {path} with a random admin token")
         else:
             say(f"tokens     {path}")
+        load_tokens(path)
         return path
 
     def _start_service(
@@ -181,8 +195,7 @@ class LocalStack:
         if purge:
             self.kafka.purge()
             if self.postgres.has_cluster():
-                self.postgres.purge()
-                say(f"postgres   cluster deleted ({self.postgres.cluster_root})")
+                say(f"postgres   cluster deleted ({self.postgres.purge()})")
             for folder in ("stores", "redis", "logs", "run", "demo"):
                 shutil.rmtree(self.data_dir / folder, ignore_errors=True)
             say(f"purged     broker log and stores under {self.data_dir}")
@@ -201,7 +214,7 @@ class LocalStack:
                 "redis",
                 self.redis.pid,
                 self.redis.port,
-                "up" if redis_answers(self.settings.redis_url) else "down",
+                "up" if redis_answers(self.cache_url()) else "down",
             ),
         ]
         if self.uses_postgres():
@@ -244,8 +257,7 @@ class LocalStack:
     def start_service(self, name: str) -> None:
         """Starts one service as `up` would (same broker, cache, tokens and store) and waits
         until it is ready. Nothing happens if it already runs."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._make_folders()
         database_url = None
         if self.uses_postgres() and not getattr(self.settings, f"{name}_database_url"):
             database_url = self.postgres.url(name)

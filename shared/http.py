@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import stat
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ExceptionHandler
 
+from shared.private_files import private_dir, write_private
+
 PARTNER_PREFIX = "partner:"
+ROLES = ("admin", "finance", "outcomes", "ops")
 
 Check = Callable[[], Awaitable[None]]
 
@@ -37,21 +41,96 @@ def bounded_int(text: str, lowest: int, highest: int) -> int | None:
     return value if lowest <= value <= highest else None
 
 
+MIN_TOKEN_LENGTH = 32
+# Values published as examples (deploy/tokens.example.json, old and new): never accepted.
+EXAMPLE_TOKENS = frozenset({
+    "change-me-admin", "change-me-finance", "change-me-ops", "change-me-outcomes",
+    "change-me-ml-toulouse",
+})
+EXAMPLE_MARKER = "change-me"
+GENERATE_HINT = "generate one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
+
+class TokensFileError(ValueError):
+    """The tokens file cannot be used; the message names the problem, never a token."""
+
+
 def load_tokens(path: Path | None) -> dict[str, str]:
-    if path is None or not path.exists():
-        return {}
-    tokens = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(tokens, dict):
-        raise ValueError(f"{path}: expected an object of token -> role")
-    return {str(token): str(role) for token, role in tokens.items()}
+    """The tokens file's `token -> role` map, checked: it must exist, be its owner's only
+    (no group or other bits) and hold only tokens of 32 characters or more that are not
+    example values. Anything else raises TokensFileError."""
+    if path is None:
+        raise TokensFileError(
+            "E2C_TOKENS_FILE is not set: give the path of a JSON file of token -> role "
+            "(`e2c stack up` creates var/tokens.json)"
+        )
+    _check_file(path)
+    tokens = _parse_tokens(path)
+    for token, role in tokens.items():
+        _check_token(path, token, role)
+    return tokens
+
+
+def _check_file(path: Path) -> None:
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        raise TokensFileError(f"tokens file {path} does not exist (E2C_TOKENS_FILE)") from None
+    if not path.is_file():
+        raise TokensFileError(f"tokens file {path} is not a regular file")
+    if mode & 0o077:
+        raise TokensFileError(
+            f"tokens file {path} is readable or writable by group or others "
+            f"(mode {mode:04o}): chmod 600 {path}"
+        )
+
+
+def _parse_tokens(path: Path) -> dict[str, str]:
+    try:
+        tokens = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        where = f" (line {error.lineno})" if isinstance(error, json.JSONDecodeError) else ""
+        raise TokensFileError(f"tokens file {path} is not valid JSON{where}") from None
+    if not isinstance(tokens, dict) or not all(
+        isinstance(token, str) and isinstance(role, str) for token, role in tokens.items()
+    ):
+        raise TokensFileError(f"tokens file {path}: expected an object of token -> role")
+    if not tokens:
+        raise TokensFileError(f"tokens file {path} holds no token")
+    return tokens
+
+
+def _check_token(path: Path, token: str, role: str) -> None:
+    if not _known_role(role):  # checked first: a swapped entry would print its token
+        raise TokensFileError(
+            f"tokens file {path}: an entry's role is not one of {', '.join(ROLES)} or "
+            f"{PARTNER_PREFIX}<agency_id> (token and role swapped?)"
+        )
+    if token in EXAMPLE_TOKENS or EXAMPLE_MARKER in token.lower():
+        raise TokensFileError(
+            f"tokens file {path}: the token of role {role!r} is an example value; "
+            + GENERATE_HINT
+        )
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise TokensFileError(
+            f"tokens file {path}: the token of role {role!r} is shorter than "
+            f"{MIN_TOKEN_LENGTH} characters; " + GENERATE_HINT
+        )
+
+
+def _known_role(role: str) -> bool:
+    agency = role.removeprefix(PARTNER_PREFIX)
+    if agency != role:
+        return bool(agency) and not any(char.isspace() for char in agency)
+    return role in ROLES
 
 
 def create_tokens_file(path: Path) -> str:
-    """Writes a tokens file with one random admin token (used when none is configured)."""
-    token = secrets.token_urlsafe(24)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({token: "admin"}, indent=2) + "\n", encoding="utf-8")
-    path.chmod(0o600)
+    """Writes a tokens file with one random admin token (used when none is configured):
+    created at 0600 from its first byte, never over an existing file."""
+    token = secrets.token_urlsafe(24)  # 32 characters
+    private_dir(path.parent)
+    write_private(path, json.dumps({token: "admin"}, indent=2) + "\n", exclusive=True)
     return token
 
 

@@ -7,6 +7,7 @@ parameters): only the error's class, its first line and where it was raised are 
 from __future__ import annotations
 
 import traceback
+from urllib.parse import urlsplit, urlunsplit
 
 
 def describe_error(error: BaseException) -> str:
@@ -21,3 +22,13 @@ def _raised_at(error: BaseException) -> str:
         return ""
     last = frames[-1]
     return f" (at {last.filename.rsplit('/', 1)[-1]}:{last.lineno} in {last.name})"
+
+
+def redact_url(url: str) -> str:
+    """`url` with its password (if any) replaced by `***`, for logs and messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +35,14 @@ from starlette.types import Receive, Scope, Send
 from shared.contract import ALL_TOPICS
 from shared.db import make_engine
 from shared.docs import docs_routes
-from shared.http import Authorizer, bounded_int, health_routes, json_app, load_tokens
+from shared.http import (
+    Authorizer,
+    TokensFileError,
+    bounded_int,
+    health_routes,
+    json_app,
+    load_tokens,
+)
 from shared.kafka import BatchConsumer, OutboxRelay, ensure_topics
 from shared.logsafe import describe_error
 from shared.messaging import (
@@ -48,6 +56,7 @@ from shared.messaging import (
 )
 from shared.observability import ServiceMetrics, configure_logging
 from shared.ops import SERVICES, KafkaInspector, heartbeat_key, read_heartbeats
+from shared.private_files import private_dir, restrict_umask
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -132,6 +141,9 @@ def create_schema(engine: Engine, tables: Sequence[Table]) -> None:
 
 
 def build_context(spec: ServiceSpec, settings: Settings) -> ServiceContext:
+    auth = Authorizer(load_tokens(settings.tokens_file))  # first: a bad file stops here
+    if settings.data_dir.exists():
+        private_dir(settings.data_dir)
     engine = make_engine(settings.database_url(spec.name))
     create_schema(engine, spec.tables)
     registry = CollectorRegistry()
@@ -153,7 +165,7 @@ def build_context(spec: ServiceSpec, settings: Settings) -> ServiceContext:
         broker=broker,
         registry=registry,
         metrics=metrics,
-        auth=Authorizer(load_tokens(settings.tokens_file)),
+        auth=auth,
         consumer=consumer,
         relay=relay,
         instance_id=instance_id,
@@ -382,6 +394,17 @@ async def _every(ctx: ServiceContext, job: PeriodicJob) -> None:
         except Exception as error:
             log.error("%s failed, next try in %ss: %s", job.name, job.interval_seconds,
                       describe_error(error))
+
+
+def main(create_app: Callable[[], ServiceApp]) -> None:
+    """A service's process: owner-only files from the start, a clear refusal to start on a
+    bad tokens file (the message names the problem, never a token), then `run`."""
+    restrict_umask()
+    try:
+        app = create_app()
+    except TokensFileError as error:
+        sys.exit(f"cannot start: {error}")
+    run(app)
 
 
 def run(app: ServiceApp) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from tests.infra import (
     postgres_admin_url,
     redis_url,
 )
+from tests.tokens import write_tokens_file
 
 WATCHED_TOPICS = [
     Topic.REFERRALS_DECIDED,
@@ -47,16 +47,6 @@ def postgres_database() -> Iterator[Callable[[str], str]]:
         yield create_database
 
 
-TOKENS = {
-    "test-admin": "admin",
-    "test-finance": "finance",
-    "test-outcomes": "outcomes",
-    "test-ops": "ops",
-    "test-ml-toulouse": "partner:ml-toulouse",
-    "test-ft-toulouse": "partner:ft-toulouse",
-}
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh, empty store: a SQLite file, then a PostgreSQL database (store tests run
@@ -77,7 +67,7 @@ def stack(
     data_dir = TEST_DATA / "stack"
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
-    (data_dir / "tokens.json").write_text(json.dumps(TOKENS), encoding="utf-8")
+    write_tokens_file(data_dir / "tokens.json")
     running = Stack(kafka, redis_server, data_dir)
     referrals = {"REFERRALS_DATABASE_URL": postgres_database("e2c_stack_referrals")}
     aids = {

@@ -99,11 +99,16 @@ def postgres_admin_url() -> Iterator[Callable[[str], str]]:
         with PostgresContainer("postgres:15", driver="psycopg") as container:
             yield _database_factory(container.get_connection_url())
     else:
-        from deploy.local_postgres import LocalPostgres, ensure_installed
+        from deploy.local_postgres import ClusterNeedsPurge, LocalPostgres, ensure_installed
 
         ensure_installed()
-        server = LocalPostgres(TEST_DATA, port=free_port())
-        server.start()
+        # Throwaway databases: the fast, non-durable settings are allowed here only.
+        server = LocalPostgres(TEST_DATA, port=free_port(), unsafe_fast_for_tests=True)
+        try:
+            server.start()
+        except ClusterNeedsPurge:  # a test cluster of an older version: nothing to keep
+            server.purge()
+            server.start()
         try:
             yield _database_factory(server.url("postgres"))
         finally:

@@ -16,13 +16,14 @@ from sqlalchemy import create_engine, text
 
 from deploy.harness import Stack
 from shared.contract import EnrollmentDecided, ExitDecided, Topic, new_event_fields
+from tests import tokens
 from tests.events import new_id
 from tests.infra import Publisher, TopicWatcher
 
 pytestmark = pytest.mark.infra
 
 DECIDED = Topic.AIDS_DECIDED
-FINANCE = {"Authorization": "Bearer test-finance"}
+FINANCE = tokens.bearer(tokens.FINANCE)
 
 
 async def learn_trainee(

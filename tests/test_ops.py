@@ -32,6 +32,7 @@ from shared.ops import (
     replay_dead_letter,
 )
 from shared.settings import PROJECT_ROOT
+from tests import tokens
 from tests.events import new_id, referral
 from tests.infra import Publisher, TopicWatcher, controllable_redis
 
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 
 infra = pytest.mark.infra
 
-OPS = {"Authorization": "Bearer test-ops"}
+OPS = tokens.bearer(tokens.OPS)
 EXITS = str(Topic.EXITS_SUBMITTED)
 
 
@@ -104,7 +105,7 @@ async def test_a_stopped_consumer_lags_by_what_was_published_then_catches_up(
         # The aggregated view: outcomes is down (no HTTP, its heartbeat removed at its stop),
         # its lag is read from Kafka all the same; the exit code says something is down.
         status = await collect_status(stack.bootstrap, stack.redis_url, service_urls(stack),
-                                      "test-ops")
+                                      tokens.OPS)
         view = {service["service"]: service for service in status.services}
         assert view["outcomes"]["status"] == "down"
         assert view["outcomes"]["heartbeat"] == "down"
@@ -165,9 +166,9 @@ async def test_each_service_reports_the_lag_of_its_own_inputs(stack: Stack) -> N
 async def test_the_pipeline_page_needs_the_ops_or_admin_role(stack: Stack) -> None:
     url = f"{stack.services['aids'].url}/ops/pipeline"
     assert httpx.get(url, timeout=20).status_code == 401
-    finance = {"Authorization": "Bearer test-finance"}
+    finance = tokens.bearer(tokens.FINANCE)
     assert httpx.get(url, headers=finance, timeout=20).status_code == 403
-    admin = {"Authorization": "Bearer test-admin"}
+    admin = tokens.bearer(tokens.ADMIN)
     assert httpx.get(url, headers=admin, timeout=20).status_code == 200
     assert httpx.get(url, headers=OPS, params={"limit": "x"}, timeout=20).status_code == 400
 
@@ -305,7 +306,7 @@ async def test_with_redis_stopped_the_services_decide_and_the_heartbeats_come_ba
         assert {beat["status"] for beat in page["heartbeats"]} == {REDIS_DOWN}
         assert page["lag"] is not None and page["outbox_backlog"] is not None
         status = await collect_status(stack.bootstrap, stack.redis_url, service_urls(stack),
-                                      "test-ops")
+                                      tokens.OPS)
         assert status.redis == "down" and not status.healthy
         assert await eventually(
             lambda: referrals.metric("e2c_heartbeat_failures_total") > failures, timeout=8)

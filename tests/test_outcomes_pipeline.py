@@ -15,13 +15,14 @@ import pytest
 
 from deploy.harness import Stack
 from shared.contract import EnrollmentDecided, Topic, new_event_fields
+from tests import tokens
 from tests.events import new_id, referral
 from tests.infra import Publisher, TopicWatcher
 
 pytestmark = pytest.mark.infra
 
 YEAR = 2035
-OUTCOMES = {"Authorization": "Bearer test-outcomes"}
+OUTCOMES = tokens.bearer(tokens.OUTCOMES)
 
 
 async def enrolled_trainee(

@@ -18,6 +18,7 @@ from deploy.harness import Stack
 from shared.contract import EnrollmentDecided, ExitDecided, Topic, new_event_fields
 from tests.events import new_id, referral, unique_last_name
 from tests.infra import Publisher, TopicWatcher
+from tests.tokens import ADMIN, FINANCE, FT_TOULOUSE, ML_TOULOUSE, bearer
 
 pytestmark = pytest.mark.infra
 
@@ -60,7 +61,7 @@ async def enroll(
 
 def admin_get(stack: Stack, path: str) -> dict[str, Any]:
     url = stack.services["referrals"].url + path
-    response = httpx.get(url, headers={"Authorization": "Bearer test-admin"}, timeout=5)
+    response = httpx.get(url, headers=bearer(ADMIN), timeout=5)
     response.raise_for_status()
     return dict(response.json())
 
@@ -303,16 +304,16 @@ async def test_partners_see_only_their_own_referrals(
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.get(url, headers=headers, timeout=5)
 
-    own = get("test-ml-toulouse")
+    own = get(ML_TOULOUSE)
     assert own.status_code == 200
     assert own.json()["trainee_id"] == decision["trainee_id"]
     assert own.json()["candidate"]["first_name"] == "Inès"
     assert [entry["kind"] for entry in own.json()["history"]] == ["referral"]
-    assert get("test-ft-toulouse").status_code == 403
-    assert get("test-finance").status_code == 403
+    assert get(FT_TOULOUSE).status_code == 403
+    assert get(FINANCE).status_code == 403
     assert get(None).status_code == 401
     assert get("not-a-token").status_code == 401
-    assert get("test-admin").json().get("candidate") is None
+    assert get(ADMIN).json().get("candidate") is None
 
 
 async def test_retention_command_erases_old_refusals_and_keeps_live_referrals(
@@ -336,10 +337,10 @@ async def test_a_partner_erases_over_http_and_the_decision_stays(
 ) -> None:
     decision = await refer(publisher, watcher)
     url = f"{stack.services['referrals'].url}/referrals/{decision['referral_id']}"
-    own = {"Authorization": "Bearer test-ml-toulouse"}
+    own = bearer(ML_TOULOUSE)
 
     other = httpx.delete(f"{url}/personal-data", timeout=5,
-                         headers={"Authorization": "Bearer test-ft-toulouse"})
+                         headers=bearer(FT_TOULOUSE))
     erased = httpx.delete(f"{url}/personal-data", headers=own, timeout=5)
     after = httpx.get(url, headers=own, timeout=5).json()
 

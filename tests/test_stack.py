@@ -1,17 +1,25 @@
 """`e2c stack up --postgres`: the stack's PostgreSQL, a database per service, its status line,
-and `down` / `down --purge` (without Kafka or the services: those are covered elsewhere)."""
+and `down` / `down --purge`; the stack's Redis password; and a whole `e2c stack up` that
+leaves nothing under its data folder readable by group or others."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
+from deploy import cli
 from deploy.local_postgres import ensure_installed as ensure_postgres
 from deploy.stack import SERVICES, LocalStack
-from shared.settings import Settings
+from shared.http import load_tokens
+from shared.private_files import loose_bits
+from shared.settings import PROJECT_ROOT, Settings
 from tests.test_local_infra import free_port
 
 pytestmark = pytest.mark.infra
@@ -116,8 +124,93 @@ def test_down_stops_postgres_and_purge_deletes_its_cluster(stack: LocalStack) ->
     assert not stack.uses_postgres()
     assert "postgres" not in status_of(stack)
     assert stack.postgres.has_cluster()
+    root = stack.postgres.cluster_root
 
     stack.down(purge=True, echo=False)
 
     assert not stack.postgres.has_cluster()
-    assert not stack.postgres.cluster_root.exists()
+    assert not root.exists()
+
+
+def use_stack_env(monkeypatch: pytest.MonkeyPatch, stack: LocalStack) -> None:
+    """`e2c` commands run in this process see the stack under test."""
+    settings = stack.settings
+    monkeypatch.setenv("E2C_DATA_DIR", str(stack.data_dir))
+    monkeypatch.setenv("REDIS_URL", settings.redis_url)
+    monkeypatch.setenv("E2C_KAFKA_PORT", str(settings.kafka_port))
+    monkeypatch.setenv("E2C_KAFKA_CONTROLLER_PORT", str(settings.kafka_controller_port))
+    for name in SERVICES:
+        monkeypatch.setenv(f"{name.upper()}_PORT", str(settings.port(name)))
+
+
+def test_the_stacks_redis_has_a_password_that_is_never_shown(
+    stack: LocalStack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    said: list[str] = []
+
+    url = stack._ensure_redis(said.append)
+
+    password = stack.redis.password
+    assert url == stack.redis.url and f":{password}@" in url
+    assert stack.cache_url() == url
+    use_stack_env(monkeypatch, stack)
+    capsys.readouterr()
+    cli.main(["stack", "status", "--json"])
+    status = {part["name"]: part for part in json.loads(capsys.readouterr().out)}
+    assert status["redis"]["health"] == "up"
+    cli.main(["stack", "status"])
+    shown = [*said, json.dumps(status), capsys.readouterr().out]
+    assert not any(password in text for text in shown)
+    assert any("password in" in line for line in said)
+
+
+def stack_up_env(data_dir: Path) -> dict[str, str]:
+    """The environment of an `e2c` process driving a stack of its own on free ports."""
+    env = {
+        key: value for key, value in os.environ.items()
+        if not key.startswith(("E2C_", "KAFKA_", "REDIS_")) and not key.endswith("_DATABASE_URL")
+    }
+    env.update(
+        E2C_DATA_DIR=str(data_dir),
+        E2C_KAFKA_PORT=str(free_port()),
+        E2C_KAFKA_CONTROLLER_PORT=str(free_port()),
+        REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+        **{f"{name.upper()}_PORT": str(free_port()) for name in SERVICES},
+    )
+    return env
+
+
+def e2c(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "deploy.cli", *argv], cwd=PROJECT_ROOT, env=env,
+        capture_output=True, text=True, timeout=240, check=False,
+    )
+
+
+def test_stack_up_leaves_nothing_readable_by_group_or_others(tmp_path: Path) -> None:
+    data_dir = tmp_path / "var"
+    data_dir.mkdir(mode=0o755)
+    data_dir.chmod(0o755)  # as an older version left it
+    env = stack_up_env(data_dir)
+    try:
+        up = e2c(env, "stack", "up")
+        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        status = e2c(env, "stack", "status")
+    finally:
+        down = e2c(env, "stack", "down")
+    assert down.returncode == 0, down.stderr[-3000:]
+
+    assert status.returncode == 0, status.stdout + status.stderr
+    stores = sorted(path.name for path in (data_dir / "stores").iterdir())
+    assert {"referrals.db", "aids.db", "outcomes.db"} <= set(stores)
+    assert any((data_dir / "kafka" / "logs").rglob("*.log"))  # the broker's topic segments
+    open_to_others = [
+        str(path.relative_to(data_dir))
+        for path in [data_dir, *data_dir.rglob("*")]
+        if not path.is_symlink() and loose_bits(path)
+    ]
+    assert open_to_others == []
+    [admin_token] = load_tokens(data_dir / "tokens.json")
+    redis_password = (data_dir / "redis" / "password").read_text().strip()
+    printed = up.stdout + up.stderr + status.stdout + status.stderr
+    assert admin_token not in printed and redis_password not in printed

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
-from pathlib import Path
 
 from deploy.simulation.plan import plan_year
 from deploy.simulation.run import Endpoints, Progress, Simulation, side_by_side
@@ -14,26 +12,25 @@ from shared.settings import Settings
 
 def stack_endpoints(settings: Settings) -> Endpoints:
     """The running stack's broker, services and a token allowed to read every report."""
+    from deploy.cli import stack_tokens
     from deploy.stack import LocalStack
 
     stack = LocalStack(settings)
     bootstrap = stack.kafka.bootstrap if stack.kafka.is_running() else (
         settings.kafka_bootstrap_servers)
-    tokens_file = settings.tokens_file or settings.data_dir / "tokens.json"
     return Endpoints(
         bootstrap=bootstrap,
         aids_url=f"http://127.0.0.1:{settings.port('aids')}",
         outcomes_url=f"http://127.0.0.1:{settings.port('outcomes')}",
-        token=admin_token(tokens_file),
+        token=admin_token(stack_tokens(settings)),
     )
 
 
-def admin_token(tokens_file: Path) -> str:
-    tokens = json.loads(tokens_file.read_text(encoding="utf-8"))
+def admin_token(tokens: dict[str, str]) -> str:
     for token, role in tokens.items():
         if role == "admin":
-            return str(token)
-    raise SystemExit(f"{tokens_file} has no admin token: the simulation reads every report")
+            return token
+    raise SystemExit("the tokens file has no admin token: the simulation reads every report")
 
 
 def simulate(year: int, trainees: int, seed: int, rate: float, timeout: float,

@@ -1,6 +1,6 @@
-from shared.service import run
+from shared.service import main
 
 from .app import create_app
 
 if __name__ == "__main__":
-    run(create_app())
+    main(create_app)
