@@ -12,11 +12,12 @@ from deploy.harness import Stack
 from shared.contract import ReferralDecided, Topic
 from shared.kafka import CRASH_EXIT_CODE, CRASH_POINT_ENV
 from tests.events import new_id, referral
+from tests import tokens
 from tests.infra import Publisher, TopicWatcher
 
 SUBMITTED = Topic.REFERRALS_SUBMITTED
 DECIDED = Topic.REFERRALS_DECIDED
-ADMIN = {"Authorization": "Bearer test-admin"}  # the stack's tokens (tests/conftest.py)
+ADMIN = {"Authorization": f"Bearer {tokens.ADMIN}"}  # the stack's tokens
 
 pytestmark = pytest.mark.infra
 
