@@ -11,8 +11,8 @@ import pytest
 from deploy.harness import Stack
 from shared.contract import ReferralDecided, Topic
 from shared.kafka import CRASH_EXIT_CODE, CRASH_POINT_ENV
-from tests.events import new_id, referral
 from tests import tokens
+from tests.events import new_id, referral
 from tests.infra import Publisher, TopicWatcher
 
 SUBMITTED = Topic.REFERRALS_SUBMITTED
