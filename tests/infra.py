@@ -155,7 +155,8 @@ class TopicWatcher:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # Cancelled inside a fetch, aiokafka's own timeout may turn it into TimeoutError.
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await self._task
         if self._consumer is not None:
             await self._consumer.stop()

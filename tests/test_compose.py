@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from shared.http import TokensFileError, load_tokens
+from shared.kafka import MAX_MESSAGE_BYTES
 from shared.private_files import write_private
 from shared.settings import SERVICE_PORTS
 
@@ -253,5 +254,6 @@ def test_kafka_keeps_its_log_on_a_volume_and_has_a_loopback_external_listener() 
     assert "EXTERNAL:PLAINTEXT" in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(",")
     # Kafka has no authentication: loopback only, even when the services are published wider.
     assert _items(kafka["ports"]) == ["127.0.0.1:19092:9094/tcp"]
+    assert env["KAFKA_MESSAGE_MAX_BYTES"] == str(MAX_MESSAGE_BYTES)  # the producers' limit
     referrals = _blocks(services["referrals"], 4)
     assert _items(referrals["ports"]) == ["0.0.0.0:8001:8001/tcp"]

@@ -17,12 +17,12 @@ from services.outcomes.app import create_app as outcomes_app
 from services.referrals.app import create_app as referrals_app
 from shared.service import ServiceApp
 from shared.settings import Settings
+from tests import tokens
 
 BOOTSTRAP = "kafka.internal.example:19092"  # never contacted: the broker is not started
-TOKENS = {"tok-finance": "finance", "tok-ops": "ops", "tok-ml": "partner:ml-toulouse"}
-FINANCE = {"Authorization": "Bearer tok-finance"}
-OPS = {"Authorization": "Bearer tok-ops"}
-PARTNER = {"Authorization": "Bearer tok-ml"}
+FINANCE = tokens.bearer(tokens.FINANCE)
+OPS = tokens.bearer(tokens.OPS)
+PARTNER = tokens.bearer(tokens.ML_TOULOUSE)
 FACTORIES: dict[str, Callable[[Settings], ServiceApp]] = {
     "referrals": referrals_app, "aids": aids_app, "outcomes": outcomes_app,
 }
@@ -30,10 +30,9 @@ DOCS = "/docs/asyncapi"
 
 
 def settings_in(folder: Path) -> Settings:
-    tokens = folder / "tokens.json"
-    tokens.write_text(json.dumps(TOKENS), encoding="utf-8")
+    tokens_file = tokens.write_tokens_file(folder / "tokens.json")
     return Settings(E2C_DATA_DIR=folder, KAFKA_BOOTSTRAP_SERVERS=BOOTSTRAP,
-                    E2C_TOKENS_FILE=tokens)
+                    E2C_TOKENS_FILE=tokens_file)
 
 
 def served(name: str, folder: Path) -> Iterator[TestClient]:
