@@ -155,8 +155,9 @@ class TopicWatcher:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            # Cancelled inside a fetch, aiokafka's own timeout may turn it into TimeoutError.
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            # Cancelled inside a fetch, aiokafka may end it with its own error (a timeout):
+            # nothing to report when the watching is over.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
         if self._consumer is not None:
             await self._consumer.stop()

@@ -254,6 +254,7 @@ def test_kafka_keeps_its_log_on_a_volume_and_has_a_loopback_external_listener() 
     assert "EXTERNAL:PLAINTEXT" in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(",")
     # Kafka has no authentication: loopback only, even when the services are published wider.
     assert _items(kafka["ports"]) == ["127.0.0.1:19092:9094/tcp"]
-    assert env["KAFKA_MESSAGE_MAX_BYTES"] == str(MAX_MESSAGE_BYTES)  # the producers' limit
+    # the producers' limit (`config` quotes a string that looks like a number)
+    assert env["KAFKA_MESSAGE_MAX_BYTES"].strip("'") == str(MAX_MESSAGE_BYTES)
     referrals = _blocks(services["referrals"], 4)
     assert _items(referrals["ports"]) == ["0.0.0.0:8001:8001/tcp"]

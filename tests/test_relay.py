@@ -132,7 +132,9 @@ async def topic_config(bootstrap: str, topic: str) -> dict[str, str]:
     return {entry[0]: entry[1] for entry in entries}
 
 
-async def test_one_record_limit_for_producer_broker_and_topics(kafka: str) -> None:
+async def test_one_record_limit_for_producer_broker_and_topics(
+    kafka: str, engine: Engine
+) -> None:
     old = await new_topic(kafka)  # made before the limit was set: the broker's default
     fresh = f"e2c.test.limits.{uuid.uuid4().hex[:10]}"
 
@@ -143,5 +145,5 @@ async def test_one_record_limit_for_producer_broker_and_topics(kafka: str) -> No
         assert config["max.message.bytes"] == str(MAX_MESSAGE_BYTES)
         assert config["retention.ms"] == "-1"
     assert server_settings(9092, 9093, Path("/tmp"))["message.max.bytes"] == MAX_MESSAGE_BYTES
-    relay = OutboxRelay(make_engine("sqlite://"), kafka, ServiceMetrics("x", CollectorRegistry()))
+    relay = OutboxRelay(engine, kafka, ServiceMetrics("x", CollectorRegistry()))
     assert relay._new_producer()._max_request_size == MAX_MESSAGE_BYTES
