@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from shared.contract import AidKind
-from shared.http import bounded_int
+from shared.reports import report_engine
 
 from .domain import run_out_month
 from .store import AidStore, LedgerLine, YearTotals
@@ -25,7 +25,6 @@ from .store import AidStore, LedgerLine, YearTotals
 Json = dict[str, Any]
 
 KINDS: tuple[str, ...] = tuple(kind.value for kind in AidKind)  # laptop, meals, childcare
-FIRST_YEAR, LAST_YEAR = 2000, 2100
 CURRENCY = "EUR"
 
 CSV_COLUMNS = (
@@ -100,14 +99,6 @@ def finance_report(
 
 def _amounts(by_kind: dict[str, int]) -> dict[str, int]:
     return {kind: by_kind.get(kind, 0) for kind in KINDS}
-
-
-def report_engine(engine: Engine) -> Engine:
-    """On PostgreSQL the report's few queries read one snapshot (REPEATABLE READ), so that
-    the totals by kind, school and month agree with each other. SQLite already serialises."""
-    if engine.dialect.name == "postgresql":
-        return engine.execution_options(isolation_level="REPEATABLE READ")
-    return engine
 
 
 def load_report(engine: Engine, year: int, school_ids: Iterable[str], today: date) -> Json:
@@ -269,17 +260,6 @@ def render_text(report: Json) -> str:
         out += _table([title, *KINDS, "total"], rows)
         out.append("")
     return "\n".join(out).rstrip() + "\n"
-
-
-def parse_year(value: str | None) -> int:
-    """A report year from text: an integer from 2000 to 2100, else ValueError (readable)."""
-    expected = f"an integer from {FIRST_YEAR} to {LAST_YEAR}"
-    if value is None or value == "":
-        raise ValueError(f"year is required: {expected}")
-    year = bounded_int(value, FIRST_YEAR, LAST_YEAR)
-    if year is None:
-        raise ValueError(f"invalid year: expected {expected}")  # never the value given
-    return year
 
 
 def today() -> date:

@@ -15,8 +15,8 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from services.aids.reports import parse_year, report_engine
 from shared.contract import AgencyKind, AidKind, Outcome, OutcomeCategory
+from shared.reports import report_engine
 
 from . import domain
 from .store import OutcomeStore
@@ -31,7 +31,6 @@ __all__ = [
     "load_funnel",
     "load_outcomes_report",
     "outcomes_report_json",
-    "parse_year",
     "percent",
     "render_aids_outcomes_text",
     "render_funnel_text",
