@@ -1,11 +1,14 @@
 """What the services' reports have in common: the `year` they are asked for (HTTP or the
-command line) and the one-snapshot engine their store reads go through.
+command line), the one-snapshot engine their store reads go through, and the plain-text
+tables of the command line.
 
 The services never import each other (they meet on Kafka only): what two of them need
 lives here.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from sqlalchemy import Engine
 from starlette.exceptions import HTTPException
@@ -41,3 +44,17 @@ def report_engine(engine: Engine) -> Engine:
     if engine.dialect.name == "postgresql":
         return engine.execution_options(isolation_level="REPEATABLE READ")
     return engine
+
+
+def text_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    """Lines of a plain-text table: the first column left-aligned, the others right-aligned,
+    a line of dashes under the headers, two spaces between columns."""
+    cells = [[str(cell) for cell in row] for row in [headers, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+
+    def line(row: Sequence[str]) -> str:
+        parts = [row[0].ljust(widths[0])]
+        parts += [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
+        return "  ".join(parts).rstrip()
+
+    return [line(cells[0]), line(["-" * width for width in widths]), *map(line, cells[1:])]

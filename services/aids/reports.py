@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from shared.contract import AidKind
-from shared.reports import report_engine
+from shared.reports import report_engine, text_table
 
 from .domain import run_out_month
 from .store import AidStore, LedgerLine, YearTotals
@@ -215,18 +215,6 @@ def euros_text(cents: int | None) -> str:
     return f"{sign}{whole:,}".replace(",", " ") + f",{rest:02d} €"
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    """Left-aligned first column, right-aligned numbers."""
-    widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
-
-    def line(cells: Sequence[str]) -> str:
-        first = str(cells[0]).ljust(widths[0])
-        rest = [str(cell).rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True)]
-        return "  ".join([first, *rest]).rstrip()
-
-    return [line(headers), line(["-" * width for width in widths]), *map(line, rows)]
-
-
 def render_text(report: Json) -> str:
     """The report as plain-text tables: by kind, budgets, by school, by month."""
     year = report["year"]
@@ -239,7 +227,7 @@ def render_text(report: Json) -> str:
                           str(entry["quantity"]), euros_text(entry["amount_cents"]), trainees])
     total = sum(entry["amount_cents"] for entry in report["by_kind"].values())
     kind_rows.append(["total", "", "", "", euros_text(total), ""])
-    out += _table(["by kind", "granted", "rejected", "quantity", "amount", "trainees"],
+    out += text_table(["by kind", "granted", "rejected", "quantity", "amount", "trainees"],
                   kind_rows)
     out.append("")
 
@@ -248,7 +236,7 @@ def render_text(report: Json) -> str:
          euros_text(b["remaining_cents"]), b["runs_out_month"] or "-"]
         for kind, b in report["budgets"].items()
     ]
-    out += _table(["budgets", "envelope", "committed", "remaining", "runs out"], budget_rows)
+    out += text_table(["budgets", "envelope", "committed", "remaining", "runs out"], budget_rows)
     out.append("")
 
     for title, section in (("by school", report["by_school"]), ("by month", report["by_month"])):
@@ -257,7 +245,7 @@ def render_text(report: Json) -> str:
              euros_text(sum(amounts.values()))]
             for name, amounts in section.items()
         ]
-        out += _table([title, *KINDS, "total"], rows)
+        out += text_table([title, *KINDS, "total"], rows)
         out.append("")
     return "\n".join(out).rstrip() + "\n"
 
