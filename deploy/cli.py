@@ -183,7 +183,7 @@ def _date(text: str) -> date:
 
 
 def _year(text: str) -> int:
-    from services.aids.reports import parse_year
+    from shared.reports import parse_year
 
     try:
         return parse_year(text)

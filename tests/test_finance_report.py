@@ -27,6 +27,7 @@ from services.aids.store import TABLES, AidStore, KindYearTotal, LedgerLine, Yea
 from shared.contract import Topic
 from shared.db import make_engine
 from shared.messaging import BatchProcessor, Inbound
+from shared.reports import parse_year
 from shared.schools import load_schools
 from shared.service import create_schema
 from shared.settings import Settings
@@ -421,7 +422,7 @@ def test_the_table_shows_each_section(client: TestClient) -> None:
 
 @pytest.mark.parametrize("value", ["2000", "2024", "2100"])
 def test_years_in_range_parse(value: str) -> None:
-    assert reports.parse_year(value) == int(value)
+    assert parse_year(value) == int(value)
 
 
 # --- The command --------------------------------------------------------------------------

@@ -10,12 +10,12 @@ from collections.abc import AsyncIterator, Sequence
 
 import anyio
 from sqlalchemy import Engine
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from shared.http import Authorizer
+from shared.reports import year_param
 from shared.schools import load_schools
 from shared.service import ServiceContext
 
@@ -23,13 +23,6 @@ from . import reports
 
 FINANCE = "finance"
 CSV_MEDIA_TYPE = "text/csv; charset=utf-8"
-
-
-def year_param(request: Request) -> int:
-    try:
-        return reports.parse_year(request.query_params.get("year"))
-    except ValueError as error:
-        raise HTTPException(422, str(error)) from None
 
 
 async def csv_body(export: reports.LedgerCsv) -> AsyncIterator[bytes]:

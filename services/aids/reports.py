@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from shared.contract import AidKind
-from shared.http import bounded_int
+from shared.reports import report_engine, text_table
 
 from .domain import run_out_month
 from .store import AidStore, LedgerLine, YearTotals
@@ -25,7 +25,6 @@ from .store import AidStore, LedgerLine, YearTotals
 Json = dict[str, Any]
 
 KINDS: tuple[str, ...] = tuple(kind.value for kind in AidKind)  # laptop, meals, childcare
-FIRST_YEAR, LAST_YEAR = 2000, 2100
 CURRENCY = "EUR"
 
 CSV_COLUMNS = (
@@ -100,14 +99,6 @@ def finance_report(
 
 def _amounts(by_kind: dict[str, int]) -> dict[str, int]:
     return {kind: by_kind.get(kind, 0) for kind in KINDS}
-
-
-def report_engine(engine: Engine) -> Engine:
-    """On PostgreSQL the report's few queries read one snapshot (REPEATABLE READ), so that
-    the totals by kind, school and month agree with each other. SQLite already serialises."""
-    if engine.dialect.name == "postgresql":
-        return engine.execution_options(isolation_level="REPEATABLE READ")
-    return engine
 
 
 def load_report(engine: Engine, year: int, school_ids: Iterable[str], today: date) -> Json:
@@ -224,18 +215,6 @@ def euros_text(cents: int | None) -> str:
     return f"{sign}{whole:,}".replace(",", " ") + f",{rest:02d} €"
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    """Left-aligned first column, right-aligned numbers."""
-    widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
-
-    def line(cells: Sequence[str]) -> str:
-        first = str(cells[0]).ljust(widths[0])
-        rest = [str(cell).rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True)]
-        return "  ".join([first, *rest]).rstrip()
-
-    return [line(headers), line(["-" * width for width in widths]), *map(line, rows)]
-
-
 def render_text(report: Json) -> str:
     """The report as plain-text tables: by kind, budgets, by school, by month."""
     year = report["year"]
@@ -248,7 +227,7 @@ def render_text(report: Json) -> str:
                           str(entry["quantity"]), euros_text(entry["amount_cents"]), trainees])
     total = sum(entry["amount_cents"] for entry in report["by_kind"].values())
     kind_rows.append(["total", "", "", "", euros_text(total), ""])
-    out += _table(["by kind", "granted", "rejected", "quantity", "amount", "trainees"],
+    out += text_table(["by kind", "granted", "rejected", "quantity", "amount", "trainees"],
                   kind_rows)
     out.append("")
 
@@ -257,7 +236,7 @@ def render_text(report: Json) -> str:
          euros_text(b["remaining_cents"]), b["runs_out_month"] or "-"]
         for kind, b in report["budgets"].items()
     ]
-    out += _table(["budgets", "envelope", "committed", "remaining", "runs out"], budget_rows)
+    out += text_table(["budgets", "envelope", "committed", "remaining", "runs out"], budget_rows)
     out.append("")
 
     for title, section in (("by school", report["by_school"]), ("by month", report["by_month"])):
@@ -266,20 +245,9 @@ def render_text(report: Json) -> str:
              euros_text(sum(amounts.values()))]
             for name, amounts in section.items()
         ]
-        out += _table([title, *KINDS, "total"], rows)
+        out += text_table([title, *KINDS, "total"], rows)
         out.append("")
     return "\n".join(out).rstrip() + "\n"
-
-
-def parse_year(value: str | None) -> int:
-    """A report year from text: an integer from 2000 to 2100, else ValueError (readable)."""
-    expected = f"an integer from {FIRST_YEAR} to {LAST_YEAR}"
-    if value is None or value == "":
-        raise ValueError(f"year is required: {expected}")
-    year = bounded_int(value, FIRST_YEAR, LAST_YEAR)
-    if year is None:
-        raise ValueError(f"invalid year: expected {expected}")  # never the value given
-    return year
 
 
 def today() -> date:

@@ -23,6 +23,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from shared.http import PARTNER_PREFIX, Authorizer
+from shared.reports import year_param
 from shared.schools import load_schools
 from shared.service import ServiceContext
 
@@ -32,13 +33,6 @@ OUTCOMES = "outcomes"
 FINANCE = "finance"
 ADMIN = "admin"
 JSON_MEDIA_TYPE = "application/json"
-
-
-def year_param(request: Request) -> int:
-    try:
-        return reports.parse_year(request.query_params.get("year"))
-    except ValueError as error:
-        raise HTTPException(422, str(error)) from None
 
 
 def json_response(body: bytes) -> Response:

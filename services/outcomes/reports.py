@@ -15,8 +15,8 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from services.aids.reports import parse_year, report_engine
 from shared.contract import AgencyKind, AidKind, Outcome, OutcomeCategory
+from shared.reports import report_engine, text_table
 
 from . import domain
 from .store import OutcomeStore
@@ -31,7 +31,6 @@ __all__ = [
     "load_funnel",
     "load_outcomes_report",
     "outcomes_report_json",
-    "parse_year",
     "percent",
     "render_aids_outcomes_text",
     "render_funnel_text",
@@ -140,19 +139,6 @@ def days(value: float | None) -> str:
     return f"{value:g}"
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
-    """First column left-aligned, the others right-aligned."""
-    cells = [[str(cell) for cell in row] for row in [headers, *rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-
-    def line(row: Sequence[str]) -> str:
-        parts = [row[0].ljust(widths[0])]
-        parts += [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
-        return "  ".join(parts).rstrip()
-
-    return [line(cells[0]), line(["-" * width for width in widths]), *map(line, cells[1:])]
-
-
 def render_outcomes_text(report: Json) -> str:
     """The report as people read it: counts with their rates (solutions and categories over
     exits, satisfaction over answers, profile over the accompanied, agencies over entries)."""
@@ -162,7 +148,7 @@ def render_outcomes_text(report: Json) -> str:
     answered, satisfied = (report["satisfaction"][key] for key in SATISFACTION_KEYS)
     profile = report["profile"]
     out = [f"Outcomes report {year}", ""]
-    out += _table(["trainees", "count"], [
+    out += text_table(["trainees", "count"], [
         ["accompanied", accompanied],
         ["entries", entries],
         ["exits", exits],
@@ -177,19 +163,19 @@ def render_outcomes_text(report: Json) -> str:
         f"{percent(satisfied, answered)} satisfied ({satisfied} of {answered} who answered)",
         "",
     ]
-    out += _table(["exits by category", "exits", "% of exits"], [
+    out += text_table(["exits by category", "exits", "% of exits"], [
         [c, report["exits_by_category"][c], percent(report["exits_by_category"][c], exits)]
         for c in CATEGORIES
     ])
     out.append("")
-    out += _table(["exits by outcome", "category", "exits", "% of exits"], [
+    out += text_table(["exits by outcome", "category", "exits", "% of exits"], [
         [o, domain.category_of(Outcome(o)).value, report["exits_by_outcome"][o],
          percent(report["exits_by_outcome"][o], exits)]
         for o in OUTCOMES
     ])
     out.append("")
 
-    out += _table([f"profile of the {accompanied} accompanied", "count", "%"], [
+    out += text_table([f"profile of the {accompanied} accompanied", "count", "%"], [
         ["average age at entry", "", average(profile["age_at_entry_sum"], accompanied)],
         ["minors at entry", profile["minors"], percent(profile["minors"], accompanied)],
         ["RQTH", profile["rqth"], percent(profile["rqth"], accompanied)],
@@ -201,12 +187,12 @@ def render_outcomes_text(report: Json) -> str:
     out.append("")
 
     by_agency = report["entries_by_agency_kind"]
-    out += _table(["entries by agency kind", "entries", "% of entries"], [
+    out += text_table(["entries by agency kind", "entries", "% of entries"], [
         [kind, by_agency[kind], percent(by_agency[kind], entries)] for kind in AGENCY_KINDS
     ])
     out.append("")
 
-    out += _table(
+    out += text_table(
         ["by school", "accompanied", "entries", "exits", "solutions", "% with a solution"],
         [
             [school, *(counts[key] for key in SCHOOL_KEYS),
@@ -240,11 +226,11 @@ def render_funnel_text(funnel: Json) -> str:
         "between steps)",
         "",
     ]
-    out += _table(["total", *FUNNEL_HEADERS], [_funnel_row("all referrals", funnel["total"])])
+    out += text_table(["total", *FUNNEL_HEADERS], [_funnel_row("all referrals", funnel["total"])])
     for title, key in (("by agency", "by_agency"), ("by school", "by_school")):
         out.append("")
         rows = [_funnel_row(name, counts) for name, counts in funnel[key].items()]
-        out += _table([title, *FUNNEL_HEADERS], rows) if rows else [f"{title}: none"]
+        out += text_table([title, *FUNNEL_HEADERS], rows) if rows else [f"{title}: none"]
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -261,6 +247,6 @@ def render_aids_outcomes_text(report: Json) -> str:
             counts = groups[group]
             rows.append([f"{kind} {label}", counts["exits"], counts["solutions"],
                          percent(counts["solutions"], counts["exits"])])
-    out += _table(["aid kind", "exits", "solutions", "% with a solution"], rows)
+    out += text_table(["aid kind", "exits", "solutions", "% with a solution"], rows)
     out += ["", "Counts, not causes: trainees who get an aid differ in other ways too."]
     return "\n".join(out) + "\n"
