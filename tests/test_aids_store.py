@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from services.aids.domain import load_rules
 from services.aids.handlers import AidHandlers
 from services.aids.store import TABLES, AidStore, HeldRequest, LedgerLine
+from shared.aid_rules import load_rules
 from shared.contract import AidKind, EnrollmentDecided, Topic, new_event_fields
 from shared.db import make_engine
 from shared.messaging import (
