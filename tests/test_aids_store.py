@@ -108,6 +108,24 @@ def test_the_aggregates_equal_the_ledger(engine: Engine) -> None:
     )
 
 
+def test_a_trainee_granted_childcare_twice_counts_once(engine: Engine) -> None:
+    """Two months of childcare, in one batch then in the next: one childcare trainee (on
+    PostgreSQL an INSERT's rowcount read -1 and every grant counted a new trainee)."""
+    trainee = uuid.uuid4().hex
+    feed(engine, (Topic.ENROLLMENTS_DECIDED, enrollment(trainee)),
+         (Topic.AIDS_REQUESTED, request(trainee, "childcare", amount_cents=29200,
+                                        period_start="2024-11-21", period_end="2024-11-30")),
+         (Topic.AIDS_REQUESTED, request(trainee, "childcare", amount_cents=18600,
+                                        period_start="2024-12-01", period_end="2024-12-31")))
+    feed(engine, (Topic.AIDS_REQUESTED, request(trainee, "childcare", amount_cents=100,
+                                                period_start="2024-10-01",
+                                                period_end="2024-10-31")))
+
+    with Session(engine) as session:
+        childcare = AidStore(session).year_totals(2024).by_kind[AidKind.CHILDCARE]
+    assert (childcare.granted, childcare.trainees) == (3, 1)
+
+
 def test_a_second_instance_waits_for_the_envelope_lock(engine: Engine) -> None:
     order: list[str] = []
 
