@@ -167,7 +167,10 @@ def _parser() -> argparse.ArgumentParser:
         help="publish a realistic network year through the running stack and check the "
         "services' reports against the simulation's own ground truth",
     )
-    simulate.add_argument("--year", type=int, default=date.today().year - 1)
+    simulate.add_argument(
+        "--year", type=_year, default=date.today().year - 1,
+        help="a year at least one school of the registry (E2C_SCHOOLS_FILE) was open; meals "
+        "are priced from the rate table (E2C_AID_RULES_FILE), none before its first rate")
     simulate.add_argument("--trainees", type=int, default=1750)
     simulate.add_argument("--seed", type=int, default=2024)
     simulate.add_argument("--rate", type=float, default=0,
@@ -500,12 +503,12 @@ def _deadletters_replay(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from deploy.simulation.command import simulate, stack_endpoints
+    from deploy.simulation.command import simulate
     from deploy.stack import LocalStack
 
     stack = LocalStack()
-    endpoints = stack_endpoints(stack.settings)
-    return simulate(args.year, args.trainees, args.seed, args.rate, args.timeout, endpoints)
+    return simulate(args.year, args.trainees, args.seed, args.rate, args.timeout,
+                    settings=stack.settings)
 
 
 if __name__ == "__main__":

@@ -85,9 +85,11 @@ def _insert(session: Session, table: Table) -> Any:
 
 
 def insert_ignore(session: Session, table: Table, values: dict[str, Any]) -> bool:
-    """Inserts a row unless its key exists; True when this call inserted it."""
+    """Inserts a row unless its key exists; True when this call inserted it (a row comes
+    back: an INSERT's rowcount is not kept on PostgreSQL, where it read -1, i.e. True)."""
     statement = _insert(session, table).values(**values).on_conflict_do_nothing()
-    return bool(session.exec(statement).rowcount)  # type: ignore[call-overload]
+    statement = statement.returning(*table.primary_key.columns)
+    return session.exec(statement).first() is not None  # type: ignore[call-overload]
 
 
 def add_to(

@@ -21,3 +21,8 @@ def load_schools(path: Path | None = None) -> dict[str, School]:
     raw = json.loads((path or DEFAULT_SCHOOLS_FILE).read_text(encoding="utf-8"))
     schools = [School(id=s["id"], name=s["name"], opened=int(s["opened"])) for s in raw["schools"]]
     return {school.id: school for school in schools}
+
+
+def open_in(schools: dict[str, School], year: int) -> list[str]:
+    """The ids of the schools open during `year` (opened that year or before), sorted."""
+    return sorted(school.id for school in schools.values() if school.opened <= year)

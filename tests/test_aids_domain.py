@@ -10,18 +10,17 @@ import pytest
 from services.aids.domain import (
     AidDecision,
     AidRequest,
-    AidRules,
     Envelope,
     Granted,
     Trainee,
     days_in,
     decide,
-    load_rules,
     months_touched,
     overlaps,
     request_refusal,
     run_out_month,
 )
+from shared.aid_rules import AidRules, load_rules
 from shared.contract import AidKind, AidReason, AidStatus
 
 # €7 a meal from 2024-01-01, childcare capped at €300 a month: the shipped configuration.

@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from services.aids.domain import load_rules
 from services.aids.handlers import AidHandlers
 from services.aids.store import TABLES, AidStore, HeldRequest, LedgerLine
+from shared.aid_rules import load_rules
 from shared.contract import AidKind, EnrollmentDecided, Topic, new_event_fields
 from shared.db import make_engine
 from shared.messaging import (
@@ -106,6 +106,24 @@ def test_the_aggregates_equal_the_ledger(engine: Engine) -> None:
     assert sum(sum(kinds.values()) for kinds in totals.by_school.values()) == sum(
         line.amount_cents for line in lines
     )
+
+
+def test_a_trainee_granted_childcare_twice_counts_once(engine: Engine) -> None:
+    """Two months of childcare, in one batch then in the next: one childcare trainee (on
+    PostgreSQL an INSERT's rowcount read -1 and every grant counted a new trainee)."""
+    trainee = uuid.uuid4().hex
+    feed(engine, (Topic.ENROLLMENTS_DECIDED, enrollment(trainee)),
+         (Topic.AIDS_REQUESTED, request(trainee, "childcare", amount_cents=29200,
+                                        period_start="2024-11-21", period_end="2024-11-30")),
+         (Topic.AIDS_REQUESTED, request(trainee, "childcare", amount_cents=18600,
+                                        period_start="2024-12-01", period_end="2024-12-31")))
+    feed(engine, (Topic.AIDS_REQUESTED, request(trainee, "childcare", amount_cents=100,
+                                                period_start="2024-10-01",
+                                                period_end="2024-10-31")))
+
+    with Session(engine) as session:
+        childcare = AidStore(session).year_totals(2024).by_kind[AidKind.CHILDCARE]
+    assert (childcare.granted, childcare.trainees) == (3, 1)
 
 
 def test_a_second_instance_waits_for_the_envelope_lock(engine: Engine) -> None:

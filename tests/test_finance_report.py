@@ -21,9 +21,10 @@ from starlette.testclient import TestClient
 from deploy import cli
 from services.aids import reports
 from services.aids.api import routes
-from services.aids.domain import load_rules, run_out_month
+from services.aids.domain import run_out_month
 from services.aids.handlers import AidHandlers
 from services.aids.store import TABLES, AidStore, KindYearTotal, LedgerLine, YearTotals
+from shared.aid_rules import load_rules
 from shared.contract import Topic
 from shared.db import make_engine
 from shared.messaging import BatchProcessor, Inbound

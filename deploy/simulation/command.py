@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from deploy.simulation.plan import plan_year
+from deploy.simulation.plan import YearNotSimulable, plan_year
 from deploy.simulation.run import Endpoints, Progress, Simulation, side_by_side
+from shared.schools import DEFAULT_SCHOOLS_FILE
 from shared.settings import Settings
 
 
@@ -34,9 +35,17 @@ def admin_token(tokens: dict[str, str]) -> str:
 
 
 def simulate(year: int, trainees: int, seed: int, rate: float, timeout: float,
-             endpoints: Endpoints | None = None) -> int:
-    plan = plan_year(year, trainees, seed)
-    endpoints = endpoints or stack_endpoints(Settings())
+             endpoints: Endpoints | None = None, settings: Settings | None = None) -> int:
+    """Exit code 0 when every figure checks out, 1 on a difference, 2 for a year that cannot
+    be simulated (told before the stack is touched)."""
+    settings = settings or Settings()
+    try:  # the registry and the rate table the services read (the same settings)
+        plan = plan_year(year, trainees, seed, settings)
+    except YearNotSimulable as error:
+        registry = settings.schools_file or DEFAULT_SCHOOLS_FILE
+        print(f"e2c simulate: {error} (registry: {registry})", file=sys.stderr)
+        return 2
+    endpoints = endpoints or stack_endpoints(settings)
     print(f"simulating {year}: {trainees} trainees, {plan.input_count()} inputs "
           f"(seed {seed}, rate {'unlimited' if rate <= 0 else f'{rate:g}/s'})")
     outcome = asyncio.run(

@@ -1,8 +1,12 @@
 """A realistic network year, planned in advance with its own ground truth.
 
-Everything here is pure: a seed gives the same year. The expected figures are computed
-from the plan itself (who is eligible, who enrolls, what is granted, who leaves how), never
-from the services, so that comparing them with the services' reports is a real check.
+Everything here is pure once the configuration is read: a seed gives the same year. The
+expected figures are computed from the plan itself (who is eligible, who enrolls, what is
+granted, who leaves how), never from the services, so that comparing them with the services'
+reports is a real check. The configuration is the services' own: the school registry
+(`E2C_SCHOOLS_FILE`: only the schools open in the year take trainees) and the aid rate table
+(`E2C_AID_RULES_FILE`: each meal request priced at the rate in force on its period_start, none
+planned before the first rate), so that any year the plan accepts checks out.
 """
 
 from __future__ import annotations
@@ -15,11 +19,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
+from shared.aid_rules import AidRules, load_rules
 from shared.contract import OUTCOME_CATEGORY, AgencyKind, AidKind, Outcome, OutcomeCategory
-from shared.schools import load_schools
+from shared.schools import School, load_schools, open_in
+from shared.settings import Settings
 
-MEAL_RATE_CENTS = 700  # the contract's rate from 2024-01-01
-CHILDCARE_CAP_CENTS = 30000
 AGENCY_SHARES = [  # Missions Locales 56 %, spontaneous 35 %, the rest
     (AgencyKind.MISSION_LOCALE, 56), (AgencyKind.SPONTANEOUS, 35),
     (AgencyKind.FRANCE_TRAVAIL, 5), (AgencyKind.MLDS, 3), (AgencyKind.OTHER, 1),
@@ -94,12 +98,14 @@ class Aid:
     period_start: date
     period_end: date
     expected_reason: str | None = None  # None: granted
+    meal_rate_cents: int | None = None  # meals granted: the rate in force on period_start
     event_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
     @property
     def granted_cents(self) -> int:
         if self.kind is AidKind.MEALS:
-            return self.quantity * MEAL_RATE_CENTS
+            assert self.meal_rate_cents is not None
+            return self.quantity * self.meal_rate_cents
         assert self.amount_cents is not None
         return self.amount_cents
 
@@ -250,14 +256,29 @@ def _moment(day: date, hour: int) -> str:
 # --- generation --------------------------------------------------------------------------------
 
 
-class Planner:
-    """Draws a year: N trainees and the referrals, aids and exits around them."""
+class YearNotSimulable(ValueError):
+    """A year the configuration cannot give a realistic plan for (no school open yet)."""
 
-    def __init__(self, year: int, trainees: int, seed: int) -> None:
+
+class Planner:
+    """Draws a year: N trainees and the referrals, aids and exits around them, in the schools
+    open that year and with the aid rules in force."""
+
+    def __init__(self, year: int, trainees: int, seed: int, schools: dict[str, School],
+                 rules: AidRules) -> None:
         self.year = year
         self.size = trainees
         self.rng = random.Random(seed)
-        self.schools = sorted(load_schools())
+        self.schools = open_in(schools, year)
+        if not self.schools:
+            first = min((school.opened for school in schools.values()), default=None)
+            raise YearNotSimulable(
+                f"cannot simulate {year}: no school of the registry was open yet"
+                + (f", the first opened in {first}" if first is not None else ", it is empty"))
+        self.unknown_school = "paris-nord"  # not in the network: refused unknown_school
+        while self.unknown_school in schools:
+            self.unknown_school += "-bis"
+        self.rules = rules
         # Ids and names carry a tag of this run (not of the seed): the same seed replayed on
         # a stack that already saw it makes new people, not duplicates of the first run.
         self.run_tag = uuid.uuid4().hex[:8]
@@ -334,7 +355,7 @@ class Planner:
         elif reason == "in_school":
             person.in_school = True
         elif reason == "unknown_school":
-            person.school_id = "paris-nord"
+            person.school_id = self.unknown_school
         return self._referral(person, on, "rejected", [reason])
 
     def _derogation(self, granted: bool) -> Referral:
@@ -392,17 +413,24 @@ class Planner:
                                 handover, "laptop_already_granted"))
         if self.rng.random() < 0.6:
             aids.extend(self._meals(start, end))
+            if self.rng.random() < 0.03:  # asked before the scheme existed: refused
+                aids.extend(self._meals_before_the_scheme(start, end))
         if self.rng.random() < 56 / 1750:
             aids.extend(self._childcare(start, end))
         return aids
 
     def _meals(self, start: date, end: date) -> list[Aid]:
+        """A request a month, from the first meal rate on (no scheme, no request before)."""
+        since = self.rules.meals_since
+        if since is None:
+            return []
         meals = []
-        for month_start, month_end in _months_between(start, end):
+        for month_start, month_end in _months_between(max(start, since), end):
             days = (month_end - month_start).days + 1
             quantity = min(days, self.rng.randint(3, 7))
             meals.append(Aid(self._next_id("MEA"), AidKind.MEALS, quantity, None,
-                             month_start, month_end))
+                             month_start, month_end,
+                             meal_rate_cents=self.rules.meal_rate_on(month_start)))
         if meals and self.rng.random() < 0.03:  # more meals than days: refused
             first = meals[0]
             meals.append(Aid(self._next_id("MEA"), AidKind.MEALS,
@@ -410,14 +438,26 @@ class Planner:
                              first.period_start, first.period_end, "too_many_meals"))
         return meals
 
+    def _meals_before_the_scheme(self, start: date, end: date) -> list[Aid]:
+        """One month of meals asked before the first rate: refused invalid_period."""
+        since = self.rules.meals_since
+        last = end if since is None else min(end, since - timedelta(days=1))
+        months = _months_between(start, last)
+        if not months:
+            return []
+        month_start, month_end = months[0]
+        return [Aid(self._next_id("MEA"), AidKind.MEALS, min(5, (month_end - month_start).days + 1),
+                    None, month_start, month_end, "invalid_period")]
+
     def _childcare(self, start: date, end: date) -> list[Aid]:
+        cap = self.rules.childcare_monthly_cap_cents  # each request is one calendar month
         care = [Aid(self._next_id("CHI"), AidKind.CHILDCARE, 1,
-                    self.rng.randrange(10000, CHILDCARE_CAP_CENTS + 1, 100), s, e)
+                    self.rng.randrange(min(10000, cap), cap + 1, 100), s, e)
                 for s, e in _months_between(start, end)]
         if care:
             s, e = care[0].period_start, care[0].period_end
             care.append(Aid(self._next_id("CHI"), AidKind.CHILDCARE, 1,
-                            CHILDCARE_CAP_CENTS + 1, s, e, "over_childcare_cap"))
+                            cap + 1, s, e, "over_childcare_cap"))
         return care
 
     def _day_between(self, start: date, end: date) -> date:
@@ -436,5 +476,11 @@ def _months_between(start: date, end: date) -> list[tuple[date, date]]:
     return slices
 
 
-def plan_year(year: int, trainees: int, seed: int) -> YearPlan:
-    return Planner(year, trainees, seed).plan()
+def plan_year(year: int, trainees: int, seed: int, settings: Settings | None = None) -> YearPlan:
+    """The year planned with the services' own configuration: the school registry and the
+    aid rate table that `settings` (the environment by default) point them to. Raises
+    YearNotSimulable for a year no school was open in."""
+    settings = settings or Settings()
+    schools = load_schools(settings.schools_file)
+    rules = load_rules(settings.aid_rules_file)
+    return Planner(year, trainees, seed, schools, rules).plan()

@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from shared.contract import AidKind, Topic
 from shared.kafka import topic_partitions
 
-from .plan import YearPlan
+from .plan import Aid, YearPlan
 
 ANSWER_TOPICS = (Topic.REFERRALS_DECIDED, Topic.ENROLLMENTS_DECIDED, Topic.AIDS_DECIDED,
                  Topic.EXITS_DECIDED)
@@ -295,12 +295,28 @@ class Simulation:
         if wrong_reasons:
             differences.append(f"{len(wrong_reasons)} referrals decided with other reasons "
                                f"than planned, e.g. {wrong_reasons[:3]}")
+        wrong_aids = [
+            aid.request_id for trainee in self.plan.trainees for aid in trainee.aids
+            if not aid_answer_as_planned(aid, self.answers.by_request.get(aid.event_id, {}))
+        ]
+        if wrong_aids:
+            differences.append(f"{len(wrong_aids)} aid requests decided otherwise than "
+                               f"planned (status, reason or amount), e.g. {wrong_aids[:3]}")
         twice = [r for r, ids in self.answers.event_ids.items() if len(ids) > 1]
         if twice:
             differences.append(f"{len(twice)} inputs answered by more than one event")
         differences += compare(self.plan.expected_finance(), outcome.finance_delta, "finance")
         differences += compare(self.plan.expected_outcomes(), outcome.outcomes_delta, "outcomes")
         return differences
+
+
+def aid_answer_as_planned(aid: Aid, answer: dict[str, Any]) -> bool:
+    """The service's answer to one aid request is the plan's: granted for the planned amount
+    (meals at the rate in force on period_start), or refused for the planned reason."""
+    if aid.expected_reason is not None:
+        return answer.get("status") == "rejected" and answer.get("reasons") == [
+            aid.expected_reason]
+    return answer.get("status") == "granted" and answer.get("amount_cents") == aid.granted_cents
 
 
 def delta(after: Any, before: Any) -> Any:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from shared.aid_rules import load_rules
 from shared.contract import AidDecided, Topic
 from shared.service import ServiceApp, ServiceSpec, build_app, hold_sweep
 from shared.settings import Settings
 
 from . import api
-from .domain import load_rules
 from .handlers import AidHandlers
 from .store import TABLES, AidStore
 

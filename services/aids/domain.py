@@ -2,40 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from pathlib import Path
 
+from shared.aid_rules import AidRules
 from shared.contract import AidKind, AidReason, AidStatus
-
-DEFAULT_RATES_FILE = Path(__file__).with_name("aid_rates.json")
-
-
-@dataclass(frozen=True)
-class AidRules:
-    """Configuration: the dated meal rates and the childcare monthly cap."""
-
-    meal_rates: tuple[tuple[date, int], ...]  # (in force from, cents), sorted by date
-    childcare_monthly_cap_cents: int
-
-    def meal_rate_on(self, day: date) -> int | None:
-        """The rate in force on `day`: a later revaluation never changes earlier grants."""
-        rate = None
-        for since, cents in self.meal_rates:
-            if since <= day:
-                rate = cents
-        return rate
-
-
-def load_rules(path: Path | None = None) -> AidRules:
-    raw = json.loads((path or DEFAULT_RATES_FILE).read_text(encoding="utf-8"))
-    rates = sorted(
-        (date.fromisoformat(entry["from"]), int(entry["cents"])) for entry in raw["meal_rates"]
-    )
-    return AidRules(tuple(rates), int(raw["childcare_monthly_cap_cents"]))
 
 
 @dataclass(frozen=True)
