@@ -73,7 +73,6 @@ __all__ = [
     "Topic",
     "event_key",
     "new_event_fields",
-    "parse_event",
     "to_json_bytes",
 ]
 
@@ -506,11 +505,6 @@ def new_event_fields() -> dict[str, Any]:
 def to_json_bytes(event: BaseModel) -> bytes:
     """The event as one UTF-8 JSON object, fields in contract order."""
     return event.model_dump_json().encode("utf-8")
-
-
-def parse_event(topic: str, raw: bytes | str) -> Event:
-    """Validate a raw message of `topic`; raises `pydantic.ValidationError` if unreadable."""
-    return MODELS[Topic(topic)].model_validate_json(raw)
 
 
 def event_key(topic: str, event: Event) -> str | None:

@@ -32,11 +32,17 @@ from shared.contract import (
     Topic,
     event_key,
     new_event_fields,
-    parse_event,
     to_json_bytes,
 )
 
 T = Topic
+
+
+def parse_event(topic: str, raw: bytes | str) -> BaseModel:
+    """A raw message of `topic` validated by its model (raises ValidationError)."""
+    return MODELS[Topic(topic)].model_validate_json(raw)
+
+
 EVENT_ID = "6f1c2a9e-8d1b-4c55-9e0f-3b8a2f6d7c41"
 REQUEST_EVENT_ID = "0b7e3f6a-1c2d-4e5f-8a9b-0c1d2e3f4a5b"
 TRAINEE_ID = "tr_5Qm2xv8LrK"
