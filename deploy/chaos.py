@@ -27,11 +27,11 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from deploy.harness import Environment, ServiceProcess, Stack
+from deploy.ops import original_bytes
 from deploy.simulation.plan import YearPlan, plan_year
 from deploy.simulation.run import Endpoints, Outcome, Progress, Simulation
 from shared.contract import Topic
 from shared.kafka import topic_partitions
-from shared.ops import original_bytes
 from shared.settings import PROJECT_ROOT
 
 CHAOS_DIR = PROJECT_ROOT / "var" / "chaos"

@@ -315,8 +315,9 @@ def _report_aids_outcomes(args: argparse.Namespace) -> int:
 def _outcomes_rebuild(args: argparse.Namespace) -> int:
     from deploy.local_kafka import broker_answers
     from deploy.stack import LocalStack
-    from services.outcomes.app import SERVICE, rebuild
+    from services.outcomes.app import TOPOLOGY, rebuild
 
+    name = TOPOLOGY.name
     stack = LocalStack()
     bootstrap = stack.broker_bootstrap()
     if not broker_answers(bootstrap):
@@ -325,26 +326,26 @@ def _outcomes_rebuild(args: argparse.Namespace) -> int:
     settings = stack.command_settings().model_copy(
         update={"kafka_bootstrap_servers": bootstrap}
     )
-    running = stack.service_running(SERVICE)
-    if not running and not args.force and stack.service_health(SERVICE) != "down":
+    running = stack.service_running(name)
+    if not running and not args.force and stack.service_health(name) != "down":
         print(f"an outcomes service this stack did not start answers on port "
-              f"{settings.port(SERVICE)}: stop it first (then --force)", file=sys.stderr)
+              f"{settings.port(name)}: stop it first (then --force)", file=sys.stderr)
         return 1
     if running:
-        stack.stop_service(SERVICE)
-        print(f"{SERVICE:<10} stopped")
+        stack.stop_service(name)
+        print(f"{name:<10} stopped")
     try:
         result = rebuild(settings)
     except BaseException:
         if running:
-            print(f"{SERVICE:<10} left stopped: its store is incomplete; run "
+            print(f"{name:<10} left stopped: its store is incomplete; run "
                   "`e2c outcomes rebuild` again", file=sys.stderr)
         raise
     print(f"store      rebuilt from the topics: {result.records} records replayed, "
           f"{result.held_again} exits held again (no decision yet)")
     if running:
-        stack.start_service(SERVICE)
-        print(f"{SERVICE:<10} ready again on http://127.0.0.1:{settings.port(SERVICE)}")
+        stack.start_service(name)
+        print(f"{name:<10} ready again on http://127.0.0.1:{settings.port(name)}")
     return 0
 
 
@@ -442,7 +443,7 @@ def _ops_token(settings: Settings) -> str | None:
 def _ops_status(args: argparse.Namespace) -> int:
     import time as clock
 
-    from shared.ops import SERVICES, collect_status, render_status
+    from deploy.ops import SERVICES, collect_status, render_status
 
     settings = Settings()
     bootstrap = _ops_bootstrap()
@@ -470,7 +471,7 @@ def _ops_status(args: argparse.Namespace) -> int:
 
 
 def _deadletters_list(args: argparse.Namespace) -> int:
-    from shared.ops import format_letter, read_dead_letters
+    from deploy.ops import format_letter, read_dead_letters
 
     count, last = asyncio.run(read_dead_letters(
         _ops_bootstrap(), max(args.limit, 0), args.service, args.show_original
@@ -489,7 +490,7 @@ def _deadletters_list(args: argparse.Namespace) -> int:
 
 
 def _deadletters_replay(args: argparse.Namespace) -> int:
-    from shared.ops import ReplayError, replay_dead_letter
+    from deploy.ops import ReplayError, replay_dead_letter
 
     try:
         sent = asyncio.run(replay_dead_letter(_ops_bootstrap(), args.event_id))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy import func
@@ -16,7 +16,7 @@ from sqlmodel import Field, Session, SQLModel, col, delete, select
 from shared.contract import Topic
 from shared.db import UtcDateTime
 from shared.logsafe import describe_error
-from shared.messaging import Inbound, Unit, build_dead_letter, describe_validation_error
+from shared.messaging import Inbound, UnitOfWork, build_dead_letter, describe_validation_error
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class HeldQueue(Generic[Held]):
 
 
 def release_each(
-    unit: Unit,
+    unit: UnitOfWork[Any],
     queue: HeldQueue[Held],
     held_rows: Sequence[Held],
     decide: Callable[[Held], None],
@@ -86,29 +86,32 @@ def release_each(
     a lost race is raised: the whole batch (or sweep) is done again.
     """
     for held in held_rows:
-        emitted, later = len(unit.emitted), len(unit.later)
+        emitted = len(unit.emitted)
+        pending = unit.batch.checkpoint() if unit.batch is not None else 0
         try:
             with unit.session.begin_nested():
                 queue.release(held)
                 decide(held)
         except (DataError, ValidationError) as error:
-            _undecidable(unit, queue, held, source_topic, error, emitted, later)
+            _undecidable(unit, queue, held, source_topic, error, emitted, pending)
         except SQLAlchemyError:
             raise
         except Exception as error:  # a bug must not hold the others back
-            _undecidable(unit, queue, held, source_topic, error, emitted, later)
+            _undecidable(unit, queue, held, source_topic, error, emitted, pending)
 
 
 def _undecidable(
-    unit: Unit,
+    unit: UnitOfWork[Any],
     queue: HeldQueue[Held],
     held: Held,
     source_topic: str,
     error: Exception,
     emitted: int,
-    later: int,
+    pending: int,
 ) -> None:
-    del unit.emitted[emitted:], unit.later[later:]  # what the failed decision had queued
+    del unit.emitted[emitted:]  # what the failed decision had queued
+    if unit.batch is not None:
+        unit.batch.discard_since(pending)
     reason = f"held input could not be decided: {type(error).__name__}"
     if isinstance(error, ValidationError):
         reason += f": {describe_validation_error(error)}"

@@ -13,11 +13,12 @@ import base64
 import hashlib
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Engine, Table, delete, func, insert
@@ -103,29 +104,87 @@ class Inbound:
         return self.value is None
 
 
-@dataclass
-class Unit:
-    """What a handler gets for one event: the open session and a way to emit events.
+S = TypeVar("S")
 
-    Events go to the outbox in the session's transaction: at once for work a timer started
-    (sweeps), in bulk with the batch for consumed records (`batched`), so that a handler
-    that fails on the batch's fast path has emitted nothing.
+
+class NeedsIsolation(Exception):
+    """Raised on the batch's fast path by work it cannot do there: the batch is rolled back
+    and handled again record by record (see `BatchScope`)."""
+
+
+class BatchScope:
+    """The batch's fast path, as handlers and stores see it: one named mechanism.
+
+    A consumed batch is first handled in one transaction without savepoints (fast):
+    - `cache` holds what the service's `prepare` loaded at once for the whole batch, so that
+      handlers query nothing;
+    - `insert` collects append-only rows (history, rows created by the batch) that are
+      written in bulk when the batch ends. Until then they are not in the database: a
+      store hands them out as read-only snapshots, and a handler that must change one asks
+      the store, which calls `write_pending` first and reads the real row.
+    If a handler raises (or asks for `NeedsIsolation`), the batch is rolled back and handled
+    again with `isolated` True: each record in its own savepoint, no cache, rows written at
+    once. Stores built outside a batch (HTTP, sweeps, commands) get no scope at all.
+    """
+
+    def __init__(self, session: Session, isolated: bool, cache: Any = None) -> None:
+        self.session = session
+        self.isolated = isolated
+        self.cache = cache
+        self._pending: list[tuple[Table, dict[str, Any]]] = []
+
+    def insert(self, table: Table, row: dict[str, Any]) -> None:
+        if self.isolated:
+            self.session.exec(insert(table), params=[row])  # type: ignore[call-overload]
+        else:
+            self._pending.append((table, row))
+
+    def checkpoint(self) -> int:
+        """A mark to `discard_since` when the work after it is undone (a savepoint)."""
+        return len(self._pending)
+
+    def discard_since(self, mark: int) -> None:
+        del self._pending[mark:]
+
+    def write_pending(self) -> None:
+        """Writes the collected rows now, table by table in the order they came."""
+        if not self._pending:
+            return
+        if self.session.in_nested_transaction():
+            # A savepoint rolled back later would take earlier records' rows with it.
+            raise NeedsIsolation("pending rows written inside a savepoint")
+        by_table: dict[Table, list[dict[str, Any]]] = {}
+        for table, row in self._pending:
+            by_table.setdefault(table, []).append(row)
+        for table, rows in by_table.items():
+            self.session.exec(insert(table), params=rows)  # type: ignore[call-overload]
+        self._pending.clear()
+
+
+StoreFactory = Callable[[Session, BatchScope | None], S]
+
+
+@dataclass
+class UnitOfWork(Generic[S]):
+    """One piece of work on a service's store: a handler's event, a sweep, a command.
+
+    It carries the open session, the service's store on it (`store`), and the events the
+    work emits. Emitted events go to the outbox in the session's transaction: at once
+    outside a batch and on the savepoint path, in bulk when the batch ends on its fast path,
+    so that a handler that fails there has emitted nothing.
     """
 
     session: Session
-    inbound: Inbound | None = None  # None for work a timer started (sweeps)
-    batched: bool = False
+    store: S
     service: str = ""  # who writes the dead letters this unit emits
-    cache: Any = None  # what the service's `prepare` loaded for the batch (fast path only)
+    inbound: Inbound | None = None  # the consumed record; None for a sweep or a command
+    batch: BatchScope | None = None
     emitted: list[dict[str, Any]] = field(default_factory=list)
-    later: list[tuple[Table, dict[str, Any]]] = field(default_factory=list)
 
-    def insert_later(self, table: Table, row: dict[str, Any]) -> None:
-        """An append-only row nothing reads in the batch (history): written in bulk with it."""
-        if self.batched:
-            self.later.append((table, row))
-        else:
-            self.session.exec(insert(table), params=[row])  # type: ignore[call-overload]
+    @property
+    def batched(self) -> bool:
+        """On the batch's fast path: emitted events wait for the batch's bulk write."""
+        return self.batch is not None and not self.batch.isolated
 
     def emit(self, topic: str, event: BaseModel, key: str | None = None) -> None:
         row = outbox_row(topic, event, key if key is not None else event_key(topic, event))
@@ -134,13 +193,24 @@ class Unit:
             write_outbox(self.session, [row])
 
 
+@contextmanager
+def unit_of_work(
+    engine: Engine, store: StoreFactory[S], service: str = ""
+) -> Iterator[UnitOfWork[S]]:
+    """A transaction on the store outside the consumer (sweeps, retention, commands, HTTP):
+    committed when the block ends, rolled back when it raises."""
+    with Session(engine) as session:
+        yield UnitOfWork(session, store(session, None), service=service)
+        session.commit()
+
+
 def write_outbox(session: Session, rows: list[dict[str, Any]]) -> None:
     if rows:
         session.exec(insert(OutboxMessage.__table__), params=rows)  # type: ignore[call-overload,arg-type]
 
 
-Handler = Callable[[Unit, BaseModel], None]
-Prepare = Callable[[Session, list[BaseModel]], Any]
+Handler = Callable[[UnitOfWork[Any], BaseModel], None]
+Prepare = Callable[[Any, list[BaseModel]], Any]
 
 
 @dataclass(frozen=True)
@@ -177,49 +247,51 @@ class _HandlerFailed(Exception):
 
 
 @dataclass
-class _Batch:
-    """What one pass over a batch writes besides the handlers' own changes.
+class _Pass:
+    """One pass over a batch: its scope, and what it writes besides the handlers' changes.
 
-    On the fast path the inbox, the outbox and the append-only rows are written in bulk at
-    the end; on the savepoint path (`isolate`) each record's rows are written inside its
-    own savepoint, so that no row of one record can fail the others.
+    On the fast path the inbox and the outbox are written in bulk at the end, with the
+    scope's pending rows; on the savepoint path (`isolated`) each record's rows are written
+    inside its own savepoint, so that no row of one record can fail the others.
     """
 
-    session: Session
+    scope: BatchScope
+    store: Any
     done: set[str]
-    isolate: bool
     service: str
-    cache: Any = None
     result: BatchResult = field(default_factory=BatchResult)
     inbox: list[dict[str, Any]] = field(default_factory=list)
     outbox: list[dict[str, Any]] = field(default_factory=list)
-    later: dict[Table, list[dict[str, Any]]] = field(default_factory=dict)
 
-    def unit(self, inbound: Inbound) -> Unit:
-        return Unit(session=self.session, inbound=inbound, batched=not self.isolate,
-                    service=self.service, cache=self.cache)
+    @property
+    def session(self) -> Session:
+        return self.scope.session
+
+    @property
+    def isolated(self) -> bool:
+        return self.scope.isolated
+
+    def unit(self, inbound: Inbound) -> UnitOfWork[Any]:
+        return UnitOfWork(self.session, self.store, service=self.service, inbound=inbound,
+                          batch=self.scope)
 
     def record(self, key: str, topic: str) -> None:
         row = {"key": key, "topic": topic, "processed_at": datetime.now(UTC)}
         self.done.add(key)
-        if self.isolate:
+        if self.isolated:
             self.session.exec(insert(InboxEvent.__table__), params=[row])  # type: ignore[call-overload,arg-type]
         else:
             self.inbox.append(row)
 
-    def keep(self, unit: Unit) -> None:
-        """What a handled record emitted and deferred, for the bulk write (fast path)."""
+    def keep(self, unit: UnitOfWork[Any]) -> None:
+        """What a handled record emitted, for the bulk write (fast path)."""
         for message in unit.emitted:
             self.result.count(self.result.emitted, message["topic"])
-        if not unit.batched:
-            return  # already written in the record's savepoint
-        self.outbox.extend(unit.emitted)
-        for table, row in unit.later:
-            self.later.setdefault(table, []).append(row)
+        if unit.batched:
+            self.outbox.extend(unit.emitted)  # else already written in the record's savepoint
 
     def write(self) -> None:
-        for table, rows in self.later.items():
-            self.session.exec(insert(table), params=rows)  # type: ignore[call-overload]
+        self.scope.write_pending()
         if self.inbox:
             self.session.exec(insert(InboxEvent.__table__), params=self.inbox)  # type: ignore[call-overload,arg-type]
         write_outbox(self.session, self.outbox)
@@ -229,10 +301,10 @@ class BatchProcessor:
     """Handles a batch of records in one transaction (called from a worker thread).
 
     The fast path runs every handler in the one transaction and writes the inbox and the
-    outbox in bulk at the end. When a handler fails, or the store refuses a value, the
-    batch is rolled back and done again with a savepoint around each record, so that only
-    the faulty record becomes a dead letter. A store failure (or a lost race) is raised:
-    the caller reads the batch again.
+    outbox in bulk at the end (see `BatchScope`). When a handler fails, or the store refuses
+    a value, the batch is rolled back and done again with a savepoint around each record, so
+    that only the faulty record becomes a dead letter. A store failure (or a lost race) is
+    raised: the caller reads the batch again.
     """
 
     def __init__(
@@ -240,35 +312,38 @@ class BatchProcessor:
         service: str,
         engine: Engine,
         routes: dict[str, Route],
+        store: StoreFactory[Any],
         prepare: Prepare | None = None,
     ) -> None:
-        """`prepare(session, events)` may load at once what the handlers of the batch will
-        read and return it as a cache (`unit.cache`): the handlers then query nothing, so
-        the whole batch is flushed once. The savepoint path goes without it."""
+        """`store(session, scope)` builds the service's store for a pass; `prepare(store,
+        events)` may load at once what the batch's handlers will read and return it as the
+        scope's cache. The savepoint path goes without it."""
         self.service = service
         self.engine = engine
         self.routes = routes
+        self.store = store
         self.prepare = prepare
 
     def process(self, records: Sequence[Inbound]) -> BatchResult:
         inputs = [record for record in records if not record.is_tombstone]
         decoded = [self._decode(record) for record in inputs]
         try:
-            result = self._pass(decoded, isolate=False)
+            result = self._pass(decoded, isolated=False)
         except (_HandlerFailed, DataError):
-            result = self._pass(decoded, isolate=True)
+            result = self._pass(decoded, isolated=True)
         for record in records:
             if record.is_tombstone:
                 result.count(result.skipped, record.topic)
         return result
 
-    def _pass(self, decoded: list[_Decoded], isolate: bool) -> BatchResult:
+    def _pass(self, decoded: list[_Decoded], isolated: bool) -> BatchResult:
         with Session(self.engine) as session:
-            batch = _Batch(session, self._already_processed(session, decoded), isolate,
-                           self.service)
-            if self.prepare is not None and not isolate:
+            scope = BatchScope(session, isolated)
+            store = self.store(session, scope)
+            batch = _Pass(scope, store, self._already_processed(session, decoded), self.service)
+            if self.prepare is not None and not isolated:
                 events = [item.event for item in decoded if item.event is not None]
-                batch.cache = self.prepare(session, events)
+                scope.cache = self.prepare(store, events)
             for item in decoded:
                 self._process_one(batch, item)
             batch.write()
@@ -294,7 +369,7 @@ class BatchProcessor:
         found = session.exec(select(InboxEvent.key).where(col(InboxEvent.key).in_(keys)))
         return set(found.all())
 
-    def _process_one(self, batch: _Batch, item: _Decoded) -> None:
+    def _process_one(self, batch: _Pass, item: _Decoded) -> None:
         topic = item.inbound.topic
         if item.inbound.dead_letter_key in batch.done or (
             item.event_id and item.event_id in batch.done
@@ -308,14 +383,14 @@ class BatchProcessor:
         try:
             self._handle(batch, unit, item.event)
         except DataError as error:  # a value the store cannot hold: retrying will not help
-            if not batch.isolate:
+            if not batch.isolated:
                 raise
             self._dead_letter(batch, item.inbound, f"unstorable value: {describe_error(error)}")
             return
         except SQLAlchemyError:
             raise  # the store failed or a race was lost: the whole batch is retried
         except Exception as error:  # a handler bug must not block the partition
-            if not batch.isolate:
+            if not batch.isolated:
                 raise _HandlerFailed from error
             log.error("handler failed on %s[%s]@%s: %s", topic, item.inbound.partition,
                       item.inbound.offset, describe_error(error))
@@ -326,19 +401,19 @@ class BatchProcessor:
         batch.result.count(batch.result.handled, topic)
         batch.keep(unit)
 
-    def _handle(self, batch: _Batch, unit: Unit, event: BaseModel) -> None:
+    def _handle(self, batch: _Pass, unit: UnitOfWork[Any], event: BaseModel) -> None:
         assert unit.inbound is not None
         handler = self.routes[unit.inbound.topic].handler
-        if not batch.isolate:
+        if not batch.isolated:
             handler(unit, event)
             return
         with batch.session.begin_nested():
             handler(unit, event)
 
-    def _dead_letter(self, batch: _Batch, inbound: Inbound, error: str) -> None:
+    def _dead_letter(self, batch: _Pass, inbound: Inbound, error: str) -> None:
         letter = build_dead_letter(self.service, inbound, error)
         row = outbox_row(Topic.DEADLETTER, letter, inbound.key)
-        if batch.isolate:
+        if batch.isolated:
             write_dead_letter(batch.session, row)
         else:
             batch.outbox.append(row)
@@ -430,11 +505,6 @@ def describe_validation_error(error: ValidationError) -> str:
         location = ".".join(str(part) for part in detail["loc"]) or "message"
         parts.append(f"{location}: {detail['msg']}")
     return "invalid event: " + "; ".join(parts)
-
-
-def pending_outbox(session: Session, limit: int) -> list[OutboxMessage]:
-    query = select(OutboxMessage).order_by(col(OutboxMessage.id)).limit(limit)
-    return list(session.exec(query).all())
 
 
 def pending_outbox_rows(session: Session, limit: int) -> list[tuple[int, str, str | None, str]]:

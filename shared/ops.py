@@ -1,17 +1,14 @@
-"""Pipeline health for operations: consumer lag, dead letters (and their replay), heartbeats.
+"""What a running service serves operations: consumer lag, dead letters, heartbeats, and
+its `GET /ops/pipeline` (the command line's side is `deploy/ops.py`).
 
 Everything here reads the broker and Redis directly, so it works whether the services answer
-or not: `e2c ops status` and each service's `GET /ops/pipeline` are built from it.
+or not.
 
 - Lag: the group's committed offsets (`AIOKafkaAdminClient.list_consumer_group_offsets`)
   against the end offsets read by a group-less consumer; a partition the group never
   committed counts from 0 (lag = end).
 - Dead letters: read from `e2c.deadletter.v1` itself. Listings leave out the `original`
   (it may hold personal data) unless asked for.
-- Replay: the letter's `original` is published again, as it was, to its `source_topic` with
-  the letter's key. The service then handles it like any message: if its cause is fixed it is
-  decided, if not it becomes a new dead letter, and an `event_id` already processed has no
-  effect at all.
 - Heartbeats: `e2c:heartbeat:<service>:<instance>` keys with a short expiry; a service without
   a live key is down; with Redis unreachable it is "unknown (redis down)".
 """
@@ -19,21 +16,29 @@ or not: `e2c ops status` and each service's `GET /ops/pipeline` are built from i
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+import anyio
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
-from shared.contract import ALL_TOPICS, Topic
+from shared.contract import Topic
+from shared.http import bounded_int
+from shared.logsafe import describe_error
+from shared.messaging import outbox_backlog, parked_messages, unit_of_work
 from shared.settings import SERVICE_PORTS
+
+if TYPE_CHECKING:
+    from shared.service import ServiceContext
 
 log = logging.getLogger(__name__)
 
@@ -44,27 +49,16 @@ DEFAULT_TIMEOUT = 5.0
 # A service's own dead-letter count scans at most this many of the newest letters per
 # partition; the dead-letter topic is meant to stay small (its letters get fixed and replayed).
 DEAD_LETTER_SCAN_LIMIT = 100_000
-REPLAYABLE_TOPICS = frozenset(str(topic) for topic in ALL_TOPICS if topic != Topic.DEADLETTER)
-# What each service's consumer group reads (the contract's flow). The aggregated view uses it
-# for a service that does not answer; one that answers reports its own topics.
-SERVICE_INPUTS: dict[str, tuple[str, ...]] = {
-    "referrals": (Topic.REFERRALS_SUBMITTED, Topic.DEROGATIONS_SUBMITTED,
-                  Topic.ENROLLMENTS_SUBMITTED, Topic.EXITS_DECIDED),
-    "aids": (Topic.AIDS_REQUESTED, Topic.BUDGETS_SUBMITTED, Topic.ENROLLMENTS_DECIDED,
-             Topic.EXITS_DECIDED),
-    "outcomes": (Topic.EXITS_SUBMITTED, Topic.REFERRALS_DECIDED, Topic.ENROLLMENTS_DECIDED,
-                 Topic.AIDS_DECIDED),
-}
+HEARTBEAT_SECONDS = 5
+HEARTBEAT_TTL_SECONDS = 15
+OPS_METRICS_SECONDS = 10  # consumer lag and held requests for Prometheus
+OPS_TIMEOUT_SECONDS = 3.0  # each part of GET /ops/pipeline
 LISTED_FIELDS = ("event_id", "occurred_at", "service", "source_topic", "partition", "offset",
                  "error", "original_bytes", "original_truncated")
 
 
 def heartbeat_key(service: str, instance: str) -> str:
     return f"{HEARTBEAT_PREFIX}{service}:{instance}"
-
-
-def group_id(service: str) -> str:
-    return f"e2c-{service}"
 
 
 class DeadLetters(NamedTuple):
@@ -309,74 +303,6 @@ def _parse(value: bytes | None) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
-# --- the functions operations call -----------------------------------------------------------
-
-
-async def consumer_lag(
-    bootstrap: str, group: str, topics: Sequence[str] | None = None,
-    timeout: float = DEFAULT_TIMEOUT,
-) -> list[dict[str, Any]]:
-    """Lag per topic and partition of one consumer group (see KafkaInspector.lag)."""
-    async with KafkaInspector(bootstrap, timeout) as inspector:
-        return await inspector.lag(group, topics)
-
-
-async def read_dead_letters(
-    bootstrap: str, limit: int = 10, service: str | None = None, show_original: bool = False,
-    timeout: float = DEFAULT_TIMEOUT,
-) -> DeadLetters:
-    """(count, the last `limit` letters) of the dead-letter topic."""
-    async with KafkaInspector(bootstrap, timeout) as inspector:
-        return await inspector.dead_letters(limit, service, show_original)
-
-
-def original_bytes(body: dict[str, Any]) -> bytes | None:
-    """A letter's whole original value (text or base64), None when cut or absent."""
-    if body.get("original_truncated"):
-        return None
-    if isinstance(body.get("original"), str):
-        return str(body["original"]).encode("utf-8")
-    if isinstance(body.get("original_base64"), str):
-        with contextlib.suppress(ValueError):
-            return base64.b64decode(body["original_base64"], validate=True)
-    return None
-
-
-class ReplayError(Exception):
-    """The letter cannot be replayed (unknown id, no original, or an unexpected topic)."""
-
-
-async def replay_dead_letter(
-    bootstrap: str, dead_letter_event_id: str, timeout: float = DEFAULT_TIMEOUT
-) -> dict[str, Any]:
-    """Publishes the letter's `original` to its `source_topic` with the letter's key."""
-    async with KafkaInspector(bootstrap, timeout) as inspector:
-        letter = await inspector.find_dead_letter(dead_letter_event_id)
-    if letter is None or letter.body is None:
-        raise ReplayError(f"no dead letter {dead_letter_event_id} in {Topic.DEADLETTER}")
-    source = letter.body.get("source_topic")
-    if source not in REPLAYABLE_TOPICS:
-        raise ReplayError(f"dead letter {dead_letter_event_id}: source topic {source!r} is "
-                          "not a topic of the contract")
-    original = original_bytes(letter.body)
-    if original is None:
-        raise ReplayError(f"dead letter {dead_letter_event_id} holds no whole original "
-                          "message (none, or cut to fit the dead letter)")
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
-                                enable_idempotence=True, client_id="e2c-ops-replay",
-                                request_timeout_ms=int(timeout * 1000))
-    await producer.start()
-    try:
-        sent = await producer.send_and_wait(source, original, key=letter.key)
-    finally:
-        await producer.stop()
-    log.info("dead letter %s replayed to %s[%s]@%s", dead_letter_event_id, source,
-             sent.partition, sent.offset)
-    return {"event_id": dead_letter_event_id, "source_topic": source,
-            "partition": sent.partition, "offset": sent.offset,
-            "key": letter.key.decode("utf-8", errors="replace") if letter.key else None}
-
-
 # --- heartbeats ------------------------------------------------------------------------------
 
 
@@ -410,17 +336,6 @@ async def read_heartbeats(
     ]
 
 
-async def heartbeats_from_url(
-    url: str, services: Sequence[str] = SERVICES
-) -> list[dict[str, Any]]:
-    client = aioredis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
-    try:
-        return await read_heartbeats(client, services)
-    finally:
-        with contextlib.suppress(Exception):
-            await client.aclose()
-
-
 def _decode(value: bytes | str) -> str:
     return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
 
@@ -429,165 +344,120 @@ def _age(now: float, at: object) -> float | None:
     return round(max(now - at, 0.0), 1) if isinstance(at, int | float) else None
 
 
-# --- the aggregated view (e2c ops status) ----------------------------------------------------
+# --- what a running service does for operations ------------------------------------------
 
 
-@dataclass
-class PipelineStatus:
-    at: float
-    kafka: str
-    redis: str
-    services: list[dict[str, Any]] = field(default_factory=list)
-    dead_letters: dict[str, Any] = field(default_factory=dict)
+async def heartbeat(ctx: ServiceContext) -> None:
+    """Tells operations this instance is alive; Redis being away only degrades readiness.
 
-    @property
-    def healthy(self) -> bool:
-        return (self.kafka == "up" and self.redis == "up"
-                and all(service["status"] == "up" for service in self.services))
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"at": self.at, "healthy": self.healthy, "kafka": self.kafka,
-                "redis": self.redis, "services": self.services,
-                "dead_letters": self.dead_letters}
-
-
-async def collect_status(
-    bootstrap: str,
-    redis_url: str,
-    service_urls: dict[str, str],
-    token: str | None,
-    limit: int = 5,
-    timeout: float = 3.0,
-) -> PipelineStatus:
-    """The pipeline of every service, from Kafka, Redis and their `GET /ops/pipeline`."""
-    import httpx
-
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-
-    async def fetch(client: httpx.AsyncClient, url: str) -> dict[str, Any] | str:
+    Nothing the service decides goes through Redis: while it is away the consumer goes on,
+    the heartbeat is retried every few seconds and is back as soon as Redis is.
+    """
+    key = heartbeat_key(ctx.name, ctx.instance_id)
+    writing = True
+    while True:
+        beat = {"service": ctx.name, "instance": ctx.instance_id, "at": time.time(),
+                "last_processed_at": ctx.consumer.last_processed_at}
         try:
-            response = await client.get(f"{url}/ops/pipeline", headers=headers)
-        except httpx.HTTPError as error:
-            return f"down: {type(error).__name__}"
-        if response.status_code != 200:
-            return f"down: HTTP {response.status_code}"
-        body: dict[str, Any] = response.json()
-        return body
-
-    async with KafkaInspector(bootstrap, timeout) as inspector, httpx.AsyncClient(
-        timeout=timeout
-    ) as client:
-        answers = await asyncio.gather(*(fetch(client, url) for url in service_urls.values()))
-        pages = dict(zip(service_urls, answers, strict=True))
-        beats = {beat["service"]: beat
-                 for beat in await heartbeats_from_url(redis_url, list(service_urls))}
-        redis_state = "down" if any(b["status"] == REDIS_DOWN for b in beats.values()) else "up"
-        kafka_state = "up"
-        letters: DeadLetters | None = None
-        scanned: list[dict[str, Any]] = []
-        try:
-            everything = await inspector.dead_letters(DEAD_LETTER_SCAN_LIMIT)
-            scanned = everything.last
-            letters = DeadLetters(everything.count, scanned[-limit:] if limit > 0 else [])
+            await ctx.redis.set(key, json.dumps(beat), ex=HEARTBEAT_TTL_SECONDS)
+            if not writing:
+                log.info("heartbeat written again: Redis is back")
+            writing = True
+        except asyncio.CancelledError:
+            raise
         except Exception as error:
-            kafka_state = f"down: {type(error).__name__}"
-        services = []
-        for name in service_urls:
-            page = pages[name]
-            answered = isinstance(page, dict)
-            lag: list[dict[str, Any]] | None = None
-            if kafka_state == "up":
-                topics = [row["topic"] for row in page.get("lag") or []] if answered else []
-                known = sorted(set(topics) or set(SERVICE_INPUTS.get(name, ()))) or None
-                with contextlib.suppress(Exception):
-                    lag = await inspector.lag(group_id(name), known)
-            beat = beats.get(name, {"status": "down", "instances": []})
-            mine = [letter for letter in scanned if letter.get("service") == name]
-            status = "up" if answered and beat["status"] != "down" else "down"
-            services.append({
-                "service": name,
-                "status": status,
-                "http": "up" if answered else page,
-                "heartbeat": beat["status"],
-                "instances": beat["instances"],
-                "group_id": group_id(name),
-                "lag": lag,
-                "lag_total": sum(row["lag"] for row in lag) if lag is not None else None,
-                "outbox_backlog": page.get("outbox_backlog") if answered else None,
-                "outbox_parked": (page.get("outbox_parked") or {}).get("count")
-                if answered else None,
-                "held": page.get("held") if answered else None,
-                "last_processed_age_seconds":
-                    page.get("last_processed_age_seconds") if answered else None,
-                "dead_letters": len(mine) if kafka_state == "up" else None,
-            })
-    return PipelineStatus(
-        at=time.time(),
-        kafka=kafka_state,
-        redis=redis_state,
-        services=services,
-        dead_letters={"count": letters.count, "last": letters.last} if letters else {},
+            ctx.metrics.heartbeat_failures.labels(ctx.name).inc()
+            if writing:
+                log.warning("heartbeat not written (Redis: %s); the service carries on",
+                            type(error).__name__)
+            writing = False
+        await asyncio.sleep(HEARTBEAT_SECONDS)
+
+
+def _held(ctx: ServiceContext) -> int | None:
+    if ctx.spec.held_count is None:
+        return None
+    with unit_of_work(ctx.engine, ctx.topology.store) as uow:
+        return ctx.spec.held_count(uow.store)
+
+
+def _backlog(ctx: ServiceContext) -> int:
+    with unit_of_work(ctx.engine, ctx.topology.store) as uow:
+        return outbox_backlog(uow.session)
+
+
+def _parked(ctx: ServiceContext, limit: int) -> dict[str, Any]:
+    with unit_of_work(ctx.engine, ctx.topology.store) as uow:
+        count, last = parked_messages(uow.session, limit)
+    return {"count": count, "last": last}
+
+
+async def refresh_ops_metrics(ctx: ServiceContext) -> None:
+    """Refreshes the consumer lag and held-requests gauges; failures are only logged."""
+    while True:
+        if ctx.topology.inputs:
+            try:
+                ctx.metrics.set_lag(await ctx.inspector.lag(ctx.group_id, ctx.topology.inputs))
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.debug("consumer lag not refreshed: %s", type(error).__name__)
+        if ctx.spec.held_count is not None:
+            try:
+                held = await anyio.to_thread.run_sync(_held, ctx)
+                ctx.metrics.held_requests.labels(ctx.name).set(held or 0)
+            except Exception as error:
+                log.debug("held requests not counted: %s", describe_error(error))
+        await asyncio.sleep(OPS_METRICS_SECONDS)
+
+
+async def pipeline_state(ctx: ServiceContext, dead_letter_limit: int = 10) -> dict[str, Any]:
+    """This instance's view of its pipeline; a part that fails is null, named in `errors`."""
+    errors: dict[str, str] = {}
+
+    async def part(name: str, work: Any, timeout: float = OPS_TIMEOUT_SECONDS * 2) -> Any:
+        try:
+            return await asyncio.wait_for(work, timeout=timeout)
+        except Exception as error:
+            errors[name] = type(error).__name__
+            return None
+
+    lag, backlog, parked, held, letters, beats = await asyncio.gather(
+        part("lag", ctx.inspector.lag(ctx.group_id, ctx.topology.inputs)),
+        part("outbox_backlog", anyio.to_thread.run_sync(_backlog, ctx)),
+        part("outbox_parked", anyio.to_thread.run_sync(_parked, ctx, dead_letter_limit)),
+        part("held", anyio.to_thread.run_sync(_held, ctx)),
+        part("dead_letters", ctx.inspector.dead_letters(dead_letter_limit, ctx.name),
+             timeout=OPS_TIMEOUT_SECONDS * 4),
+        part("heartbeats", read_heartbeats(ctx.redis, SERVICES)),
     )
+    if lag is not None:
+        ctx.metrics.set_lag(lag)
+    processed = ctx.consumer.last_processed_at
+    return {
+        "service": ctx.name,
+        "instance": ctx.instance_id,
+        "group_id": ctx.group_id,
+        "lag": lag,
+        "lag_total": sum(row["lag"] for row in lag) if lag is not None else None,
+        "outbox_backlog": backlog,
+        "outbox_parked": parked,
+        "held": held,
+        "last_processed_age_seconds":
+            round(time.time() - processed, 1) if processed is not None else None,
+        "dead_letters": {"count": letters.count, "last": letters.last}
+        if letters is not None else None,
+        "heartbeats": beats,
+        "errors": errors,
+    }
 
 
-def render_status(status: PipelineStatus) -> str:
-    """The compact table `e2c ops status` prints."""
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(status.at))
-    lines = [f"e2c pipeline at {stamp}   kafka {status.kafka}   redis {status.redis}", ""]
-    header = (f"{'SERVICE':<10} {'STATUS':<6} {'HEARTBEAT':<21} {'LAG':>6} {'OUTBOX':>6} "
-              f"{'PARKED':>6} {'HELD':>5} {'LAST EVENT':>10} {'DEAD':>5}")
-    lines.append(header)
-    for service in status.services:
-        beat = service["heartbeat"]
-        if beat == "up":
-            beat = f"up ({len(service['instances'])} inst.)"
-        lines.append(
-            f"{service['service']:<10} {service['status']:<6} {beat:<21} "
-            f"{_cell(service['lag_total']):>6} {_cell(service['outbox_backlog']):>6} "
-            f"{_cell(service.get('outbox_parked')):>6} {_cell(service['held']):>5} "
-            f"{_seconds(service['last_processed_age_seconds']):>10} "
-            f"{_cell(service['dead_letters']):>5}"
-        )
-    lagging = [
-        (service["group_id"], row)
-        for service in status.services for row in service["lag"] or [] if row["lag"] > 0
-    ]
-    if lagging:
-        lines += ["", "lag by partition:"]
-        for group, row in lagging:
-            lines.append(f"  {group:<14} {row['topic']}[{row['partition']}]  committed "
-                         f"{_cell(row['committed'])}  end {row['end']}  lag {row['lag']}")
-    down = [s for s in status.services if s["status"] != "up"]
-    if down:
-        lines += ["", "down:"]
-    for service in down:
-        lines.append(f"  {service['service']:<10} http {service['http']}, "
-                     f"heartbeat {service['heartbeat']}")
-    letters = status.dead_letters
-    if letters:
-        lines += ["", f"dead letters: {letters['count']} in {Topic.DEADLETTER}"
-                  + (f", the last {len(letters['last'])}:" if letters["last"] else "")]
-        for letter in letters["last"]:
-            lines.append("  " + format_letter(letter))
-    return "\n".join(lines) + "\n"
+def pipeline_endpoint(ctx: ServiceContext) -> Callable[[Request], Any]:
+    async def pipeline(request: Request) -> Response:
+        ctx.auth.require(request, "ops")
+        limit = bounded_int(request.query_params.get("limit", "10"), 0, 1000)
+        if limit is None:
+            return JSONResponse({"detail": "limit must be an integer from 0 to 1000"}, 400)
+        return JSONResponse(await pipeline_state(ctx, limit))
 
-
-def format_letter(letter: dict[str, Any]) -> str:
-    error = str(letter.get("error") or "").splitlines()[0][:100] if letter.get("error") else ""
-    where = f"{letter.get('source_topic')}[{letter.get('partition')}]@{letter.get('offset')}"
-    return (f"{letter.get('occurred_at') or '-'}  {letter.get('event_id')}  "
-            f"{letter.get('service') or '-'}  {where}  {error}")
-
-
-def _cell(value: object) -> str:
-    return "-" if value is None else str(value)
-
-
-def _seconds(value: object) -> str:
-    if not isinstance(value, int | float):
-        return "-"
-    if value < 120:
-        return f"{value:.0f}s"
-    if value < 7200:
-        return f"{value / 60:.0f}m"
-    return f"{value / 3600:.0f}h"
+    return pipeline

@@ -1,15 +1,17 @@
-"""Wiring shared by the three services: store, broker, consumer, relay, cache and HTTP."""
+"""Wiring shared by the three services: store, broker, consumer, relay, HTTP, timers.
+
+A service is its topology (`shared.topology.ServiceTopology`) plus what it serves over HTTP
+and does on a timer (`ServiceSpec`); what it serves operations lives in `shared.ops`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import socket
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -22,49 +24,40 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from faststream.specification import AsyncAPI
 from prometheus_client import CollectorRegistry
-from pydantic import BaseModel
 from sqlalchemy import Engine, Table, text
-from sqlmodel import Session, SQLModel
+from sqlmodel import SQLModel
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 from starlette.routing import Route as HttpRoute
 from starlette.types import Receive, Scope, Send
 
-from shared.contract import ALL_TOPICS
+from shared.contract import ALL_TOPICS, MODELS
 from shared.db import make_engine
 from shared.docs import docs_routes
 from shared.http import (
     Authorizer,
     TokensFileError,
-    bounded_int,
     health_routes,
     json_app,
     load_tokens,
 )
 from shared.kafka import BatchConsumer, OutboxRelay, ensure_topics
 from shared.logsafe import describe_error
-from shared.messaging import (
-    PLUMBING_TABLES,
-    BatchProcessor,
-    Prepare,
-    Route,
-    Unit,
-    outbox_backlog,
-    parked_messages,
-)
+from shared.messaging import PLUMBING_TABLES, UnitOfWork, unit_of_work
 from shared.observability import ServiceMetrics, configure_logging
-from shared.ops import SERVICES, KafkaInspector, heartbeat_key, read_heartbeats
+from shared.ops import (
+    OPS_TIMEOUT_SECONDS,
+    KafkaInspector,
+    heartbeat,
+    heartbeat_key,
+    pipeline_endpoint,
+    refresh_ops_metrics,
+)
 from shared.private_files import private_dir, restrict_umask
 from shared.settings import Settings
+from shared.topology import ServiceTopology
 
 log = logging.getLogger(__name__)
-
-HEARTBEAT_SECONDS = 5
-HEARTBEAT_TTL_SECONDS = 15
-OPS_METRICS_SECONDS = 10  # consumer lag and held requests for Prometheus
-OPS_TIMEOUT_SECONDS = 3.0  # each part of GET /ops/pipeline
 
 
 @dataclass(frozen=True)
@@ -76,42 +69,37 @@ class PeriodicJob:
     run: Callable[[ServiceContext], object]
 
 
-def hold_sweep(name: str, sweep: Callable[[Unit, timedelta], int], every: float) -> PeriodicJob:
-    """The job that decides the inputs held longer than the hold (`E2C_HOLD_SECONDS`)."""
+def hold_sweep(
+    name: str, sweep: Callable[[Any, UnitOfWork[Any], timedelta], int], every: float
+) -> PeriodicJob:
+    """The job that decides the inputs held longer than the hold (`E2C_HOLD_SECONDS`);
+    `sweep` is the handlers' method (`AidHandlers.sweep`)."""
 
     def run(ctx: ServiceContext) -> int:
-        with Session(ctx.engine) as session:
-            unit = Unit(session, service=ctx.spec.name)
-            swept = sweep(unit, timedelta(seconds=ctx.settings.hold_seconds))
-            session.commit()
-        return swept
+        with unit_of_work(ctx.engine, ctx.topology.store, ctx.name) as uow:
+            return sweep(ctx.handlers, uow, timedelta(seconds=ctx.settings.hold_seconds))
 
     return PeriodicJob(name, every, run)
 
 
 @dataclass
 class ServiceSpec:
-    """What makes one service different from the others."""
+    """A service: its topology, and what it serves over HTTP and does on a timer."""
 
-    name: str
-    routes: dict[str, Route]
-    outputs: dict[str, type[BaseModel]]
-    tables: Sequence[Table]
+    topology: ServiceTopology[Any, Any]
     http_routes: Callable[[ServiceContext], list[BaseRoute]] | None = None
     periodic: Sequence[PeriodicJob] = ()
-    description: str = ""
-    # Requests the service holds (waiting for an enrollment); None: it holds nothing.
-    held_count: Callable[[Session], int] | None = None
-    # Loads in one go what a batch's handlers will read (see BatchProcessor).
-    prepare: Prepare | None = None
+    # Inputs the store holds (waiting for an enrollment); None: it holds nothing.
+    held_count: Callable[[Any], int] | None = None
 
 
 @dataclass
 class ServiceContext:
-    """The running service's resources, handed to its HTTP routes."""
+    """The running service's resources, handed to its HTTP routes and timers."""
 
     spec: ServiceSpec
     settings: Settings
+    handlers: Any
     engine: Engine
     broker: KafkaBroker
     registry: CollectorRegistry
@@ -132,8 +120,16 @@ class ServiceContext:
         )
 
     @property
+    def topology(self) -> ServiceTopology[Any, Any]:
+        return self.spec.topology
+
+    @property
+    def name(self) -> str:
+        return self.spec.topology.name
+
+    @property
     def group_id(self) -> str:
-        return f"e2c-{self.spec.name}"
+        return self.spec.topology.group_id
 
 
 def create_schema(engine: Engine, tables: Sequence[Table]) -> None:
@@ -144,23 +140,26 @@ def build_context(spec: ServiceSpec, settings: Settings) -> ServiceContext:
     auth = Authorizer(load_tokens(settings.tokens_file))  # first: a bad file stops here
     if settings.data_dir.exists():
         private_dir(settings.data_dir)
-    engine = make_engine(settings.database_url(spec.name))
-    create_schema(engine, spec.tables)
+    topology = spec.topology
+    engine = make_engine(settings.database_url(topology.name))
+    create_schema(engine, topology.tables)
     registry = CollectorRegistry()
-    metrics = ServiceMetrics(spec.name, registry)
+    metrics = ServiceMetrics(topology.name, registry)
+    handlers = topology.handlers(settings)
     broker = KafkaBroker(
         settings.kafka_bootstrap_servers,
-        client_id=f"e2c-{spec.name}",
+        client_id=topology.group_id,
         apply_types=False,  # the BatchConsumer validates each record itself
-        middlewares=(KafkaPrometheusMiddleware(registry=registry, app_name=f"e2c_{spec.name}"),),
+        middlewares=(KafkaPrometheusMiddleware(registry=registry,
+                                               app_name=f"e2c_{topology.name}"),),
     )
     relay = OutboxRelay(engine, settings.kafka_bootstrap_servers, metrics)
-    processor = BatchProcessor(spec.name, engine, spec.routes, spec.prepare)
-    consumer = BatchConsumer(processor, metrics, relay.wake)
+    consumer = BatchConsumer(topology.processor(engine, handlers), metrics, relay.wake)
     instance_id = settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
     return ServiceContext(
         spec=spec,
         settings=settings,
+        handlers=handlers,
         engine=engine,
         broker=broker,
         registry=registry,
@@ -174,8 +173,8 @@ def build_context(spec: ServiceSpec, settings: Settings) -> ServiceContext:
 
 def _document_outputs(ctx: ServiceContext) -> None:
     """Publishers only describe the outputs in the AsyncAPI document; the relay sends."""
-    for topic, model in ctx.spec.outputs.items():
-        ctx.broker.publisher(topic, schema=model, title=f"{topic}:out")
+    for topic in ctx.topology.outputs:
+        ctx.broker.publisher(topic, schema=MODELS[topic], title=f"{topic}:out")
 
 
 class ServiceApp:
@@ -196,16 +195,17 @@ class ServiceApp:
 
 def build_app(spec: ServiceSpec, settings: Settings | None = None) -> ServiceApp:
     settings = settings or Settings()
-    configure_logging(spec.name, settings.log_level)
+    topology = spec.topology
+    configure_logging(topology.name, settings.log_level)
     ctx = build_context(spec, settings)
-    ctx.metrics.watch_topics(list(spec.routes))
-    if spec.routes:
+    ctx.metrics.watch_topics(list(topology.inputs))
+    if topology.inputs:
         ctx.consumer.subscribe(
             ctx.broker,
-            list(spec.routes),
+            list(topology.inputs),
             ctx.group_id,
             settings.consumer_batch_size,
-            [route.model for route in spec.routes.values()],
+            [MODELS[topic] for topic in topology.inputs],
         )
     _document_outputs(ctx)
     tasks: list[asyncio.Task[None]] = []
@@ -215,11 +215,11 @@ def build_app(spec: ServiceSpec, settings: Settings | None = None) -> ServiceApp
 
     async def start_background() -> None:
         await ctx.relay.start()
-        tasks.append(asyncio.create_task(_heartbeat(ctx), name="heartbeat"))
-        tasks.append(asyncio.create_task(_ops_metrics(ctx), name="ops-metrics"))
+        tasks.append(asyncio.create_task(heartbeat(ctx), name="heartbeat"))
+        tasks.append(asyncio.create_task(refresh_ops_metrics(ctx), name="ops-metrics"))
         for job in spec.periodic:
             tasks.append(asyncio.create_task(_every(ctx, job), name=job.name))
-        log.info("%s ready (instance %s)", spec.name, ctx.instance_id)
+        log.info("%s ready (instance %s)", topology.name, ctx.instance_id)
 
     async def stop_background() -> None:
         for task in tasks:
@@ -227,12 +227,13 @@ def build_app(spec: ServiceSpec, settings: Settings | None = None) -> ServiceApp
         await ctx.relay.stop()
         await ctx.inspector.close()
         with contextlib.suppress(Exception):  # a clean stop shows as down at once
-            await ctx.redis.delete(heartbeat_key(spec.name, ctx.instance_id))
+            await ctx.redis.delete(heartbeat_key(topology.name, ctx.instance_id))
         with contextlib.suppress(Exception):
             await ctx.redis.aclose()
 
     specification = AsyncAPI(
-        ctx.broker, title=f"e2c {spec.name}", version="1", description=spec.description
+        ctx.broker, title=f"e2c {topology.name}", version="1",
+        description=topology.description,
     )
     stream = AsgiFastStream(  # no asyncapi_path: its page needs a CDN and shows the broker
         ctx.broker,
@@ -242,7 +243,7 @@ def build_app(spec: ServiceSpec, settings: Settings | None = None) -> ServiceApp
         on_shutdown=[stop_background],
     )
     routes: list[BaseRoute] = list(health_routes(_readiness_checks(ctx), ctx.registry))
-    routes.append(HttpRoute("/ops/pipeline", _pipeline_endpoint(ctx)))
+    routes.append(HttpRoute("/ops/pipeline", pipeline_endpoint(ctx)))
     routes.extend(docs_routes(specification, ctx.auth))
     if spec.http_routes is not None:
         routes.extend(spec.http_routes(ctx))
@@ -266,122 +267,6 @@ def _readiness_checks(ctx: ServiceContext) -> dict[str, Any]:
         await ctx.redis.ping()
 
     return {"broker": broker, "store": store, "cache": cache}
-
-
-async def _heartbeat(ctx: ServiceContext) -> None:
-    """Tells operations this instance is alive; Redis being away only degrades readiness.
-
-    Nothing the service decides goes through Redis: while it is away the consumer goes on,
-    the heartbeat is retried every few seconds and is back as soon as Redis is.
-    """
-    key = heartbeat_key(ctx.spec.name, ctx.instance_id)
-    writing = True
-    while True:
-        beat = {"service": ctx.spec.name, "instance": ctx.instance_id, "at": time.time(),
-                "last_processed_at": ctx.consumer.last_processed_at}
-        try:
-            await ctx.redis.set(key, json.dumps(beat), ex=HEARTBEAT_TTL_SECONDS)
-            if not writing:
-                log.info("heartbeat written again: Redis is back")
-            writing = True
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:
-            ctx.metrics.heartbeat_failures.labels(ctx.spec.name).inc()
-            if writing:
-                log.warning("heartbeat not written (Redis: %s); the service carries on",
-                            type(error).__name__)
-            writing = False
-        await asyncio.sleep(HEARTBEAT_SECONDS)
-
-
-def _held(ctx: ServiceContext) -> int | None:
-    if ctx.spec.held_count is None:
-        return None
-    with Session(ctx.engine) as session:
-        return ctx.spec.held_count(session)
-
-
-def _backlog(ctx: ServiceContext) -> int:
-    with Session(ctx.engine) as session:
-        return outbox_backlog(session)
-
-
-def _parked(ctx: ServiceContext, limit: int) -> dict[str, Any]:
-    with Session(ctx.engine) as session:
-        count, last = parked_messages(session, limit)
-    return {"count": count, "last": last}
-
-
-async def _ops_metrics(ctx: ServiceContext) -> None:
-    """Refreshes the consumer lag and held-requests gauges; failures are only logged."""
-    while True:
-        if ctx.spec.routes:
-            try:
-                ctx.metrics.set_lag(await ctx.inspector.lag(ctx.group_id, list(ctx.spec.routes)))
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                log.debug("consumer lag not refreshed: %s", type(error).__name__)
-        if ctx.spec.held_count is not None:
-            try:
-                held = await anyio.to_thread.run_sync(_held, ctx)
-                ctx.metrics.held_requests.labels(ctx.spec.name).set(held or 0)
-            except Exception as error:
-                log.debug("held requests not counted: %s", describe_error(error))
-        await asyncio.sleep(OPS_METRICS_SECONDS)
-
-
-async def pipeline_state(ctx: ServiceContext, dead_letter_limit: int = 10) -> dict[str, Any]:
-    """This instance's view of its pipeline; a part that fails is null, named in `errors`."""
-    errors: dict[str, str] = {}
-
-    async def part(name: str, work: Any, timeout: float = OPS_TIMEOUT_SECONDS * 2) -> Any:
-        try:
-            return await asyncio.wait_for(work, timeout=timeout)
-        except Exception as error:
-            errors[name] = type(error).__name__
-            return None
-
-    lag, backlog, parked, held, letters, beats = await asyncio.gather(
-        part("lag", ctx.inspector.lag(ctx.group_id, list(ctx.spec.routes))),
-        part("outbox_backlog", anyio.to_thread.run_sync(_backlog, ctx)),
-        part("outbox_parked", anyio.to_thread.run_sync(_parked, ctx, dead_letter_limit)),
-        part("held", anyio.to_thread.run_sync(_held, ctx)),
-        part("dead_letters", ctx.inspector.dead_letters(dead_letter_limit, ctx.spec.name),
-             timeout=OPS_TIMEOUT_SECONDS * 4),
-        part("heartbeats", read_heartbeats(ctx.redis, SERVICES)),
-    )
-    if lag is not None:
-        ctx.metrics.set_lag(lag)
-    processed = ctx.consumer.last_processed_at
-    return {
-        "service": ctx.spec.name,
-        "instance": ctx.instance_id,
-        "group_id": ctx.group_id,
-        "lag": lag,
-        "lag_total": sum(row["lag"] for row in lag) if lag is not None else None,
-        "outbox_backlog": backlog,
-        "outbox_parked": parked,
-        "held": held,
-        "last_processed_age_seconds":
-            round(time.time() - processed, 1) if processed is not None else None,
-        "dead_letters": {"count": letters.count, "last": letters.last}
-        if letters is not None else None,
-        "heartbeats": beats,
-        "errors": errors,
-    }
-
-
-def _pipeline_endpoint(ctx: ServiceContext) -> Callable[[Request], Any]:
-    async def pipeline(request: Request) -> Response:
-        ctx.auth.require(request, "ops")
-        limit = bounded_int(request.query_params.get("limit", "10"), 0, 1000)
-        if limit is None:
-            return JSONResponse({"detail": "limit must be an integer from 0 to 1000"}, 400)
-        return JSONResponse(await pipeline_state(ctx, limit))
-
-    return pipeline
 
 
 async def _every(ctx: ServiceContext, job: PeriodicJob) -> None:
@@ -415,7 +300,7 @@ def run(app: ServiceApp) -> None:
     uvicorn.run(
         app,
         host=settings.host,
-        port=settings.port(app.ctx.spec.name),
+        port=settings.port(app.ctx.name),
         log_level="warning",
         lifespan="on",
     )

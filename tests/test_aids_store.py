@@ -14,21 +14,17 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
+from services.aids.app import TOPOLOGY
 from services.aids.handlers import AidHandlers
 from services.aids.store import TABLES, AidStore, HeldRequest, LedgerLine
 from shared.aid_rules import load_rules
 from shared.contract import AidKind, EnrollmentDecided, Topic, new_event_fields
 from shared.db import make_engine
-from shared.messaging import (
-    BatchProcessor,
-    BatchResult,
-    Inbound,
-    OutboxMessage,
-    Unit,
-    pending_outbox,
-)
+from shared.messaging import BatchResult, Inbound, OutboxMessage, unit_of_work
 from shared.service import create_schema
+from tests import plumbing
 from tests.events import new_id
+from tests.plumbing import pending_outbox
 
 pytestmark = pytest.mark.infra
 
@@ -62,7 +58,7 @@ def request(trainee_id: str, kind: str, **fields: Any) -> bytes:
 
 
 def feed(engine: Engine, *records: tuple[str, bytes]) -> BatchResult:
-    processor = BatchProcessor("aids", engine, HANDLERS.routes())
+    processor = plumbing.processor(TOPOLOGY, engine, handlers=HANDLERS)
     return processor.process(
         [Inbound(topic, 0, offset, None, value) for offset, (topic, value) in enumerate(records)]
     )
@@ -166,12 +162,10 @@ def test_a_held_request_is_decided_when_its_enrollment_arrives(engine: Engine) -
 def test_the_sweep_refuses_what_is_held_past_the_hold(engine: Engine) -> None:
     feed(engine, (Topic.AIDS_REQUESTED, request(uuid.uuid4().hex, "meals", quantity=1)))
     hold = timedelta(hours=24)
-    with Session(engine) as session:
-        too_early = HANDLERS.sweep(Unit(session), hold)
-        session.commit()
-    with Session(engine) as session:
-        later = HANDLERS.sweep(Unit(session), hold, datetime.now(UTC) + timedelta(hours=25))
-        session.commit()
+    with unit_of_work(engine, AidStore, "aids") as uow:
+        too_early = HANDLERS.sweep(uow, hold)
+    with unit_of_work(engine, AidStore, "aids") as uow:
+        later = HANDLERS.sweep(uow, hold, datetime.now(UTC) + timedelta(hours=25))
 
     assert (too_early, later) == (0, 1)
     [decision] = decisions(engine)
@@ -246,10 +240,8 @@ def test_the_sweep_decides_each_held_request_on_its_own(engine: Engine) -> None:
     hold_unreadable(engine, trainee)
     feed(engine, (Topic.AIDS_REQUESTED, request(trainee, "laptop", amount_cents=30000)))
 
-    with Session(engine) as session:
-        swept = HANDLERS.sweep(Unit(session, service="aids"), timedelta(hours=24),
-                               datetime.now(UTC) + timedelta(hours=25))
-        session.commit()
+    with unit_of_work(engine, AidStore, "aids") as uow:
+        swept = HANDLERS.sweep(uow, timedelta(hours=24), datetime.now(UTC) + timedelta(hours=25))
 
     assert swept == 3
     assert [(d["status"], d["reasons"]) for d in decisions(engine)] == [

@@ -21,17 +21,19 @@ from starlette.testclient import TestClient
 from deploy import cli
 from services.aids import reports
 from services.aids.api import routes
+from services.aids.app import TOPOLOGY
 from services.aids.domain import run_out_month
 from services.aids.handlers import AidHandlers
 from services.aids.store import TABLES, AidStore, KindYearTotal, LedgerLine, YearTotals
 from shared.aid_rules import load_rules
 from shared.contract import Topic
 from shared.db import make_engine
-from shared.messaging import BatchProcessor, Inbound
+from shared.messaging import Inbound
 from shared.reports import parse_year
 from shared.schools import load_schools
 from shared.service import create_schema
 from shared.settings import Settings
+from tests import plumbing
 from tests.events import new_id
 from tests.http_app import app_for as http_app_for
 
@@ -72,7 +74,7 @@ def feed(engine: Engine, *events: tuple[str, dict[str, Any]]) -> None:
                 value=json.dumps(payload).encode())
         for topic, payload in events
     ]
-    processor = BatchProcessor("aids", engine, AidHandlers(load_rules()).routes())
+    processor = plumbing.processor(TOPOLOGY, engine, handlers=AidHandlers(load_rules()))
     result = processor.process(records)
     assert not result.dead_letters
 

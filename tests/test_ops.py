@@ -18,19 +18,19 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from deploy import cli
-from deploy.processes import command_line
-from shared.contract import DeadLetter, EnrollmentDecided, Topic, new_event_fields
-from shared.observability import ServiceMetrics
-from shared.ops import (
+from deploy.ops import (
     REDIS_DOWN,
-    SERVICE_INPUTS,
     SERVICES,
     collect_status,
     consumer_lag,
-    heartbeat_key,
     read_dead_letters,
     replay_dead_letter,
 )
+from deploy.processes import command_line
+from deploy.system import TOPOLOGIES
+from shared.contract import DeadLetter, EnrollmentDecided, Topic, new_event_fields
+from shared.observability import ServiceMetrics
+from shared.ops import heartbeat_key
 from shared.settings import PROJECT_ROOT
 from tests import tokens
 from tests.events import new_id, referral
@@ -126,7 +126,7 @@ async def test_a_stopped_consumer_lags_by_what_was_published_then_catches_up(
     page = httpx.get(f"{outcomes.url}/ops/pipeline", headers=OPS, timeout=20).json()
     assert page["service"] == "outcomes" and page["group_id"] == "e2c-outcomes"
     assert page["instance"] == "outcomes" and page["errors"] == {}
-    assert {row["topic"] for row in page["lag"]} == set(SERVICE_INPUTS["outcomes"])
+    assert {row["topic"] for row in page["lag"]} == set(TOPOLOGIES["outcomes"].inputs)
     assert page["outbox_backlog"] == 0
     assert page["last_processed_age_seconds"] is not None
     assert {beat["service"]: beat["status"] for beat in page["heartbeats"]} == {
@@ -157,7 +157,7 @@ async def test_each_service_reports_the_lag_of_its_own_inputs(stack: Stack) -> N
         page = httpx.get(f"{stack.services[name].url}/ops/pipeline", headers=OPS,
                          timeout=20).json()
         assert page["errors"] == {}, page
-        assert {row["topic"] for row in page["lag"]} == set(SERVICE_INPUTS[name])
+        assert {row["topic"] for row in page["lag"]} == set(TOPOLOGIES[name].inputs)
         assert all(row["lag"] == row["end"] - (row["committed"] or 0) for row in page["lag"])
         assert (page["held"] is None) == (name == "referrals")  # referrals holds nothing
 

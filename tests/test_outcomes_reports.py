@@ -25,9 +25,10 @@ from services.outcomes import domain, reports
 from services.outcomes.api import routes
 from services.outcomes.handlers import OutcomeHandlers
 from services.outcomes.store import TABLES, OutcomeStore
+from shared import rebuild
 from shared.contract import Topic
 from shared.db import make_engine
-from shared.messaging import BatchProcessor, Inbound, OutboxMessage
+from shared.messaging import Inbound, OutboxMessage
 from shared.schools import load_schools
 from shared.service import create_schema
 from shared.settings import Settings
@@ -133,10 +134,9 @@ def inbound(topic: str, payload: dict[str, Any] | str) -> Inbound:
 
 def feed(engine: Engine, *events: tuple[str, dict[str, Any]], rebuild: bool = False) -> None:
     """Runs the real outcome handlers (the live ones, or a rebuild's) on `events`."""
-    handlers = OutcomeHandlers()
-    processor = BatchProcessor(
-        "outcomes", engine, handlers.rebuild_routes() if rebuild else handlers.routes()
-    )
+    topology, handlers = outcomes_app.TOPOLOGY, OutcomeHandlers()
+    processor = (topology.rebuild_processor(engine, handlers) if rebuild
+                 else topology.processor(engine, handlers))
     result = processor.process([inbound(topic, payload) for topic, payload in events])
     assert not result.dead_letters
 
@@ -437,10 +437,12 @@ def test_a_rebuild_from_the_events_gives_the_same_bytes(
 
     rebuilt = new_engine(tmp_path / "rebuilt.db")
     try:
-        for topic in outcomes_app.REBUILD_ORDER:
+        topology = outcomes_app.TOPOLOGY
+        assert topology.rebuild is not None
+        for topic in topology.rebuild.replays:
             feed(rebuilt, *((topic, payload) for payload in topics.get(topic, [])),
                  rebuild=True)
-        assert outcomes_app._hold_undecided(rebuilt) == 1  # R9's exit, held again
+        assert rebuild.finish(topology, OutcomeHandlers(), rebuilt) == 1  # R9's, held again
         again = TestClient(app_for(rebuilt))
         for path in ("/reports/outcomes", "/reports/funnel", "/reports/aids-outcomes"):
             assert get(again, path).content == get(client, path).content, path

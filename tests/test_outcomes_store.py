@@ -14,13 +14,16 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from services.outcomes.app import TOPOLOGY
 from services.outcomes.handlers import OutcomeHandlers
 from services.outcomes.store import TABLES, OutcomeStore
 from shared.contract import EnrollmentDecided, Topic, new_event_fields
 from shared.db import make_engine
-from shared.messaging import BatchProcessor, BatchResult, Inbound, Unit, pending_outbox
+from shared.messaging import BatchResult, Inbound, unit_of_work
 from shared.service import create_schema
+from tests import plumbing
 from tests.events import new_id
+from tests.plumbing import pending_outbox
 
 pytestmark = pytest.mark.infra
 
@@ -37,7 +40,7 @@ def engine(store_url: str) -> Iterator[Engine]:
 
 
 def feed(engine: Engine, topic: str, payload: dict[str, Any]) -> BatchResult:
-    processor = BatchProcessor("outcomes", engine, HANDLERS.routes())
+    processor = plumbing.processor(TOPOLOGY, engine, handlers=HANDLERS)
     record = Inbound(topic, 0, next(_offsets), None, json.dumps(payload).encode())
     return processor.process([record])
 
@@ -94,10 +97,8 @@ def test_the_sweep_decides_each_held_exit_on_its_own(engine: Engine) -> None:
     feed(engine, Topic.EXITS_SUBMITTED, exit_submitted(trainee))
     hold_unreadable(engine, trainee)
 
-    with Session(engine) as session:
-        swept = HANDLERS.sweep(Unit(session, service="outcomes"), timedelta(hours=24),
-                               datetime.now(UTC) + timedelta(hours=25))
-        session.commit()
+    with unit_of_work(engine, OutcomeStore, "outcomes") as uow:
+        swept = HANDLERS.sweep(uow, timedelta(hours=24), datetime.now(UTC) + timedelta(hours=25))
 
     assert swept == 2
     [decided] = outbox(engine, Topic.EXITS_DECIDED)

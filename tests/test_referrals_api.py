@@ -21,13 +21,15 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from services.referrals.api import routes
+from services.referrals.app import TOPOLOGY
 from services.referrals.handlers import ReferralHandlers
 from services.referrals.store import TABLES, Referral, ReferralStore
 from shared.contract import Topic
 from shared.db import make_engine
-from shared.messaging import BatchProcessor, Inbound
+from shared.messaging import Inbound
 from shared.schools import load_schools
 from shared.service import create_schema
+from tests import plumbing
 from tests.events import new_id, referral
 from tests.http_app import app_for as http_app_for
 
@@ -77,7 +79,7 @@ def feed(engine: Engine, *events: tuple[str, dict[str, Any]]) -> None:
                 value=json.dumps(payload).encode())
         for topic, payload in events
     ]
-    result = BatchProcessor("referrals", engine, handlers.routes()).process(records)
+    result = plumbing.processor(TOPOLOGY, engine, handlers=handlers).process(records)
     assert not result.dead_letters
 
 

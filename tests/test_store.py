@@ -7,33 +7,39 @@ import hashlib
 import json
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, select
 
+from services.referrals.app import TOPOLOGY
 from services.referrals.handlers import ReferralHandlers, erase_due
 from services.referrals.store import TABLES, PersonClaim, Referral, ReferralStore
-from shared.contract import ReferralSubmitted, Topic
+from shared.contract import MODELS, ReferralSubmitted, Topic
 from shared.db import make_engine
 from shared.messaging import (
     MAX_DEAD_LETTER_BYTES,
     BatchProcessor,
+    BatchScope,
     Inbound,
     InboxEvent,
+    NeedsIsolation,
     OutboxMessage,
     Route,
-    Unit,
+    UnitOfWork,
     delete_outbox,
     outbox_backlog,
-    pending_outbox,
 )
 from shared.schools import load_schools
 from shared.service import create_schema
+from tests import plumbing
 from tests.events import referral
+from tests.plumbing import pending_outbox
 
 pytestmark = pytest.mark.infra
 
@@ -48,8 +54,7 @@ def engine(store_url: str) -> Iterator[Engine]:
 
 def processor(engine: Engine, routes: dict[str, Route] | None = None) -> BatchProcessor:
     """The referrals service's processor, with its batch loading (as deployed)."""
-    handlers = ReferralHandlers(set(load_schools()))
-    return BatchProcessor("referrals", engine, routes or handlers.routes(), handlers.prepare)
+    return plumbing.processor(TOPOLOGY, engine, routes)
 
 
 def record(
@@ -57,6 +62,18 @@ def record(
 ) -> Inbound:
     raw = value if isinstance(value, bytes) else json.dumps(value).encode()
     return Inbound(topic=topic, partition=0, offset=offset, key="k", value=raw)
+
+
+def derogation_granted(referral: dict[str, Any]) -> dict[str, object]:
+    return {"event_id": str(uuid.uuid4()), "occurred_at": "2024-03-05T10:00:00+01:00",
+            "schema_version": 1, "referral_id": referral["referral_id"],
+            "granted": True, "decided_by": "direction"}
+
+
+def enrollment_of(referral: dict[str, Any]) -> dict[str, object]:
+    return {"event_id": str(uuid.uuid4()), "occurred_at": "2024-03-06T10:00:00+01:00",
+            "schema_version": 1, "referral_id": referral["referral_id"],
+            "school_id": "toulouse", "enrolled_on": "2024-03-06"}
 
 
 def outbox(engine: Engine) -> list[OutboxMessage]:
@@ -123,7 +140,7 @@ def test_a_store_failure_rolls_back_the_whole_batch(engine: Engine) -> None:
     good = referral()
     handlers = ReferralHandlers(set(load_schools()))
 
-    def failing(unit: Unit, event: object) -> None:
+    def failing(unit: UnitOfWork[ReferralStore], event: object) -> None:
         if unit.inbound.offset == 1:
             raise OperationalError("SELECT 1", {}, Exception("store went away"))
         handlers.on_referral(unit, event)  # type: ignore[arg-type]
@@ -142,7 +159,7 @@ def test_a_handler_bug_dead_letters_that_event_only(engine: Engine) -> None:
     handlers = ReferralHandlers(set(load_schools()))
     bad = referral()
 
-    def buggy(unit: Unit, event: object) -> None:
+    def buggy(unit: UnitOfWork[ReferralStore], event: object) -> None:
         handlers.on_referral(unit, event)  # type: ignore[arg-type]
         if unit.inbound.offset == 0:
             raise KeyError("bug after a write")
@@ -247,8 +264,7 @@ def test_the_same_person_twice_in_one_batch_is_one_acceptance_and_one_duplicate(
     person = {"last_name": referral()["candidate"]["last_name"]}
     first, second = referral(candidate=person), referral(candidate=person)
     handlers = ReferralHandlers(set(load_schools()))
-    batch = BatchProcessor("referrals", engine, handlers.routes(),
-                           handlers.prepare if prepared else None)
+    batch = plumbing.processor(TOPOLOGY, engine, handlers=handlers, prepared=prepared)
 
     batch.process([record(first, 0), record(second, 1)])
 
@@ -258,15 +274,11 @@ def test_the_same_person_twice_in_one_batch_is_one_acceptance_and_one_duplicate(
 
 def test_a_referral_changed_in_the_batch_that_created_it_is_still_right(engine: Engine) -> None:
     """The fast path writes new referrals in bulk and lets the batch read a frozen copy; a
-    derogation and an enrollment of that referral in the same batch send the batch down the
-    savepoint path, where they apply as they would in separate batches."""
+    derogation and an enrollment of that referral in the same batch ask the store for the
+    row to change (the batch's pending rows are written first): they apply as they would in
+    separate batches."""
     pending = referral(candidate={"birth_date": "1997-01-02"})  # 27 on 2024-03-04
-    derogation = {"event_id": str(uuid.uuid4()), "occurred_at": "2024-03-05T10:00:00+01:00",
-                  "schema_version": 1, "referral_id": pending["referral_id"],
-                  "granted": True, "decided_by": "direction"}
-    enrollment = {"event_id": str(uuid.uuid4()), "occurred_at": "2024-03-06T10:00:00+01:00",
-                  "schema_version": 1, "referral_id": pending["referral_id"],
-                  "school_id": "toulouse", "enrolled_on": "2024-03-06"}
+    derogation, enrollment = derogation_granted(pending), enrollment_of(pending)
 
     processor(engine).process([
         record(pending, 0),
@@ -286,6 +298,48 @@ def test_a_referral_changed_in_the_batch_that_created_it_is_still_right(engine: 
         assert (stored.status, str(stored.enrolled_on)) == ("accepted", "2024-03-06")
         kinds = [h.kind for h in ReferralStore(session).history(pending["referral_id"])]
     assert kinds == ["referral", "derogation", "enrollment"]
+
+
+def test_a_change_to_a_referral_of_the_same_batch_stays_on_the_fast_path(
+    engine: Engine,
+) -> None:
+    """The derogation and the enrollment of a referral created in their batch are each
+    handled once: the batch is not rolled back and handled again record by record."""
+    handlers = ReferralHandlers(set(load_schools()))
+    calls: Counter[str] = Counter()
+
+    def counted(method: Any) -> Any:
+        def handle(unit: UnitOfWork[ReferralStore], event: Any) -> None:
+            calls[method.__name__] += 1
+            method(handlers, unit, event)
+        return handle
+
+    routes = {topic: Route(MODELS[topic], counted(method))
+              for topic, method in TOPOLOGY.consumes.items()}
+    pending = referral(candidate={"birth_date": "1997-01-02"})  # needs a derogation
+    derogation, enrollment = derogation_granted(pending), enrollment_of(pending)
+
+    result = processor(engine, routes).process([
+        record(pending, 0),
+        record(derogation, 1, Topic.DEROGATIONS_SUBMITTED),
+        record(enrollment, 2, Topic.ENROLLMENTS_SUBMITTED),
+    ])
+
+    assert calls == {"on_referral": 1, "on_derogation": 1, "on_enrollment": 1}
+    assert sum(result.handled.values()) == 3
+
+
+def test_pending_rows_are_never_written_inside_a_savepoint(engine: Engine) -> None:
+    """A savepoint rolled back later would take the earlier records' rows with it: the
+    scope refuses, and the batch is handled again record by record."""
+    with Session(engine) as session:
+        scope = BatchScope(session, isolated=False)
+        scope.insert(InboxEvent.__table__, {"key": "k", "topic": "t",  # type: ignore[arg-type]
+                                            "processed_at": datetime.now(UTC)})
+        with session.begin_nested(), pytest.raises(NeedsIsolation):
+            scope.write_pending()
+        scope.write_pending()
+        assert session.exec(select(InboxEvent)).all()[0].key == "k"
 
 
 # --- (1.1) No message stalls anything -----------------------------------------------------

@@ -1,28 +1,38 @@
-"""Wiring of the aids service."""
+"""Wiring of the aids service: its topology."""
 
 from __future__ import annotations
 
-from shared.aid_rules import load_rules
-from shared.contract import AidDecided, Topic
+from shared.contract import Topic
 from shared.service import ServiceApp, ServiceSpec, build_app, hold_sweep
 from shared.settings import Settings
+from shared.topology import ServiceTopology
 
 from . import api
 from .handlers import AidHandlers
 from .store import TABLES, AidStore
 
+TOPOLOGY = ServiceTopology(
+    name="aids",
+    description="Aid requests, budget envelopes, the spending ledger and finance reports.",
+    handlers=AidHandlers.from_settings,
+    store=AidStore,
+    tables=TABLES,
+    consumes={
+        Topic.AIDS_REQUESTED: AidHandlers.on_request,
+        Topic.BUDGETS_SUBMITTED: AidHandlers.on_budget,
+        Topic.ENROLLMENTS_DECIDED: AidHandlers.on_enrollment,
+        Topic.EXITS_DECIDED: AidHandlers.on_exit,
+    },
+    produces=(Topic.AIDS_DECIDED,),
+)
+
 
 def create_app(settings: Settings | None = None) -> ServiceApp:
     settings = settings or Settings()
-    handlers = AidHandlers(load_rules(settings.aid_rules_file))
-    spec = ServiceSpec(
-        name="aids",
-        routes=handlers.routes(),
-        outputs={Topic.AIDS_DECIDED: AidDecided},
-        tables=TABLES,
+    return build_app(ServiceSpec(
+        topology=TOPOLOGY,
         http_routes=api.routes,
-        periodic=[hold_sweep("held-requests-sweep", handlers.sweep, settings.hold_sweep_seconds)],
-        description="Aid requests, budget envelopes, the spending ledger and finance reports.",
-        held_count=lambda session: AidStore(session).held.count(),
-    )
-    return build_app(spec, settings)
+        periodic=[hold_sweep("held-requests-sweep", AidHandlers.sweep,
+                             settings.hold_sweep_seconds)],
+        held_count=lambda store: store.held.count(),
+    ), settings)

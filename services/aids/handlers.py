@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
+from shared.aid_rules import load_rules
 from shared.contract import (
     AidDecided,
     AidReason,
@@ -18,30 +19,29 @@ from shared.contract import (
     new_event_fields,
 )
 from shared.held import release_each
-from shared.messaging import Route, Unit
+from shared.messaging import UnitOfWork
+from shared.settings import Settings
 
 from . import domain
 from .store import AidRequestRecord, AidStore, HeldRequest, LedgerLine, now
+
+Work = UnitOfWork[AidStore]
 
 
 class AidHandlers:
     def __init__(self, rules: domain.AidRules) -> None:
         self.rules = rules
 
-    def routes(self) -> dict[str, Route]:
-        return {
-            Topic.AIDS_REQUESTED: Route(AidRequested, self.on_request),
-            Topic.BUDGETS_SUBMITTED: Route(BudgetSubmitted, self.on_budget),
-            Topic.ENROLLMENTS_DECIDED: Route(EnrollmentDecided, self.on_enrollment),
-            Topic.EXITS_DECIDED: Route(ExitDecided, self.on_exit),
-        }
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AidHandlers:
+        return cls(load_rules(settings.aid_rules_file))
 
-    def on_request(self, unit: Unit, event: AidRequested) -> None:
-        store = AidStore(unit.session)
+    def on_request(self, uow: Work, event: AidRequested) -> None:
+        store = uow.store
         if store.decision(event.request_id) is None and self._must_wait(store, event):
             store.held.hold(event.trainee_id, event.model_dump_json())
             return
-        self.decide(unit, store, event)
+        self.decide(uow, event)
 
     def _must_wait(self, store: AidStore, event: AidRequested) -> bool:
         """Valid on its own, but its trainee's enrollment not seen yet: held, not refused."""
@@ -49,10 +49,11 @@ class AidHandlers:
         unknown = trainee is None or trainee.as_domain() is None
         return unknown and domain.request_refusal(as_request(event), self.rules) is None
 
-    def decide(self, unit: Unit, store: AidStore, event: AidRequested) -> None:
+    def decide(self, uow: Work, event: AidRequested) -> None:
+        store = uow.store
         previous = store.decision(event.request_id)
         if previous is not None:  # a re-sent request: the same answer, nothing granted again
-            unit.emit(Topic.AIDS_DECIDED, decided_event(previous, event))
+            uow.emit(Topic.AIDS_DECIDED, decided_event(previous, event))
             return
         # Locking the trainee serialises two decisions for one trainee across instances.
         row = store.trainee(event.trainee_id, for_update=True)
@@ -64,7 +65,7 @@ class AidHandlers:
         if decision.granted:
             assert school_id is not None
             store.add_grant(ledger_line(event, decision, school_id))
-        unit.emit(Topic.AIDS_DECIDED, decided_event(record, event))
+        uow.emit(Topic.AIDS_DECIDED, decided_event(record, event))
 
     def _decision(
         self, store: AidStore, event: AidRequested, trainee: domain.Trainee | None
@@ -79,34 +80,32 @@ class AidHandlers:
         granted = store.granted_to(event.trainee_id)
         return domain.decide(request, trainee, granted, envelope, self.rules)
 
-    def on_budget(self, unit: Unit, event: BudgetSubmitted) -> None:
-        AidStore(unit.session).set_envelope(event.year, event.kind, event.envelope_cents)
+    def on_budget(self, uow: Work, event: BudgetSubmitted) -> None:
+        uow.store.set_envelope(event.year, event.kind, event.envelope_cents)
 
-    def on_enrollment(self, unit: Unit, event: EnrollmentDecided) -> None:
+    def on_enrollment(self, uow: Work, event: EnrollmentDecided) -> None:
         if event.status is not EnrollmentStatus.ENROLLED or event.trainee_id is None:
             return
         assert event.school_id is not None and event.enrolled_on is not None
-        store = AidStore(unit.session)
-        store.learn_enrollment(event.trainee_id, event.school_id, event.enrolled_on)
-        self.decide_held(unit, store, store.held.for_trainee(event.trainee_id))
+        uow.store.learn_enrollment(event.trainee_id, event.school_id, event.enrolled_on)
+        self.decide_held(uow, uow.store.held.for_trainee(event.trainee_id))
 
-    def on_exit(self, unit: Unit, event: ExitDecided) -> None:
+    def on_exit(self, uow: Work, event: ExitDecided) -> None:
         if event.status is ExitStatus.RECORDED:
-            AidStore(unit.session).learn_exit(event.trainee_id, event.exited_on)
+            uow.store.learn_exit(event.trainee_id, event.exited_on)
 
-    def decide_held(self, unit: Unit, store: AidStore, held: Sequence[HeldRequest]) -> None:
+    def decide_held(self, uow: Work, held: Sequence[HeldRequest]) -> None:
         """Each held request released and decided on its own (see `release_each`)."""
 
         def decide_one(request: HeldRequest) -> None:
-            self.decide(unit, store, AidRequested.model_validate_json(request.payload))
+            self.decide(uow, AidRequested.model_validate_json(request.payload))
 
-        release_each(unit, store.held, held, decide_one, Topic.AIDS_REQUESTED)
+        release_each(uow, uow.store.held, held, decide_one, Topic.AIDS_REQUESTED)
 
-    def sweep(self, unit: Unit, hold: timedelta, moment: datetime | None = None) -> int:
+    def sweep(self, uow: Work, hold: timedelta, moment: datetime | None = None) -> int:
         """Decides the requests held longer than `hold`: still unknown, they are refused."""
-        store = AidStore(unit.session)
-        expired = store.held.received_before((moment or now()) - hold)
-        self.decide_held(unit, store, expired)
+        expired = uow.store.held.received_before((moment or now()) - hold)
+        self.decide_held(uow, expired)
         return len(expired)
 
 

@@ -13,6 +13,7 @@ from sqlmodel import Field, Session, SQLModel, col, select
 from shared.contract import AidKind
 from shared.db import UtcDateTime, add_to, insert_ignore
 from shared.held import HeldInput, HeldQueue
+from shared.messaging import BatchScope
 
 from . import domain
 
@@ -153,8 +154,10 @@ class YearTotals:
 
 
 class AidStore:
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, batch: BatchScope | None = None) -> None:
+        """`batch`: the consuming batch's scope (its fast path is not used here yet)."""
         self.session = session
+        self.batch = batch
 
     # --- trainees and held requests -------------------------------------------------------
 

@@ -20,62 +20,50 @@ from shared.contract import (
     new_event_fields,
 )
 from shared.held import release_each
-from shared.messaging import Route, Unit
+from shared.messaging import UnitOfWork
+from shared.settings import Settings
 
 from . import domain
 from .store import HeldExit, OutcomeStore, TraineeView, now
 
+Work = UnitOfWork[OutcomeStore]
+
 
 class OutcomeHandlers:
-    def routes(self) -> dict[str, Route]:
-        """What the running service consumes."""
-        return {
-            Topic.EXITS_SUBMITTED: Route(ExitSubmitted, self.on_exit),
-            Topic.REFERRALS_DECIDED: Route(ReferralDecided, self.on_referral_decided),
-            Topic.ENROLLMENTS_DECIDED: Route(EnrollmentDecided, self.on_enrollment),
-            Topic.AIDS_DECIDED: Route(AidDecided, self.on_aid_decided),
-        }
-
-    def rebuild_routes(self) -> dict[str, Route]:
-        """What a rebuild replays: the submissions (for their answers, deciding nothing), the
-        view's topics, and the exits as they were decided."""
-        return {
-            Topic.EXITS_SUBMITTED: Route(ExitSubmitted, self.on_exit_replayed),
-            Topic.REFERRALS_DECIDED: Route(ReferralDecided, self.on_referral_decided),
-            Topic.ENROLLMENTS_DECIDED: Route(EnrollmentDecided, self.on_enrollment),
-            Topic.AIDS_DECIDED: Route(AidDecided, self.on_aid_decided),
-            Topic.EXITS_DECIDED: Route(ExitDecided, self.on_exit_decided),
-        }
+    @classmethod
+    def from_settings(cls, settings: Settings) -> OutcomeHandlers:
+        return cls()
 
     # --- exits ----------------------------------------------------------------------------
 
-    def on_exit(self, unit: Unit, event: ExitSubmitted) -> None:
-        store = OutcomeStore(unit.session)
+    def on_exit(self, uow: Work, event: ExitSubmitted) -> None:
+        store = uow.store
         payload = event.model_dump_json()
         store.remember_submission(str(event.event_id), event.trainee_id, payload)
         if store.trainee(event.trainee_id) is None:
             store.held.hold(event.trainee_id, payload)  # its enrollment may follow
             return
-        self.decide(unit, store, event)
+        self.decide(uow, event)
 
-    def decide(self, unit: Unit, store: OutcomeStore, event: ExitSubmitted) -> None:
+    def decide(self, uow: Work, event: ExitSubmitted) -> None:
+        store = uow.store
         row = store.trainee(event.trainee_id, for_update=True)
         trainee = row.as_domain() if row is not None else None
         reason = domain.exit_refusal(trainee, event.exited_on)
         if reason is None and row is not None:
             store.record_exit(row, event.exited_on, event.outcome, event.satisfied)
         store.mark_decided(str(event.event_id))
-        unit.emit(Topic.EXITS_DECIDED, exit_decided(event, row, reason))
+        uow.emit(Topic.EXITS_DECIDED, exit_decided(event, row, reason))
 
-    def on_exit_replayed(self, unit: Unit, event: ExitSubmitted) -> None:
-        OutcomeStore(unit.session).remember_submission(
+    def on_exit_replayed(self, uow: Work, event: ExitSubmitted) -> None:
+        uow.store.remember_submission(
             str(event.event_id), event.trainee_id, event.model_dump_json()
         )
 
-    def on_exit_decided(self, unit: Unit, event: ExitDecided) -> None:
+    def on_exit_decided(self, uow: Work, event: ExitDecided) -> None:
         """Rebuild: the view learns the exit as it was decided, with the satisfaction answer
         of the submission it answered."""
-        store = OutcomeStore(unit.session)
+        store = uow.store
         store.mark_decided(str(event.request_event_id))
         if event.status is not ExitStatus.RECORDED:
             return
@@ -86,41 +74,52 @@ class OutcomeHandlers:
         satisfied = ExitSubmitted.model_validate_json(submission.payload).satisfied
         store.record_exit(row, event.exited_on, event.outcome, satisfied)
 
-    def sweep(self, unit: Unit, hold: timedelta, moment: datetime | None = None) -> int:
+    def finish_rebuild(self, uow: Work) -> int:
+        """After a rebuild's replay, the submissions never answered: decided now when their
+        trainee is known (a first answer), held again otherwise. Returns how many are held."""
+        held = 0
+        for submission in uow.store.undecided_submissions():
+            event = ExitSubmitted.model_validate_json(submission.payload)
+            if uow.store.trainee(event.trainee_id) is None:
+                uow.store.held.hold(submission.trainee_id, submission.payload)
+                held += 1
+            else:
+                self.decide(uow, event)
+        return held
+
+    def sweep(self, uow: Work, hold: timedelta, moment: datetime | None = None) -> int:
         """Decides the exits held longer than `hold`: still unknown, they are refused."""
-        store = OutcomeStore(unit.session)
-        expired = store.held.received_before((moment or now()) - hold)
-        self._decide_held(unit, store, expired)
+        expired = uow.store.held.received_before((moment or now()) - hold)
+        self._decide_held(uow, expired)
         return len(expired)
 
-    def _decide_held(self, unit: Unit, store: OutcomeStore, held: Sequence[HeldExit]) -> None:
+    def _decide_held(self, uow: Work, held: Sequence[HeldExit]) -> None:
         """Each held exit released and decided on its own (see `release_each`)."""
 
         def decide_one(row: HeldExit) -> None:
-            self.decide(unit, store, ExitSubmitted.model_validate_json(row.payload))
+            self.decide(uow, ExitSubmitted.model_validate_json(row.payload))
 
-        release_each(unit, store.held, held, decide_one, Topic.EXITS_SUBMITTED)
+        release_each(uow, uow.store.held, held, decide_one, Topic.EXITS_SUBMITTED)
 
     # --- the view -------------------------------------------------------------------------
 
-    def on_referral_decided(self, unit: Unit, event: ReferralDecided) -> None:
+    def on_referral_decided(self, uow: Work, event: ReferralDecided) -> None:
         if ReferralReason.NOT_PENDING in event.reasons:
             return  # an answer that changed nothing on the referral
-        OutcomeStore(unit.session).learn_referral(
+        uow.store.learn_referral(
             event.referral_id, event.agency_id, event.school_id, event.status.value,
             event.trainee_id, event.occurred_at,
         )
 
-    def on_enrollment(self, unit: Unit, event: EnrollmentDecided) -> None:
+    def on_enrollment(self, uow: Work, event: EnrollmentDecided) -> None:
         if event.status is not EnrollmentStatus.ENROLLED or event.trainee_id is None:
             return
-        store = OutcomeStore(unit.session)
-        store.add_trainee(trainee_view(event))
-        self._decide_held(unit, store, store.held.for_trainee(event.trainee_id))
+        uow.store.add_trainee(trainee_view(event))
+        self._decide_held(uow, uow.store.held.for_trainee(event.trainee_id))
 
-    def on_aid_decided(self, unit: Unit, event: AidDecided) -> None:
+    def on_aid_decided(self, uow: Work, event: AidDecided) -> None:
         if event.status is AidStatus.GRANTED:
-            OutcomeStore(unit.session).count_aid(event.trainee_id, event.kind)
+            uow.store.count_aid(event.trainee_id, event.kind)
 
 
 def trainee_view(event: EnrollmentDecided) -> TraineeView:

@@ -11,6 +11,7 @@ from sqlmodel import Field, Session, SQLModel, col, select
 from shared.contract import AgencyKind, AidKind, Outcome
 from shared.db import UtcDateTime, add_to, insert_ignore
 from shared.held import HeldInput, HeldQueue
+from shared.messaging import BatchScope
 
 from . import domain
 
@@ -103,8 +104,10 @@ TABLES = tuple(
 
 
 class OutcomeStore:
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, batch: BatchScope | None = None) -> None:
+        """`batch`: the consuming batch's scope (its fast path is not used here yet)."""
         self.session = session
+        self.batch = batch
 
     def trainee(self, trainee_id: str, for_update: bool = False) -> TraineeView | None:
         return self.session.get(TraineeView, trainee_id, with_for_update=for_update)

@@ -16,7 +16,6 @@ from typing import Any, TypeVar
 
 import anyio
 from sqlalchemy import Engine
-from sqlmodel import Session
 from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -24,9 +23,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from shared.http import PARTNER_PREFIX, Authorizer, bounded_int
+from shared.messaging import unit_of_work
 from shared.service import ServiceContext
 
-from .store import STAGES, Referral, ReferralEvent, ReferralStore
+from .store import STAGES, Referral, ReferralHistory, ReferralStore
 
 ADMIN = "admin"
 ERASURE_REASON = "erasure_request"
@@ -119,7 +119,7 @@ def summary(referral: Referral, with_candidate: bool) -> Json:
     return body
 
 
-def history_entry(event: ReferralEvent) -> Json:
+def history_entry(event: ReferralHistory) -> Json:
     return {
         "kind": event.kind,
         "status": event.status,
@@ -137,11 +137,12 @@ def _json_list(raw: str) -> list[str]:
 
 
 async def in_store(engine: Engine, work: Callable[[ReferralStore], T]) -> T:
-    """Runs `work` with a store on its own session, in a worker thread."""
+    """Runs `work` with a store in its own transaction (committed if it returns), in a
+    worker thread."""
 
     def run() -> T:
-        with Session(engine) as session:
-            return work(ReferralStore(session))
+        with unit_of_work(engine, ReferralStore, "referrals") as uow:
+            return work(uow.store)
 
     return await anyio.to_thread.run_sync(run)
 
@@ -169,8 +170,7 @@ def read_referral(store: ReferralStore, referral_id: str, caller: Caller) -> Jso
 
 def erase_personal_data(store: ReferralStore, referral_id: str, caller: Caller) -> Json:
     referral = accessible(store, referral_id, caller, for_update=True)
-    erased_now = store.erase(referral, ERASURE_REASON)
-    store.session.commit()
+    erased_now = store.erase(referral, ERASURE_REASON)  # committed when the work ends
     return {"referral_id": referral_id, "erased": True, "already_erased": not erased_now}
 
 

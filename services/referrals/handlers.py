@@ -8,7 +8,6 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
-from sqlmodel import Session
 
 from shared.contract import (
     DerogationSubmitted,
@@ -24,19 +23,26 @@ from shared.contract import (
     Topic,
     new_event_fields,
 )
-from shared.messaging import Route, Unit
+from shared.messaging import UnitOfWork
+from shared.schools import load_schools
+from shared.settings import Settings
 
 from . import domain
 from .store import BatchCache, NewReferral, Referral, ReferralStore, now
+
+Work = UnitOfWork[ReferralStore]
 
 
 class ReferralHandlers:
     def __init__(self, known_schools: set[str]) -> None:
         self.known_schools = frozenset(known_schools)
 
-    def prepare(self, session: Session, events: list[BaseModel]) -> BatchCache:
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ReferralHandlers:
+        return cls(set(load_schools(settings.schools_file)))
+
+    def prepare(self, store: ReferralStore, events: list[BaseModel]) -> BatchCache:
         """Loads what the batch's handlers will read, so that they query nothing."""
-        store = ReferralStore(session)
         referral_ids = {e.referral_id for e in events  # type: ignore[attr-defined]
                         if isinstance(e, ReferralSubmitted | DerogationSubmitted
                                       | EnrollmentSubmitted)}
@@ -50,22 +56,14 @@ class ReferralHandlers:
         candidate = event.candidate
         return domain.person_key(candidate.first_name, candidate.last_name, candidate.birth_date)
 
-    def routes(self) -> dict[str, Route]:
-        return {
-            Topic.REFERRALS_SUBMITTED: Route(ReferralSubmitted, self.on_referral),
-            Topic.DEROGATIONS_SUBMITTED: Route(DerogationSubmitted, self.on_derogation),
-            Topic.ENROLLMENTS_SUBMITTED: Route(EnrollmentSubmitted, self.on_enrollment),
-            Topic.EXITS_DECIDED: Route(ExitDecided, self.on_exit),
-        }
-
-    def on_referral(self, unit: Unit, event: ReferralSubmitted) -> None:
-        store = store_of(unit)
+    def on_referral(self, uow: Work, event: ReferralSubmitted) -> None:
+        store = uow.store
         existing = store.get(event.referral_id)
         if existing is not None:
             # Re-sent under a new event_id: the decision already taken, nothing changes.
             store.log(existing.referral_id, "resend", existing.status, existing.reason_codes,
                       str(event.event_id))
-            unit.emit(Topic.REFERRALS_DECIDED, referral_decided(existing, event.event_id))
+            uow.emit(Topic.REFERRALS_DECIDED, referral_decided(existing, event.event_id))
             return
         candidate = event.candidate
         key = store.person_digest(self._person_key(event))
@@ -85,7 +83,7 @@ class ReferralHandlers:
         created = store.add(new_referral(event, decision, key, trainee_id), decision.is_live)
         store.log(event.referral_id, "referral", decision.status,
                   [str(r) for r in decision.reasons], str(event.event_id))
-        unit.emit(Topic.REFERRALS_DECIDED, referral_decided(created, event.event_id))
+        uow.emit(Topic.REFERRALS_DECIDED, referral_decided(created, event.event_id))
 
     @staticmethod
     def _trainee_for(store: ReferralStore, decision: domain.Decision) -> str | None:
@@ -94,33 +92,34 @@ class ReferralHandlers:
             return original.trainee_id if original else None  # no new trainee
         return new_trainee_id() if decision.gives_trainee else None
 
-    def on_derogation(self, unit: Unit, event: DerogationSubmitted) -> None:
-        store = store_of(unit)
+    def on_derogation(self, uow: Work, event: DerogationSubmitted) -> None:
+        store = uow.store
         referral = store.get(event.referral_id)
         current = ReferralStatus(referral.status) if referral else ReferralStatus.REJECTED
         decision = domain.decide_derogation(current, event.granted)
         reasons = [str(r) for r in decision.reasons]
         if referral is None:
-            unit.emit(Topic.REFERRALS_DECIDED, not_pending_unknown(event))
+            uow.emit(Topic.REFERRALS_DECIDED, not_pending_unknown(event))
             return
         if current is ReferralStatus.PENDING_DEROGATION:
+            referral = store.changeable(referral)
             store.set_status(referral, decision.status, reasons)
             if not decision.gives_trainee:
                 store.release_claim(referral)
                 referral.trainee_id = None
             store.log(referral.referral_id, "derogation", decision.status, reasons,
                       str(event.event_id))
-            unit.emit(Topic.REFERRALS_DECIDED, referral_decided(referral, event.event_id))
+            uow.emit(Topic.REFERRALS_DECIDED, referral_decided(referral, event.event_id))
             return
         store.log(referral.referral_id, "derogation", decision.status, reasons,
                   str(event.event_id))
-        unit.emit(
+        uow.emit(
             Topic.REFERRALS_DECIDED,
             referral_decided(referral, event.event_id, decision.status, reasons),
         )
 
-    def on_enrollment(self, unit: Unit, event: EnrollmentSubmitted) -> None:
-        store = store_of(unit)
+    def on_enrollment(self, uow: Work, event: EnrollmentSubmitted) -> None:
+        store = uow.store
         referral = store.get(event.referral_id)
         state = None
         if referral is not None:
@@ -134,32 +133,31 @@ class ReferralHandlers:
             if referral is not None:
                 store.log(referral.referral_id, "enrollment", "rejected", [str(refusal)],
                           str(event.event_id))
-            unit.emit(Topic.ENROLLMENTS_DECIDED, enrollment_refused(event, refusal))
+            uow.emit(Topic.ENROLLMENTS_DECIDED, enrollment_refused(event, refusal))
             return
-        assert referral is not None and referral.birth_date is not None
+        assert referral is not None
+        referral = store.changeable(referral)
+        assert referral.birth_date is not None
         referral.enrolled_on = event.enrolled_on
         referral.enrolled_school_id = event.school_id
         referral.age_at_entry = domain.age_on(referral.birth_date, event.enrolled_on)
         store.touch(referral)
         store.log(referral.referral_id, "enrollment", "enrolled", [], str(event.event_id))
-        unit.emit(Topic.ENROLLMENTS_DECIDED, enrolled(referral, event))
+        uow.emit(Topic.ENROLLMENTS_DECIDED, enrolled(referral, event))
 
-    def on_exit(self, unit: Unit, event: ExitDecided) -> None:
+    def on_exit(self, uow: Work, event: ExitDecided) -> None:
         """Learns from outcomes that a trainee left: the person may be referred again."""
         if event.status is not ExitStatus.RECORDED:
             return
-        store = store_of(unit)
+        store = uow.store
         referral = store.by_trainee(event.trainee_id)
         if referral is None or referral.exited_on is not None:
             return
+        referral = store.changeable(referral)
         referral.exited_on = event.exited_on
         store.release_claim(referral)
         store.touch(referral)
         store.log(referral.referral_id, "exit", str(event.outcome), [], str(event.event_id))
-
-
-def store_of(unit: Unit) -> ReferralStore:
-    return ReferralStore(unit.session, unit.cache, unit.insert_later)
 
 
 def new_referral(

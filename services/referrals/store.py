@@ -6,16 +6,16 @@ import hashlib
 import hmac
 import json
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import Table, func, or_
+from sqlalchemy import func, or_
 from sqlmodel import Field, Session, SQLModel, col, delete, select
 
 from shared.contract import ReferralStatus
 from shared.db import UtcDateTime
+from shared.messaging import BatchScope
 
 PERSONAL_FIELDS = ("first_name", "last_name", "birth_date", "email", "phone", "person_key")
 
@@ -71,7 +71,9 @@ class Referral(SQLModel, table=True):
 
 @dataclass(frozen=True)
 class NewReferral:
-    """A referral created in the batch being handled, as the rest of the batch reads it."""
+    """A referral created on the batch's fast path, as the rest of the batch reads it: its
+    row is written with the batch (see `BatchScope`). Frozen, so that nothing changes it
+    behind the store's back: `ReferralStore.changeable` gives the real row to change."""
 
     referral_id: str
     agency_id: str
@@ -115,7 +117,7 @@ class StoreSecret(SQLModel, table=True):
     value: str = Field(max_length=128)
 
 
-class ReferralEvent(SQLModel, table=True):
+class ReferralHistory(SQLModel, table=True):
     """The history of a referral: every decision taken on it, in order, with its reasons."""
 
     __tablename__ = "referral_history"
@@ -133,7 +135,7 @@ TABLES = (
     Referral.__table__,
     PersonClaim.__table__,
     StoreSecret.__table__,
-    ReferralEvent.__table__,
+    ReferralHistory.__table__,
 )
 PERSON_KEY_SECRET = "person_key"
 _secrets: dict[str, bytes] = {}
@@ -162,17 +164,18 @@ class BatchCache:
 
 
 class ReferralStore:
-    def __init__(
-        self,
-        session: Session,
-        cache: BatchCache | None = None,
-        insert_later: Callable[[Table, dict[str, Any]], None] | None = None,
-    ) -> None:
-        """`cache`: what the batch loaded at once; `insert_later`: where append-only rows
-        (the history) go to be written in bulk with the batch."""
+    def __init__(self, session: Session, batch: BatchScope | None = None) -> None:
+        """`batch`: the consuming batch's scope. On its fast path the store reads what the
+        batch loaded at once (`BatchCache`) and writes new referrals, their claims and the
+        history in bulk with the batch; everywhere else it reads and writes at once."""
         self.session = session
-        self.cache = cache
-        self.insert_later = insert_later
+        self.batch = batch
+
+    @property
+    def cache(self) -> BatchCache | None:
+        cache: BatchCache | None = self.batch.cache if self.batch is not None else None
+        return cache
+
 
     def get(self, referral_id: str, for_update: bool = False) -> Referral | None:
         """`for_update` locks the row (PostgreSQL) against a concurrent change of it."""
@@ -191,7 +194,8 @@ class ReferralStore:
     def load_batch(
         self, referral_ids: set[str], trainee_ids: set[str], digests: set[str]
     ) -> BatchCache:
-        """Three queries for the whole batch instead of a few per record."""
+        """Three queries for the whole batch instead of a few per record (the batch's
+        `prepare`)."""
         cache = BatchCache()
         cache.referrals = dict.fromkeys(referral_ids)
         if referral_ids:
@@ -209,7 +213,6 @@ class ReferralStore:
             found_claims = select(PersonClaim).where(col(PersonClaim.person_key).in_(digests))
             cache.claims.update({c.person_key: c.referral_id
                                  for c in self.session.exec(found_claims).all()})
-        self.cache = cache
         return cache
 
     def person_digest(self, person_key: str) -> str:
@@ -240,16 +243,14 @@ class ReferralStore:
     def add(self, row: dict[str, Any], live: bool) -> Referral | NewReferral:
         """A new referral (and its claim on the person while it is live).
 
-        In a batch with its cache, the rows are written in bulk with the batch and the
-        batch reads a frozen copy: nothing changes a referral in the batch that created it
-        (its decision has not left yet); if something tries, the copy refuses and the batch
-        takes the savepoint path, where the rows are ORM objects like everywhere else.
+        On the batch's fast path its rows are written in bulk with the batch and the batch
+        reads a frozen copy (`NewReferral`); elsewhere they are ORM rows like any other.
         """
         claim = {"person_key": row["person_key"], "referral_id": row["referral_id"]}
-        if self.cache is not None and self.insert_later is not None:
-            self.insert_later(Referral.__table__, row)  # type: ignore[arg-type]
+        if self.batch is not None and self.cache is not None:  # the batch reads its cache
+            self.batch.insert(Referral.__table__, row)  # type: ignore[arg-type]
             if live:
-                self.insert_later(PersonClaim.__table__, claim)  # type: ignore[arg-type]
+                self.batch.insert(PersonClaim.__table__, claim)  # type: ignore[arg-type]
             new: Referral | NewReferral = NewReferral.of(row)
         else:
             new = Referral(**row)
@@ -263,6 +264,22 @@ class ReferralStore:
             if live:
                 self.cache.claims[row["person_key"]] = row["referral_id"]
         return new
+
+    def changeable(self, referral: Referral | NewReferral) -> Referral:
+        """The row to change. A referral created on the batch's fast path is not written yet:
+        the batch's pending rows are written first, then the real row is read (and the
+        batch's cache points at it from then on)."""
+        if isinstance(referral, Referral):
+            return referral
+        assert self.batch is not None, "a NewReferral only exists in a batch"
+        self.batch.write_pending()
+        row = self.session.get(Referral, referral.referral_id)
+        assert row is not None
+        if self.cache is not None:
+            self.cache.referrals[row.referral_id] = row
+            if row.trainee_id is not None and row.duplicate_of is None:
+                self.cache.by_trainee[row.trainee_id] = row
+        return row
 
     def release_claim(self, referral: Referral) -> None:
         if referral.person_key is None:
@@ -298,16 +315,16 @@ class ReferralStore:
     ) -> None:
         row = {"referral_id": referral_id, "kind": kind, "request_event_id": request_event_id,
                "status": status, "reasons": json.dumps(reasons), "at": now()}
-        if self.insert_later is not None:
-            self.insert_later(ReferralEvent.__table__, row)  # type: ignore[arg-type]
+        if self.batch is not None:
+            self.batch.insert(ReferralHistory.__table__, row)  # type: ignore[arg-type]
         else:
-            self.session.add(ReferralEvent(**row))
+            self.session.add(ReferralHistory(**row))
 
-    def history(self, referral_id: str) -> list[ReferralEvent]:
+    def history(self, referral_id: str) -> list[ReferralHistory]:
         query = (
-            select(ReferralEvent)
-            .where(ReferralEvent.referral_id == referral_id)
-            .order_by(col(ReferralEvent.id))
+            select(ReferralHistory)
+            .where(ReferralHistory.referral_id == referral_id)
+            .order_by(col(ReferralHistory.id))
         )
         return list(self.session.exec(query).all())
 

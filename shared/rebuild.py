@@ -1,0 +1,143 @@
+"""A service's store rebuilt from the topics alone, as its topology declares (`Rebuild`).
+
+Every replayed topic is read from its beginning up to where it ended when the rebuild
+started, in the declared order, by the replay's handlers (which learn what was decided and
+decide nothing again); then the declared `finish` runs in one transaction. What the replay
+wrote to the outbox is dropped (it was sent the first time); what `finish` emits is sent when
+the service starts. The service's consumer group then resumes after what was read.
+It refuses to run while events wait in the outbox, or when a topic lost its start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+from sqlalchemy import Engine, inspect
+from sqlmodel import SQLModel, delete
+
+from shared.db import make_engine
+from shared.kafka import to_inbound, topic_partitions
+from shared.messaging import (
+    PLUMBING_TABLES,
+    BatchProcessor,
+    OutboxMessage,
+    outbox_backlog,
+    unit_of_work,
+)
+from shared.settings import Settings
+from shared.topology import ServiceTopology
+
+
+@dataclass
+class RebuildResult:
+    records: int
+    held_again: int
+
+
+def rebuild(topology: ServiceTopology[Any, Any], settings: Settings) -> RebuildResult:
+    """Drops the service's store and rebuilds it from the topics (the service must be
+    stopped)."""
+    if topology.rebuild is None:
+        raise ValueError(f"the {topology.name} service cannot be rebuilt from the topics")
+    replayed = tuple(topology.rebuild.replays)
+    handlers = topology.handlers(settings)
+    engine = make_engine(settings.database_url(topology.name))
+    try:
+        _refuse_unsent_outbox(engine, topology)
+        bootstrap = settings.kafka_bootstrap_servers
+        ends = asyncio.run(_end_offsets(bootstrap, replayed))
+        tables = [*PLUMBING_TABLES, *topology.tables]
+        SQLModel.metadata.drop_all(engine, tables=tables)
+        SQLModel.metadata.create_all(engine, tables=tables)
+        processor = topology.rebuild_processor(engine, handlers)
+        records = sum(asyncio.run(_replay(bootstrap, topic, ends, processor))
+                      for topic in replayed)
+        held = finish(topology, handlers, engine)
+        consumed = {tp: end for tp, end in ends.items() if tp.topic in topology.inputs}
+        asyncio.run(_commit_group_offsets(bootstrap, topology.group_id, consumed))
+        return RebuildResult(records, held)
+    finally:
+        engine.dispose()
+
+
+def finish(topology: ServiceTopology[Any, Any], handlers: Any, engine: Engine) -> int:
+    """The rebuild's last step, once every topic is replayed: what the replay wrote to the
+    outbox is dropped (it was sent the first time), then the declared `finish` runs."""
+    assert topology.rebuild is not None
+    with unit_of_work(engine, topology.store, topology.name) as uow:
+        uow.session.exec(delete(OutboxMessage))  # type: ignore[call-overload]
+        return topology.rebuild.finish(handlers, uow)
+
+
+def _refuse_unsent_outbox(engine: Engine, topology: ServiceTopology[Any, Any]) -> None:
+    if not inspect(engine).has_table(OutboxMessage.__tablename__):
+        return
+    with unit_of_work(engine, topology.store) as uow:
+        backlog = outbox_backlog(uow.session)
+    if backlog:
+        raise RuntimeError(f"{backlog} decisions are not published yet: start the service "
+                           "until its outbox is empty, then rebuild")
+
+
+async def _end_offsets(bootstrap: str, topics: tuple[str, ...]) -> dict[TopicPartition, int]:
+    """Where each replayed partition ends; refuses when its beginning is gone (retention)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        partitions = await topic_partitions(bootstrap, topics)
+        starts = await consumer.beginning_offsets(partitions)
+        lost = [f"{tp.topic}[{tp.partition}]" for tp, offset in starts.items() if offset > 0]
+        if lost:
+            raise RuntimeError(f"cannot rebuild: the start of {', '.join(lost)} was deleted")
+        return dict(await consumer.end_offsets(partitions))
+    finally:
+        await consumer.stop()
+
+
+async def _replay(
+    bootstrap: str, topic: str, ends: dict[TopicPartition, int], processor: BatchProcessor
+) -> int:
+    partitions = [tp for tp in ends if tp.topic == topic and ends[tp] > 0]
+    if not partitions:
+        return 0
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        records = 0
+        remaining = set(partitions)
+        while remaining:
+            batches = await consumer.getmany(*remaining, timeout_ms=1000, max_records=2000)
+            batch = [
+                record for tp, got in batches.items() for record in got
+                if record.offset < ends[tp]
+            ]
+            if batch:
+                await asyncio.to_thread(processor.process, [to_inbound(r) for r in batch])
+                records += len(batch)
+            for tp in list(remaining):
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def _commit_group_offsets(
+    bootstrap: str, group_id: str, ends: dict[TopicPartition, int]
+) -> None:
+    """The service's group resumes after what the rebuild read."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(list(ends))
+        await consumer.commit({tp: OffsetAndMetadata(end, "") for tp, end in ends.items()})
+    finally:
+        await consumer.stop()
