@@ -429,10 +429,12 @@ def _ops_token(settings: Settings) -> str | None:
     """E2C_TOKEN, else an ops (or else admin) token of the stack's tokens file."""
     import os
 
+    from shared.http import Role
+
     if os.environ.get("E2C_TOKEN"):
         return os.environ["E2C_TOKEN"]
     tokens = stack_tokens(settings)
-    for wanted in ("ops", "admin"):
+    for wanted in (Role.OPS, Role.ADMIN):
         for token, role in tokens.items():
             if role == wanted:
                 return token

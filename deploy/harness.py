@@ -22,6 +22,7 @@ from deploy.local_postgres import LocalPostgres
 from deploy.local_postgres import ensure_installed as ensure_postgres
 from deploy.local_redis import LocalRedis
 from deploy.local_redis import ensure_installed as ensure_redis
+from shared.http import Role
 from shared.private_files import new_secret, open_private_append, private_dir, write_private
 from shared.settings import PROJECT_ROOT
 
@@ -181,5 +182,5 @@ class Environment:
 
     def stack(self, label: str) -> Stack:
         folder = private_dir(self.data / label)
-        write_private(folder / "tokens.json", json.dumps({self.admin_token: "admin"}) + "\n")
+        write_private(folder / "tokens.json", json.dumps({self.admin_token: Role.ADMIN}) + "\n")
         return Stack(self.kafka.bootstrap, self.redis.url, folder)

@@ -37,6 +37,7 @@ from shared.db import make_engine
 from shared.docs import docs_routes
 from shared.http import (
     Authorizer,
+    Role,
     TokensFileError,
     bounded_int,
     health_routes,
@@ -375,7 +376,7 @@ async def pipeline_state(ctx: ServiceContext, dead_letter_limit: int = 10) -> di
 
 def _pipeline_endpoint(ctx: ServiceContext) -> Callable[[Request], Any]:
     async def pipeline(request: Request) -> Response:
-        ctx.auth.require(request, "ops")
+        ctx.auth.require(request, Role.OPS)
         limit = bounded_int(request.query_params.get("limit", "10"), 0, 1000)
         if limit is None:
             return JSONResponse({"detail": "limit must be an integer from 0 to 1000"}, 400)
