@@ -44,7 +44,7 @@ REPORT_KEYS = (
     "year", "accompanied", "entries", "exits", "exits_by_outcome", "exits_by_category",
     "solutions", "satisfaction", "profile", "entries_by_agency_kind", "by_school",
 )
-OUTCOMES = tuple(outcome.value for outcome in Outcome)
+OUTCOME_ORDER = tuple(outcome.value for outcome in Outcome)  # exit outcomes, in `Outcome` order
 CATEGORIES = tuple(category.value for category in OutcomeCategory)
 SATISFACTION_KEYS = ("answered", "satisfied")
 PROFILE_KEYS = ("age_at_entry_sum", "minors", "rqth", "qpv_resident", "no_work_experience")
@@ -70,7 +70,7 @@ def outcomes_report_json(report: Json) -> bytes:
     """The report of `domain.outcomes_report` in the contract's exact shape and key order,
     schools sorted by id: the same counts always give the same bytes (after a rebuild too)."""
     body = _ordered(report, REPORT_KEYS)
-    body["exits_by_outcome"] = _ordered(report["exits_by_outcome"], OUTCOMES)
+    body["exits_by_outcome"] = _ordered(report["exits_by_outcome"], OUTCOME_ORDER)
     body["exits_by_category"] = _ordered(report["exits_by_category"], CATEGORIES)
     body["satisfaction"] = _ordered(report["satisfaction"], SATISFACTION_KEYS)
     body["profile"] = _ordered(report["profile"], PROFILE_KEYS)
@@ -171,7 +171,7 @@ def render_outcomes_text(report: Json) -> str:
     out += text_table(["exits by outcome", "category", "exits", "% of exits"], [
         [o, domain.category_of(Outcome(o)).value, report["exits_by_outcome"][o],
          percent(report["exits_by_outcome"][o], exits)]
-        for o in OUTCOMES
+        for o in OUTCOME_ORDER
     ])
     out.append("")
 
