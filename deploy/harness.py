@@ -112,7 +112,13 @@ class ServiceProcess:
 
 
 @dataclass
-class Stack:
+class ServiceProcesses:
+    """Service processes of the tests, the benchmark and the chaos run: children of the
+    caller on free ports, against a broker and a cache they are given, stopped with it.
+
+    Not `deploy.stack.LocalStack`, the operator's `e2c stack`: detached processes on the
+    configured ports, found again through pid files, that starts its own Kafka and Redis."""
+
     bootstrap: str
     redis_url: str
     data_dir: Path
@@ -180,7 +186,7 @@ class Environment:
         self.redis.stop()
         self.kafka.stop()
 
-    def stack(self, label: str) -> Stack:
+    def stack(self, label: str) -> ServiceProcesses:
         folder = private_dir(self.data / label)
         write_private(folder / "tokens.json", json.dumps({self.admin_token: Role.ADMIN}) + "\n")
-        return Stack(self.kafka.bootstrap, self.redis.url, folder)
+        return ServiceProcesses(self.kafka.bootstrap, self.redis.url, folder)
