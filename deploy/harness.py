@@ -48,14 +48,20 @@ class ServiceProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(
-        self, extra_env: dict[str, str] | None = None, timeout: float = 60, wait: str = "ready"
+        self,
+        extra_env: dict[str, str] | None = None,
+        timeout: float = 60,
+        wait: str = "ready",
+        crash_at: str | None = None,
     ) -> None:
         """Starts the process and waits for `/health/<wait>` ("ready", or "live" when the
-        cache may be away) to answer 200."""
+        cache may be away) to answer 200. With `crash_at` (a point of `deploy.faults`) the
+        service runs through `python -m deploy.faults` and dies there."""
         env = {**self.env, **(extra_env or {})}
+        module = ["deploy.faults", self.name, crash_at] if crash_at else [f"services.{self.name}"]
         with open_private_append(self.log_path) as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", f"services.{self.name}"],
+                [sys.executable, "-m", *module],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -8,9 +8,9 @@ import json
 import httpx
 import pytest
 
+from deploy.faults import CRASH_EXIT_CODE
 from deploy.harness import ServiceProcesses
 from shared.contract import ReferralDecided, Topic
-from shared.kafka import CRASH_EXIT_CODE, CRASH_POINT_ENV
 from tests import tokens
 from tests.events import new_id, referral
 from tests.infra import Publisher, TopicWatcher
@@ -145,7 +145,7 @@ async def test_a_crash_after_the_db_commit_before_the_offset_commit_decides_once
     service, twin = stack.services["referrals"], stack.services["referrals-2"]
     twin.stop()  # one instance holds every partition, so the record reaches the crashing one
     service.stop()
-    service.start(extra_env={CRASH_POINT_ENV: "after_db_commit"})
+    service.start(crash_at="after_db_commit")
     event = referral()
     await publisher.send(SUBMITTED, event, key=event["referral_id"])
 
