@@ -44,7 +44,7 @@ class FinanceApi:
         self.auth.require(request, Role.FINANCE)
         year = year_param(request)
         body = await anyio.to_thread.run_sync(
-            lambda: reports.load_report(self.engine, year, self.school_ids, reports.today())
+            lambda: reports.load_report(self.engine, year, self.school_ids)
         )
         return JSONResponse(body)
 

@@ -46,9 +46,7 @@ class OutcomesApi:
         self.auth.require(request, Role.OUTCOMES)
         year = year_param(request)
         body = await anyio.to_thread.run_sync(
-            lambda: reports.outcomes_report_json(
-                reports.load_outcomes_report(self.engine, year, self.school_ids)
-            )
+            lambda: reports.outcomes_report_body(self.engine, year, self.school_ids)
         )
         return json_response(body)
 
@@ -69,7 +67,7 @@ class OutcomesApi:
         agency_id = self.funnel_agency(request)
         year = year_param(request)
         body = await anyio.to_thread.run_sync(
-            lambda: reports.canonical_json(reports.load_funnel(self.engine, year, agency_id))
+            lambda: reports.funnel_body(self.engine, year, agency_id)
         )
         return json_response(body)
 
@@ -77,7 +75,7 @@ class OutcomesApi:
         self.auth.require(request, Role.OUTCOMES, Role.FINANCE)
         year = year_param(request)
         body = await anyio.to_thread.run_sync(
-            lambda: reports.canonical_json(reports.load_aids_outcomes(self.engine, year))
+            lambda: reports.aids_outcomes_body(self.engine, year)
         )
         return json_response(body)
 

@@ -25,11 +25,14 @@ Json = dict[str, Any]
 
 __all__ = [
     "NO_RATE",
+    "aids_outcomes_body",
     "aids_outcomes_report",
     "canonical_json",
+    "funnel_body",
     "load_aids_outcomes",
     "load_funnel",
     "load_outcomes_report",
+    "outcomes_report_body",
     "outcomes_report_json",
     "percent",
     "render_aids_outcomes_text",
@@ -108,6 +111,21 @@ def load_aids_outcomes(engine: Engine, year: int) -> Json:
         store = OutcomeStore(session)
         trainees, aided = store.all_trainees(), store.aided()
     return aids_outcomes_report(year, domain.aids_and_outcomes(trainees, aided, year))
+
+
+# --- The bodies: `GET /reports/...` and `e2c report ... --json` both print these bytes -----
+
+
+def outcomes_report_body(engine: Engine, year: int, schools: Iterable[str]) -> bytes:
+    return outcomes_report_json(load_outcomes_report(engine, year, schools))
+
+
+def funnel_body(engine: Engine, year: int, agency_id: str | None = None) -> bytes:
+    return canonical_json(load_funnel(engine, year, agency_id))
+
+
+def aids_outcomes_body(engine: Engine, year: int) -> bytes:
+    return canonical_json(load_aids_outcomes(engine, year))
 
 
 # --- Rates as people read them -----------------------------------------------------------
