@@ -37,7 +37,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from deploy.harness import Environment, Stack
+from deploy.harness import Environment, ServiceProcesses
 from shared.contract import Topic
 from shared.kafka import topic_partitions
 from shared.settings import PROJECT_ROOT
@@ -223,7 +223,9 @@ async def lifecycle(bootstrap: str, trainees: int) -> Figure:
 # --- the run ------------------------------------------------------------------------------------
 
 
-def start_services(env: Environment, label: str, instances: int, postgres: bool) -> Stack:
+def start_services(
+    env: Environment, label: str, instances: int, postgres: bool
+) -> ServiceProcesses:
     stack = env.stack(label)
     stores = {}
     if postgres:

@@ -26,7 +26,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from deploy.harness import Environment, ServiceProcess, Stack
+from deploy.harness import Environment, ServiceProcess, ServiceProcesses
 from deploy.ops import original_bytes
 from deploy.simulation.plan import YearPlan, plan_year
 from deploy.simulation.run import Endpoints, Outcome, Progress, Simulation
@@ -56,7 +56,7 @@ class Journal:
 
 
 class Chaos:
-    def __init__(self, env: Environment, stack: Stack, journal: Journal, seed: int,
+    def __init__(self, env: Environment, stack: ServiceProcesses, journal: Journal, seed: int,
                  malformed: int, pause: float) -> None:
         self.env = env
         self.stack = stack

@@ -236,7 +236,7 @@ def _report_finance(args: argparse.Namespace) -> int:
     try:
         create_schema(engine, TABLES)
         schools = list(load_schools(settings.schools_file))
-        report = reports.load_report(engine, args.year, schools, reports.today())
+        report = reports.load_report(engine, args.year, schools)
         if args.json:
             print(json.dumps(report, indent=2))
         else:
@@ -272,13 +272,13 @@ def _report_outcomes(args: argparse.Namespace) -> int:
     engine = _outcomes_engine(settings)
     try:
         schools = list(load_schools(settings.schools_file))
-        report = reports.load_outcomes_report(engine, args.year, schools)
+        if args.json:
+            print(reports.outcomes_report_body(engine, args.year, schools).decode("utf-8"))
+        else:
+            report = reports.load_outcomes_report(engine, args.year, schools)
+            print(reports.render_outcomes_text(report), end="")
     finally:
         engine.dispose()
-    if args.json:
-        print(reports.outcomes_report_json(report).decode("utf-8"))
-    else:
-        print(reports.render_outcomes_text(report), end="")
     return 0
 
 
@@ -287,13 +287,13 @@ def _report_funnel(args: argparse.Namespace) -> int:
 
     engine = _outcomes_engine(_command_settings())
     try:
-        funnel = reports.load_funnel(engine, args.year, args.agency)
+        if args.json:
+            print(reports.funnel_body(engine, args.year, args.agency).decode("utf-8"))
+        else:
+            funnel = reports.load_funnel(engine, args.year, args.agency)
+            print(reports.render_funnel_text(funnel), end="")
     finally:
         engine.dispose()
-    if args.json:
-        print(reports.canonical_json(funnel).decode("utf-8"))
-    else:
-        print(reports.render_funnel_text(funnel), end="")
     return 0
 
 
@@ -302,13 +302,13 @@ def _report_aids_outcomes(args: argparse.Namespace) -> int:
 
     engine = _outcomes_engine(_command_settings())
     try:
-        report = reports.load_aids_outcomes(engine, args.year)
+        if args.json:
+            print(reports.aids_outcomes_body(engine, args.year).decode("utf-8"))
+        else:
+            report = reports.load_aids_outcomes(engine, args.year)
+            print(reports.render_aids_outcomes_text(report), end="")
     finally:
         engine.dispose()
-    if args.json:
-        print(reports.canonical_json(report).decode("utf-8"))
-    else:
-        print(reports.render_aids_outcomes_text(report), end="")
     return 0
 
 
@@ -430,10 +430,12 @@ def _ops_token(settings: Settings) -> str | None:
     """E2C_TOKEN, else an ops (or else admin) token of the stack's tokens file."""
     import os
 
+    from shared.http import Role
+
     if os.environ.get("E2C_TOKEN"):
         return os.environ["E2C_TOKEN"]
     tokens = stack_tokens(settings)
-    for wanted in ("ops", "admin"):
+    for wanted in (Role.OPS, Role.ADMIN):
         for token, role in tokens.items():
             if role == wanted:
                 return token

@@ -22,6 +22,7 @@ from deploy.local_postgres import LocalPostgres
 from deploy.local_postgres import ensure_installed as ensure_postgres
 from deploy.local_redis import LocalRedis
 from deploy.local_redis import ensure_installed as ensure_redis
+from shared.http import Role
 from shared.private_files import new_secret, open_private_append, private_dir, write_private
 from shared.settings import PROJECT_ROOT
 
@@ -47,14 +48,20 @@ class ServiceProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(
-        self, extra_env: dict[str, str] | None = None, timeout: float = 60, wait: str = "ready"
+        self,
+        extra_env: dict[str, str] | None = None,
+        timeout: float = 60,
+        wait: str = "ready",
+        crash_at: str | None = None,
     ) -> None:
         """Starts the process and waits for `/health/<wait>` ("ready", or "live" when the
-        cache may be away) to answer 200."""
+        cache may be away) to answer 200. With `crash_at` (a point of `deploy.faults`) the
+        service runs through `python -m deploy.faults` and dies there."""
         env = {**self.env, **(extra_env or {})}
+        module = ["deploy.faults", self.name, crash_at] if crash_at else [f"services.{self.name}"]
         with open_private_append(self.log_path) as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", f"services.{self.name}"],
+                [sys.executable, "-m", *module],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -111,7 +118,13 @@ class ServiceProcess:
 
 
 @dataclass
-class Stack:
+class ServiceProcesses:
+    """Service processes of the tests, the benchmark and the chaos run: children of the
+    caller on free ports, against a broker and a cache they are given, stopped with it.
+
+    Not `deploy.stack.LocalStack`, the operator's `e2c stack`: detached processes on the
+    configured ports, found again through pid files, that starts its own Kafka and Redis."""
+
     bootstrap: str
     redis_url: str
     data_dir: Path
@@ -179,7 +192,7 @@ class Environment:
         self.redis.stop()
         self.kafka.stop()
 
-    def stack(self, label: str) -> Stack:
+    def stack(self, label: str) -> ServiceProcesses:
         folder = private_dir(self.data / label)
-        write_private(folder / "tokens.json", json.dumps({self.admin_token: "admin"}) + "\n")
-        return Stack(self.kafka.bootstrap, self.redis.url, folder)
+        write_private(folder / "tokens.json", json.dumps({self.admin_token: Role.ADMIN}) + "\n")
+        return ServiceProcesses(self.kafka.bootstrap, self.redis.url, folder)

@@ -6,6 +6,7 @@ import json
 import secrets
 import stat
 from collections.abc import Awaitable, Callable, Sequence
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,32 @@ from starlette.types import ExceptionHandler
 
 from shared.private_files import private_dir, write_private
 
+
+class Role(StrEnum):
+    """The fixed roles of the tokens file, which holds their values ("admin", ...). An
+    agency's role is `partner:<agency_id>` (`partner_role`, `partner_agency`)."""
+
+    ADMIN = "admin"
+    FINANCE = "finance"
+    OUTCOMES = "outcomes"
+    OPS = "ops"
+
+
 PARTNER_PREFIX = "partner:"
-ROLES = ("admin", "finance", "outcomes", "ops")
+_FIXED_ROLES = frozenset(Role)  # a plain str is found in it by value
+
+
+def partner_role(agency_id: str) -> str:
+    """The role of a partner agency's tokens: `partner:<agency_id>`."""
+    return PARTNER_PREFIX + agency_id
+
+
+def partner_agency(role: str) -> str | None:
+    """The agency of a `partner:<agency_id>` role; None for any other role."""
+    if not role.startswith(PARTNER_PREFIX):
+        return None
+    return role.removeprefix(PARTNER_PREFIX) or None
+
 
 Check = Callable[[], Awaitable[None]]
 
@@ -103,7 +128,7 @@ def _parse_tokens(path: Path) -> dict[str, str]:
 def _check_token(path: Path, token: str, role: str) -> None:
     if not _known_role(role):  # checked first: a swapped entry would print its token
         raise TokensFileError(
-            f"tokens file {path}: an entry's role is not one of {', '.join(ROLES)} or "
+            f"tokens file {path}: an entry's role is not one of {', '.join(Role)} or "
             f"{PARTNER_PREFIX}<agency_id> (token and role swapped?)"
         )
     if token in EXAMPLE_TOKENS or EXAMPLE_MARKER in token.lower():
@@ -122,7 +147,7 @@ def _known_role(role: str) -> bool:
     agency = role.removeprefix(PARTNER_PREFIX)
     if agency != role:
         return bool(agency) and not any(char.isspace() for char in agency)
-    return role in ROLES
+    return role in _FIXED_ROLES
 
 
 def create_tokens_file(path: Path) -> str:
@@ -130,7 +155,7 @@ def create_tokens_file(path: Path) -> str:
     created at 0600 from its first byte, never over an existing file."""
     token = secrets.token_urlsafe(24)  # 32 characters
     private_dir(path.parent)
-    write_private(path, json.dumps({token: "admin"}, indent=2) + "\n", exclusive=True)
+    write_private(path, json.dumps({token: Role.ADMIN}, indent=2) + "\n", exclusive=True)
     return token
 
 
@@ -147,10 +172,10 @@ class Authorizer:
             raise HTTPException(401, "a valid bearer token is required")
         return role
 
-    def require(self, request: Request, *allowed: str) -> str:
+    def require(self, request: Request, *allowed: Role) -> str:
         """The caller's role if it is admin or one of `allowed`, else 401/403."""
         role = self.role(request)
-        if role != "admin" and role not in allowed:
+        if role != Role.ADMIN and role not in allowed:
             raise HTTPException(403, "this token's role may not see this resource")
         return role
 

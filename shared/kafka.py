@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Union
 
 import anyio
@@ -36,10 +35,8 @@ from shared.observability import ServiceMetrics
 
 log = logging.getLogger(__name__)
 
-CRASH_POINT_ENV = "E2C_CRASH_POINT"
 OUTBOX_LOCK_KEY = 0x0E2C_0B0C  # the advisory lock of the outbox relay (one store per service)
 Row = tuple[int, str, str | None, str]
-CRASH_EXIT_CODE = 75
 
 
 # One limit for a record everywhere: the producers' `max_request_size`, the broker's
@@ -118,30 +115,28 @@ def _keep_undecoded(_message: Any) -> None:
     return None
 
 
-def _crash_if(point: str) -> None:
-    """Fault injection for the tests: die like a SIGKILL at a named point."""
-    if os.environ.get(CRASH_POINT_ENV) == point:
-        log.warning("crash point %s reached: exiting", point)
-        os._exit(CRASH_EXIT_CODE)
-
-
 class BatchConsumer:
     """Subscribes one consumer group to the service's input topics, a batch at a time.
 
     Offsets are committed by hand (AckPolicy.MANUAL) only after the batch's transaction
     committed. When the store fails, the batch is rewound (nack seeks back on every
     partition) and read again after a backoff: nothing is skipped, nothing loops hot.
+
+    `after_db_commit`, None unless a test sets it (`deploy.faults`), runs between a batch's
+    transaction commit and its offset commit: the place to inject a crash.
     """
 
     def __init__(
         self,
         processor: BatchProcessor,
         metrics: ServiceMetrics,
-        on_committed: Any,
+        on_committed: Callable[[], None],
+        after_db_commit: Callable[[], None] | None = None,
     ) -> None:
         self.processor = processor
         self.metrics = metrics
         self.on_committed = on_committed
+        self.after_db_commit = after_db_commit
         self.failures = 0
         self.last_processed_at: float | None = None
 
@@ -198,7 +193,8 @@ class BatchConsumer:
         self.last_processed_at = time.time()
         self.metrics.mark_processed(self.last_processed_at)
         self.metrics.record_batch(result, time.perf_counter() - started, len(inbound))
-        _crash_if("after_db_commit")
+        if self.after_db_commit is not None:
+            self.after_db_commit()
         await msg.ack()
         self.on_committed()
 

@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from shared.contract import Topic
-from shared.http import bounded_int
+from shared.http import Role, bounded_int
 from shared.logsafe import describe_error
 from shared.messaging import outbox_backlog, parked_messages, unit_of_work
 from shared.settings import SERVICE_PORTS
@@ -454,7 +454,7 @@ async def pipeline_state(ctx: ServiceContext, dead_letter_limit: int = 10) -> di
 
 def pipeline_endpoint(ctx: ServiceContext) -> Callable[[Request], Any]:
     async def pipeline(request: Request) -> Response:
-        ctx.auth.require(request, "ops")
+        ctx.auth.require(request, Role.OPS)
         limit = bounded_int(request.query_params.get("limit", "10"), 0, 1000)
         if limit is None:
             return JSONResponse({"detail": "limit must be an integer from 0 to 1000"}, 400)

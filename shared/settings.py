@@ -58,6 +58,3 @@ class Settings(BaseSettings):
     def port(self, service: str) -> int:
         return getattr(self, f"{service}_port")
 
-
-def get_settings() -> Settings:
-    return Settings()

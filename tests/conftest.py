@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.harness import Stack
+from deploy.harness import ServiceProcesses
 from shared.contract import Topic
 from tests.infra import (
     TEST_DATA,
@@ -60,7 +60,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture(scope="session")
 def stack(
     kafka: str, redis_server: str, postgres_database: Callable[[str], str]
-) -> Iterator[Stack]:
+) -> Iterator[ServiceProcesses]:
     """The services as processes. Referrals and aids run two instances each in one consumer
     group on one PostgreSQL store, so that races between partitions are real; outcomes runs
     one on SQLite. Aid requests and exits are held 3 s (not 24 h) before `unknown_trainee`."""
@@ -68,7 +68,7 @@ def stack(
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
     write_tokens_file(data_dir / "tokens.json")
-    running = Stack(kafka, redis_server, data_dir)
+    running = ServiceProcesses(kafka, redis_server, data_dir)
     referrals = {"REFERRALS_DATABASE_URL": postgres_database("e2c_stack_referrals")}
     aids = {
         "AIDS_DATABASE_URL": postgres_database("e2c_stack_aids"),
@@ -87,7 +87,7 @@ def stack(
 
 
 @pytest.fixture(scope="session")
-async def watcher(stack: Stack) -> AsyncIterator[TopicWatcher]:
+async def watcher(stack: ServiceProcesses) -> AsyncIterator[TopicWatcher]:
     topic_watcher = TopicWatcher(stack.bootstrap, [str(t) for t in WATCHED_TOPICS])
     await topic_watcher.start()
     yield topic_watcher
@@ -95,7 +95,7 @@ async def watcher(stack: Stack) -> AsyncIterator[TopicWatcher]:
 
 
 @pytest.fixture(scope="session")
-async def publisher(stack: Stack) -> AsyncIterator[Publisher]:
+async def publisher(stack: ServiceProcesses) -> AsyncIterator[Publisher]:
     sender = Publisher(stack.bootstrap)
     await sender.start()
     yield sender

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from deploy.harness import Stack
+from deploy.harness import ServiceProcesses
 from shared.contract import EnrollmentDecided, ExitDecided, Topic, new_event_fields
 from tests import tokens
 from tests.events import new_id
@@ -124,7 +124,7 @@ async def test_every_refusal_of_the_contract(
         assert outcome(decision) == ("rejected", [reason]), reason
 
 
-async def wait_for_row(stack: Stack, query: str, key: str, timeout: float = 30) -> Any:
+async def wait_for_row(stack: ServiceProcesses, query: str, key: str, timeout: float = 30) -> Any:
     """Polls the aids store until `query` returns a non-null value."""
     engine = create_engine(stack.services["aids"].env["AIDS_DATABASE_URL"])
     try:
@@ -140,7 +140,7 @@ async def wait_for_row(stack: Stack, query: str, key: str, timeout: float = 30) 
 
 
 async def test_nothing_is_granted_after_a_known_exit(
-    stack: Stack, publisher: Publisher, watcher: TopicWatcher
+    stack: ServiceProcesses, publisher: Publisher, watcher: TopicWatcher
 ) -> None:
     trainee = await learn_trainee(publisher)
     exit_event = ExitDecided(
@@ -187,7 +187,7 @@ async def test_a_request_whose_enrollment_never_comes_is_refused_after_the_hold(
 
 
 async def test_a_resent_request_gets_the_same_answer_and_no_second_grant(
-    stack: Stack, publisher: Publisher, watcher: TopicWatcher
+    stack: ServiceProcesses, publisher: Publisher, watcher: TopicWatcher
 ) -> None:
     trainee = await learn_trainee(publisher, enrolled_on="2033-01-01")
     request = aid_request(trainee, "childcare", amount_cents=25000,
@@ -203,7 +203,7 @@ async def test_a_resent_request_gets_the_same_answer_and_no_second_grant(
 
 
 async def test_two_instances_never_take_an_envelope_over_its_amount(
-    stack: Stack, publisher: Publisher, watcher: TopicWatcher
+    stack: ServiceProcesses, publisher: Publisher, watcher: TopicWatcher
 ) -> None:
     year, cap, grants_allowed, requests = 2032, 30000, 10, 30
     await set_budget(publisher, year, "childcare", grants_allowed * cap)
@@ -241,7 +241,7 @@ async def test_two_instances_never_take_an_envelope_over_its_amount(
 
 
 async def test_the_csv_adds_up_to_the_report_to_the_cent(
-    stack: Stack, publisher: Publisher, watcher: TopicWatcher
+    stack: ServiceProcesses, publisher: Publisher, watcher: TopicWatcher
 ) -> None:
     year = 2034
     trainee = await learn_trainee(publisher, enrolled_on=f"{year}-01-01", school_id="lunel")

@@ -37,7 +37,7 @@ from tests.events import new_id, referral
 from tests.infra import Publisher, TopicWatcher, controllable_redis
 
 if TYPE_CHECKING:
-    from deploy.harness import Stack
+    from deploy.harness import ServiceProcesses
 
 infra = pytest.mark.infra
 
@@ -71,11 +71,11 @@ async def eventually(check: Any, timeout: float, pause: float = 0.3) -> Any:
         await asyncio.sleep(pause)
 
 
-def service_urls(stack: Stack) -> dict[str, str]:
+def service_urls(stack: ServiceProcesses) -> dict[str, str]:
     return {name: stack.services[name].url for name in SERVICES}
 
 
-async def run_cli(monkeypatch: pytest.MonkeyPatch, stack: Stack, *argv: str) -> int:
+async def run_cli(monkeypatch: pytest.MonkeyPatch, stack: ServiceProcesses, *argv: str) -> int:
     """`e2c ...` against the test stack (the first instance of each service)."""
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", stack.bootstrap)
     monkeypatch.setenv("REDIS_URL", stack.redis_url)
@@ -90,7 +90,7 @@ async def run_cli(monkeypatch: pytest.MonkeyPatch, stack: Stack, *argv: str) -> 
 
 @infra
 async def test_a_stopped_consumer_lags_by_what_was_published_then_catches_up(
-    stack: Stack, publisher: Publisher, watcher: TopicWatcher,
+    stack: ServiceProcesses, publisher: Publisher, watcher: TopicWatcher,
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
     outcomes = stack.services["outcomes"]
@@ -152,7 +152,7 @@ async def _zero(lag: Any) -> bool:
 
 
 @infra
-async def test_each_service_reports_the_lag_of_its_own_inputs(stack: Stack) -> None:
+async def test_each_service_reports_the_lag_of_its_own_inputs(stack: ServiceProcesses) -> None:
     for name in SERVICES:
         page = httpx.get(f"{stack.services[name].url}/ops/pipeline", headers=OPS,
                          timeout=20).json()
@@ -163,7 +163,7 @@ async def test_each_service_reports_the_lag_of_its_own_inputs(stack: Stack) -> N
 
 
 @infra
-async def test_the_pipeline_page_needs_the_ops_or_admin_role(stack: Stack) -> None:
+async def test_the_pipeline_page_needs_the_ops_or_admin_role(stack: ServiceProcesses) -> None:
     url = f"{stack.services['aids'].url}/ops/pipeline"
     assert httpx.get(url, timeout=20).status_code == 401
     finance = tokens.bearer(tokens.FINANCE)
@@ -183,7 +183,7 @@ def letters_about(watcher: TopicWatcher, event_id: str) -> list[dict[str, Any]]:
 
 @infra
 async def test_a_letter_whose_cause_is_not_fixed_is_dead_lettered_again_on_replay(
-    stack: Stack, publisher: Publisher, watcher: TopicWatcher,
+    stack: ServiceProcesses, publisher: Publisher, watcher: TopicWatcher,
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
     outcomes = stack.services["outcomes"]
@@ -229,7 +229,7 @@ async def test_a_letter_whose_cause_is_not_fixed_is_dead_lettered_again_on_repla
 
 @infra
 async def test_a_letter_whose_cause_is_fixed_is_decided_once_however_often_replayed(
-    stack: Stack, publisher: Publisher, watcher: TopicWatcher
+    stack: ServiceProcesses, publisher: Publisher, watcher: TopicWatcher
 ) -> None:
     trainee_id = uuid.uuid4().hex
     enrolled = EnrollmentDecided(
@@ -274,7 +274,7 @@ async def test_a_letter_whose_cause_is_fixed_is_decided_once_however_often_repla
 
 @infra
 async def test_with_redis_stopped_the_services_decide_and_the_heartbeats_come_back(
-    stack: Stack, publisher: Publisher, watcher: TopicWatcher, redis_server: str
+    stack: ServiceProcesses, publisher: Publisher, watcher: TopicWatcher, redis_server: str
 ) -> None:
     server = controllable_redis(redis_server)
     if server is None:

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from deploy.harness import Stack
+from deploy.harness import ServiceProcesses
 from shared.contract import EnrollmentDecided, Topic, new_event_fields
 from tests import tokens
 from tests.events import new_id, referral
@@ -106,14 +106,14 @@ async def test_an_exit_before_its_enrollment_is_held_then_recorded(
     assert (decision["status"], decision["category"]) == ("recorded", "training")
 
 
-def report(stack: Stack, path: str) -> httpx.Response:
+def report(stack: ServiceProcesses, path: str) -> httpx.Response:
     response = httpx.get(f"{stack.services['outcomes'].url}{path}", headers=OUTCOMES, timeout=10)
     response.raise_for_status()
     return response
 
 
 async def test_the_yearly_report_of_a_cohort_and_its_rebuild_from_the_topics(
-    stack: Stack, publisher: Publisher, watcher: TopicWatcher
+    stack: ServiceProcesses, publisher: Publisher, watcher: TopicWatcher
 ) -> None:
     school = "montauban"
     people = [

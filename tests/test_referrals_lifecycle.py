@@ -14,7 +14,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from deploy.harness import Stack
+from deploy.harness import ServiceProcesses
 from shared.contract import EnrollmentDecided, ExitDecided, Topic, new_event_fields
 from tests.events import new_id, referral, unique_last_name
 from tests.infra import Publisher, TopicWatcher
@@ -59,14 +59,14 @@ async def enroll(
     return decision, key
 
 
-def admin_get(stack: Stack, path: str) -> dict[str, Any]:
+def admin_get(stack: ServiceProcesses, path: str) -> dict[str, Any]:
     url = stack.services["referrals"].url + path
     response = httpx.get(url, headers=bearer(ADMIN), timeout=5)
     response.raise_for_status()
     return dict(response.json())
 
 
-async def wait_stage(stack: Stack, referral_id: str, stage: str) -> dict[str, Any]:
+async def wait_stage(stack: ServiceProcesses, referral_id: str, stage: str) -> dict[str, Any]:
     for _ in range(150):
         body = admin_get(stack, f"/referrals/{referral_id}")
         if body["stage"] == stage:
@@ -141,7 +141,7 @@ async def test_two_referrals_of_one_person_at_once_on_different_partitions_accep
 
 
 async def test_after_an_exit_the_person_can_be_referred_again(
-    stack: Stack, publisher: Publisher, watcher: TopicWatcher
+    stack: ServiceProcesses, publisher: Publisher, watcher: TopicWatcher
 ) -> None:
     person = {"last_name": unique_last_name()}
     first = await refer(publisher, watcher, candidate=person)
@@ -191,7 +191,7 @@ async def test_a_refused_derogation_rejects_it(
 
 
 async def test_a_derogation_on_a_referral_not_pending_changes_nothing(
-    stack: Stack, publisher: Publisher, watcher: TopicWatcher
+    stack: ServiceProcesses, publisher: Publisher, watcher: TopicWatcher
 ) -> None:
     accepted = await refer(publisher, watcher)
     decision = await derogation(publisher, watcher, accepted["referral_id"], granted=False)
@@ -258,7 +258,7 @@ async def test_enrollment_refusals_give_the_first_reason_that_applies(
 # --- erasure and partner access -------------------------------------------------------------
 
 
-def referral_row(stack: Stack, referral_id: str) -> dict[str, Any]:
+def referral_row(stack: ServiceProcesses, referral_id: str) -> dict[str, Any]:
     url = stack.services["referrals"].env["REFERRALS_DATABASE_URL"]
     engine = create_engine(url)
     with engine.connect() as connection:
@@ -274,7 +274,7 @@ def referral_row(stack: Stack, referral_id: str) -> dict[str, Any]:
 
 
 async def test_erase_command_deletes_the_person_and_keeps_the_decisions(
-    stack: Stack, publisher: Publisher, watcher: TopicWatcher
+    stack: ServiceProcesses, publisher: Publisher, watcher: TopicWatcher
 ) -> None:
     accepted = await refer(publisher, watcher, candidate={"email": "ines@example.org"})
     before = referral_row(stack, accepted["referral_id"])
@@ -295,7 +295,7 @@ async def test_erase_command_deletes_the_person_and_keeps_the_decisions(
 
 
 async def test_partners_see_only_their_own_referrals(
-    stack: Stack, publisher: Publisher, watcher: TopicWatcher
+    stack: ServiceProcesses, publisher: Publisher, watcher: TopicWatcher
 ) -> None:
     decision = await refer(publisher, watcher)
     url = f"{stack.services['referrals'].url}/referrals/{decision['referral_id']}"
@@ -317,7 +317,7 @@ async def test_partners_see_only_their_own_referrals(
 
 
 async def test_retention_command_erases_old_refusals_and_keeps_live_referrals(
-    stack: Stack, publisher: Publisher, watcher: TopicWatcher
+    stack: ServiceProcesses, publisher: Publisher, watcher: TopicWatcher
 ) -> None:
     refused = await refer(publisher, watcher, candidate={"highest_qualification": "bac"})
     live = await refer(publisher, watcher)
@@ -333,7 +333,7 @@ async def test_retention_command_erases_old_refusals_and_keeps_live_referrals(
 
 
 async def test_a_partner_erases_over_http_and_the_decision_stays(
-    stack: Stack, publisher: Publisher, watcher: TopicWatcher
+    stack: ServiceProcesses, publisher: Publisher, watcher: TopicWatcher
 ) -> None:
     decision = await refer(publisher, watcher)
     url = f"{stack.services['referrals'].url}/referrals/{decision['referral_id']}"

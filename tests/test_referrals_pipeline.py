@@ -8,9 +8,9 @@ import json
 import httpx
 import pytest
 
-from deploy.harness import Stack
+from deploy.faults import CRASH_EXIT_CODE
+from deploy.harness import ServiceProcesses
 from shared.contract import ReferralDecided, Topic
-from shared.kafka import CRASH_EXIT_CODE, CRASH_POINT_ENV
 from tests import tokens
 from tests.events import new_id, referral
 from tests.infra import Publisher, TopicWatcher
@@ -140,12 +140,12 @@ async def test_the_same_event_twice_gives_one_decision_and_a_resend_the_same_ans
 
 
 async def test_a_crash_after_the_db_commit_before_the_offset_commit_decides_once(
-    stack: Stack, publisher: Publisher, watcher: TopicWatcher
+    stack: ServiceProcesses, publisher: Publisher, watcher: TopicWatcher
 ) -> None:
     service, twin = stack.services["referrals"], stack.services["referrals-2"]
     twin.stop()  # one instance holds every partition, so the record reaches the crashing one
     service.stop()
-    service.start(extra_env={CRASH_POINT_ENV: "after_db_commit"})
+    service.start(crash_at="after_db_commit")
     event = referral()
     await publisher.send(SUBMITTED, event, key=event["referral_id"])
 
@@ -166,7 +166,7 @@ async def test_a_crash_after_the_db_commit_before_the_offset_commit_decides_once
     await asyncio.to_thread(twin.start)
 
 
-async def test_every_service_reports_ready_with_health_and_metrics(stack: Stack) -> None:
+async def test_every_service_reports_ready_with_health_and_metrics(stack: ServiceProcesses) -> None:
     async with httpx.AsyncClient(timeout=5) as client:
         for service in stack.services.values():
             ready = await client.get(f"{service.url}/health/ready")
@@ -202,7 +202,7 @@ def test_every_answer_so_far_was_published_once(watcher: TopicWatcher) -> None:
     assert repeated == {}
 
 
-def test_service_logs_carry_no_personal_data(stack: Stack) -> None:
+def test_service_logs_carry_no_personal_data(stack: ServiceProcesses) -> None:
     """Run last in this file: every earlier test fed names and birth dates to the services."""
     logs = {path.name: path.read_text(errors="replace") for path in stack.data_dir.glob("*.log")}
     assert logs

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.harness import Stack
+from deploy.harness import ServiceProcesses
 from deploy.simulation.command import simulate
 from deploy.simulation.plan import Aid, YearNotSimulable, YearPlan, plan_year
 from deploy.simulation.run import Endpoints, Progress, Simulation
@@ -178,7 +178,7 @@ def test_a_year_before_any_school_opened_is_refused(tmp_path: Path, capsys) -> N
 
 
 @pytest.mark.infra
-async def test_a_small_2021_year_checks_out_through_the_pipeline(stack: Stack) -> None:
+async def test_a_small_2021_year_checks_out_through_the_pipeline(stack: ServiceProcesses) -> None:
     """2021: no meal scheme yet, Castres and Montauban not open. The plan reads the files
     of the test stack's services (the same environment) and they report exactly what it
     expects."""

@@ -7,7 +7,7 @@ import json
 import secrets
 from pathlib import Path
 
-from shared.http import MIN_TOKEN_LENGTH
+from shared.http import MIN_TOKEN_LENGTH, Role, partner_role
 from shared.private_files import write_private
 
 
@@ -28,12 +28,12 @@ ML_TOULOUSE = test_token("ml-toulouse")
 FT_TOULOUSE = test_token("ft-toulouse")
 
 TOKENS = {
-    ADMIN: "admin",
-    FINANCE: "finance",
-    OUTCOMES: "outcomes",
-    OPS: "ops",
-    ML_TOULOUSE: "partner:ml-toulouse",
-    FT_TOULOUSE: "partner:ft-toulouse",
+    ADMIN: Role.ADMIN,
+    FINANCE: Role.FINANCE,
+    OUTCOMES: Role.OUTCOMES,
+    OPS: Role.OPS,
+    ML_TOULOUSE: partner_role("ml-toulouse"),
+    FT_TOULOUSE: partner_role("ft-toulouse"),
 }
 
 

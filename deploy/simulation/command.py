@@ -7,6 +7,7 @@ import sys
 
 from deploy.simulation.plan import YearNotSimulable, plan_year
 from deploy.simulation.run import Endpoints, Progress, Simulation, side_by_side
+from shared.http import Role
 from shared.schools import DEFAULT_SCHOOLS_FILE
 from shared.settings import Settings
 
@@ -29,7 +30,7 @@ def stack_endpoints(settings: Settings) -> Endpoints:
 
 def admin_token(tokens: dict[str, str]) -> str:
     for token, role in tokens.items():
-        if role == "admin":
+        if role == Role.ADMIN:
             return token
     raise SystemExit("the tokens file has no admin token: the simulation reads every report")
 

@@ -14,14 +14,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from shared.http import Authorizer
+from shared.http import Authorizer, Role
 from shared.reports import year_param
 from shared.schools import load_schools
 from shared.service import ServiceContext
 
 from . import reports
 
-FINANCE = "finance"
 CSV_MEDIA_TYPE = "text/csv; charset=utf-8"
 
 
@@ -42,15 +41,15 @@ class FinanceApi:
         self.school_ids = tuple(school_ids)
 
     async def report(self, request: Request) -> Response:
-        self.auth.require(request, FINANCE)
+        self.auth.require(request, Role.FINANCE)
         year = year_param(request)
         body = await anyio.to_thread.run_sync(
-            lambda: reports.load_report(self.engine, year, self.school_ids, reports.today())
+            lambda: reports.load_report(self.engine, year, self.school_ids)
         )
         return JSONResponse(body)
 
     async def ledger_csv(self, request: Request) -> Response:
-        self.auth.require(request, FINANCE)
+        self.auth.require(request, Role.FINANCE)
         year = year_param(request)
         return StreamingResponse(
             csv_body(reports.LedgerCsv(self.engine, year)),  # no I/O until the first chunk

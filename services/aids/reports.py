@@ -101,11 +101,15 @@ def _amounts(by_kind: dict[str, int]) -> dict[str, int]:
     return {kind: by_kind.get(kind, 0) for kind in KINDS}
 
 
-def load_report(engine: Engine, year: int, school_ids: Iterable[str], today: date) -> Json:
-    """Reads the year's aggregates (never the ledger) and builds the report."""
+def load_report(
+    engine: Engine, year: int, school_ids: Iterable[str], as_of: date | None = None
+) -> Json:
+    """Reads the year's aggregates (never the ledger) and builds the report, its run-out
+    months projected from `as_of` (default `today()`). `GET /reports/finance` and
+    `e2c report finance` both build it here."""
     with Session(report_engine(engine)) as session:
         totals = AidStore(session).year_totals(year)
-    return finance_report(year, totals, school_ids, today)
+    return finance_report(year, totals, school_ids, as_of if as_of is not None else today())
 
 
 # --- The CSV export -----------------------------------------------------------------------

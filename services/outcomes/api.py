@@ -22,16 +22,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from shared.http import PARTNER_PREFIX, Authorizer
+from shared.http import Authorizer, Role, partner_agency
 from shared.reports import year_param
 from shared.schools import load_schools
 from shared.service import ServiceContext
 
 from . import reports
 
-OUTCOMES = "outcomes"
-FINANCE = "finance"
-ADMIN = "admin"
 JSON_MEDIA_TYPE = "application/json"
 
 
@@ -46,12 +43,10 @@ class OutcomesApi:
         self.school_ids = tuple(school_ids)
 
     async def outcomes(self, request: Request) -> Response:
-        self.auth.require(request, OUTCOMES)
+        self.auth.require(request, Role.OUTCOMES)
         year = year_param(request)
         body = await anyio.to_thread.run_sync(
-            lambda: reports.outcomes_report_json(
-                reports.load_outcomes_report(self.engine, year, self.school_ids)
-            )
+            lambda: reports.outcomes_report_body(self.engine, year, self.school_ids)
         )
         return json_response(body)
 
@@ -59,10 +54,10 @@ class OutcomesApi:
         """The agency whose funnel the caller sees (None: all); 401/403 otherwise."""
         role = self.auth.role(request)
         asked = request.query_params.get("agency_id") or None
-        if role in (OUTCOMES, ADMIN):
+        if role in (Role.OUTCOMES, Role.ADMIN):
             return asked
-        if role.startswith(PARTNER_PREFIX):
-            own = role.removeprefix(PARTNER_PREFIX)
+        own = partner_agency(role)
+        if own is not None:
             if asked is not None and asked != own:
                 raise HTTPException(403, "a partner token sees its own agency's funnel only")
             return own
@@ -72,15 +67,15 @@ class OutcomesApi:
         agency_id = self.funnel_agency(request)
         year = year_param(request)
         body = await anyio.to_thread.run_sync(
-            lambda: reports.canonical_json(reports.load_funnel(self.engine, year, agency_id))
+            lambda: reports.funnel_body(self.engine, year, agency_id)
         )
         return json_response(body)
 
     async def aids_outcomes(self, request: Request) -> Response:
-        self.auth.require(request, OUTCOMES, FINANCE)
+        self.auth.require(request, Role.OUTCOMES, Role.FINANCE)
         year = year_param(request)
         body = await anyio.to_thread.run_sync(
-            lambda: reports.canonical_json(reports.load_aids_outcomes(self.engine, year))
+            lambda: reports.aids_outcomes_body(self.engine, year)
         )
         return json_response(body)
 

@@ -25,11 +25,14 @@ Json = dict[str, Any]
 
 __all__ = [
     "NO_RATE",
+    "aids_outcomes_body",
     "aids_outcomes_report",
     "canonical_json",
+    "funnel_body",
     "load_aids_outcomes",
     "load_funnel",
     "load_outcomes_report",
+    "outcomes_report_body",
     "outcomes_report_json",
     "percent",
     "render_aids_outcomes_text",
@@ -44,7 +47,7 @@ REPORT_KEYS = (
     "year", "accompanied", "entries", "exits", "exits_by_outcome", "exits_by_category",
     "solutions", "satisfaction", "profile", "entries_by_agency_kind", "by_school",
 )
-OUTCOMES = tuple(outcome.value for outcome in Outcome)
+OUTCOME_ORDER = tuple(outcome.value for outcome in Outcome)  # exit outcomes, in `Outcome` order
 CATEGORIES = tuple(category.value for category in OutcomeCategory)
 SATISFACTION_KEYS = ("answered", "satisfied")
 PROFILE_KEYS = ("age_at_entry_sum", "minors", "rqth", "qpv_resident", "no_work_experience")
@@ -70,7 +73,7 @@ def outcomes_report_json(report: Json) -> bytes:
     """The report of `domain.outcomes_report` in the contract's exact shape and key order,
     schools sorted by id: the same counts always give the same bytes (after a rebuild too)."""
     body = _ordered(report, REPORT_KEYS)
-    body["exits_by_outcome"] = _ordered(report["exits_by_outcome"], OUTCOMES)
+    body["exits_by_outcome"] = _ordered(report["exits_by_outcome"], OUTCOME_ORDER)
     body["exits_by_category"] = _ordered(report["exits_by_category"], CATEGORIES)
     body["satisfaction"] = _ordered(report["satisfaction"], SATISFACTION_KEYS)
     body["profile"] = _ordered(report["profile"], PROFILE_KEYS)
@@ -108,6 +111,21 @@ def load_aids_outcomes(engine: Engine, year: int) -> Json:
         store = OutcomeStore(session)
         trainees, aided = store.all_trainees(), store.aided()
     return aids_outcomes_report(year, domain.aids_and_outcomes(trainees, aided, year))
+
+
+# --- The bodies: `GET /reports/...` and `e2c report ... --json` both print these bytes -----
+
+
+def outcomes_report_body(engine: Engine, year: int, schools: Iterable[str]) -> bytes:
+    return outcomes_report_json(load_outcomes_report(engine, year, schools))
+
+
+def funnel_body(engine: Engine, year: int, agency_id: str | None = None) -> bytes:
+    return canonical_json(load_funnel(engine, year, agency_id))
+
+
+def aids_outcomes_body(engine: Engine, year: int) -> bytes:
+    return canonical_json(load_aids_outcomes(engine, year))
 
 
 # --- Rates as people read them -----------------------------------------------------------
@@ -171,7 +189,7 @@ def render_outcomes_text(report: Json) -> str:
     out += text_table(["exits by outcome", "category", "exits", "% of exits"], [
         [o, domain.category_of(Outcome(o)).value, report["exits_by_outcome"][o],
          percent(report["exits_by_outcome"][o], exits)]
-        for o in OUTCOMES
+        for o in OUTCOME_ORDER
     ])
     out.append("")
 

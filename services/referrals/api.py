@@ -22,13 +22,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from shared.http import PARTNER_PREFIX, Authorizer, bounded_int
+from shared.http import Authorizer, Role, bounded_int, partner_agency
 from shared.messaging import unit_of_work
 from shared.service import ServiceContext
 
 from .store import STAGES, Referral, ReferralHistory, ReferralStore
 
-ADMIN = "admin"
 ERASURE_REASON = "erasure_request"
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 500
@@ -56,14 +55,12 @@ class Caller:
 
     @property
     def is_admin(self) -> bool:
-        return self.role == ADMIN
+        return self.role == Role.ADMIN
 
     @property
     def agency_id(self) -> str | None:
         """The partner's agency, None for any other role."""
-        if not self.role.startswith(PARTNER_PREFIX):
-            return None
-        return self.role.removeprefix(PARTNER_PREFIX) or None
+        return partner_agency(self.role)
 
     def may_access(self, agency_id: str) -> bool:
         return self.is_admin or self.agency_id == agency_id
