@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 ARGS   ?=
 
-.PHONY: run test up down status demo simulate chaos install system-deps lint clean bench bench-pipeline bench-reports
+.PHONY: run test up down status demo simulate chaos install system-deps lint docs clean bench bench-pipeline bench-reports
 
 run: install system-deps          ## start the whole stack, simulate a small year through it, leave it running
 	$(BIN)/e2c stack up
@@ -30,6 +30,9 @@ demo: install
 
 lint: install
 	$(BIN)/ruff check .
+
+docs: install                     ## docs/asyncapi.json and docs/schemas/ from shared/contract.py (ARGS=--check compares)
+	$(BIN)/python -m deploy.contract_docs $(ARGS)
 
 bench: bench-pipeline bench-reports  ## the benchmarks (never tests): pipeline vs raw Kafka, report cost
 

@@ -1,4 +1,4 @@
-"""The E2C event contract v1 (/work/shared/CONTRACT.md) as pydantic v2 models.
+"""The E2C event contract v1 (docs/contract.md, revision 1.1) as pydantic v2 models.
 
 Topic names, enums, one model per topic, Kafka keys and small helpers live here and only here.
 A message that fails validation against its topic's model goes to the dead-letter topic;

@@ -1,4 +1,4 @@
-"""Unit tests of shared/contract.py against the examples and rules of CONTRACT.md (no I/O)."""
+"""Unit tests of shared/contract.py against the examples and rules of docs/contract.md (no I/O)."""
 
 from __future__ import annotations
 

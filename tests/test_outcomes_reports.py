@@ -53,7 +53,7 @@ def bearer(token: str) -> dict[str, str]:
 
 OUTCOMES = bearer("tok-outcomes")
 
-# The contract's `GET :8003/reports/outcomes` body, key by key, as CONTRACT.md writes it.
+# The contract's `GET :8003/reports/outcomes` body, key by key, as docs/contract.md writes it.
 CONTRACT_KEYS = [
     "year", "accompanied", "entries", "exits", "exits_by_outcome", "exits_by_category",
     "solutions", "satisfaction", "profile", "entries_by_agency_kind", "by_school",
