@@ -29,6 +29,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from deploy.system import TOPOLOGIES
 from shared.contract import MODELS, Topic
 from shared.kafka import MAX_MESSAGE_BYTES, TOPIC_CONFIG
 from shared.settings import PROJECT_ROOT, Settings
@@ -60,31 +61,17 @@ class Party:
 
 
 def topology() -> tuple[Party, ...]:
-    """Who publishes and who consumes each topic.
-
-    The services' rows copy their wiring as it stands: what `services/<name>/handlers.py`
-    `routes()` subscribes to, what `services/<name>/app.py` declares in `outputs`, and the
-    dead letters every consumer writes. `tests/test_contract_docs.py` checks them against
-    that code. The others' rows are the contract's flow. This is the one function to repoint
-    when the services declare their topology themselves.
-    """
+    """Who publishes and who consumes each topic: the services as they declare themselves
+    (`TOPOLOGY` in each `services/<name>/app.py`, gathered in `deploy/system.py`), then
+    the parties outside the system, as the contract's flow has them."""
     t = Topic
+    services = tuple(
+        Party(declared.name, declared.description, sends=declared.outputs,
+              receives=declared.inputs)
+        for declared in TOPOLOGIES.values()
+    )
     return (
-        Party("referrals", "Intake, eligibility, duplicates, derogations and enrollment; "
-              "the only holder of personal data.",
-              sends=(t.REFERRALS_DECIDED, t.ENROLLMENTS_DECIDED, t.DEADLETTER),
-              receives=(t.REFERRALS_SUBMITTED, t.DEROGATIONS_SUBMITTED,
-                        t.ENROLLMENTS_SUBMITTED, t.EXITS_DECIDED)),
-        Party("aids", "Aid requests, budget envelopes, the spending ledger and finance "
-              "reports.",
-              sends=(t.AIDS_DECIDED, t.DEADLETTER),
-              receives=(t.AIDS_REQUESTED, t.BUDGETS_SUBMITTED, t.ENROLLMENTS_DECIDED,
-                        t.EXITS_DECIDED)),
-        Party("outcomes", "Exits, outcome categories, yearly indicators and the referral "
-              "funnel.",
-              sends=(t.EXITS_DECIDED, t.DEADLETTER),
-              receives=(t.EXITS_SUBMITTED, t.REFERRALS_DECIDED, t.ENROLLMENTS_DECIDED,
-                        t.AIDS_DECIDED)),
+        *services,
         Party("partner-agencies", "Missions Locales, France Travail, the MLDS and other "
               "agencies that refer young people.",
               sends=(t.REFERRALS_SUBMITTED,), receives=(t.REFERRALS_DECIDED,),
