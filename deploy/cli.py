@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import Callable
 from datetime import UTC, date, datetime, time
+from typing import Any
 
 from shared.private_files import restrict_umask
 from shared.settings import Settings
@@ -264,52 +266,57 @@ def _outcomes_engine(settings: Settings):  # a sqlalchemy Engine (imported lazil
     return engine
 
 
+def _print_outcomes_report(
+    args: argparse.Namespace,
+    as_json: Callable[[Any], bytes],
+    as_text: Callable[[Any], str],
+) -> int:
+    """Prints a report of the outcomes store: its JSON body (the bytes the service serves)
+    with `--json`, else its text table."""
+    engine = _outcomes_engine(_command_settings())
+    try:
+        if args.json:
+            print(as_json(engine).decode("utf-8"))
+        else:
+            print(as_text(engine), end="")
+    finally:
+        engine.dispose()
+    return 0
+
+
 def _report_outcomes(args: argparse.Namespace) -> int:
     from services.outcomes import reports
     from shared.schools import load_schools
 
-    settings = _command_settings()
-    engine = _outcomes_engine(settings)
-    try:
-        schools = list(load_schools(settings.schools_file))
-        if args.json:
-            print(reports.outcomes_report_body(engine, args.year, schools).decode("utf-8"))
-        else:
-            report = reports.load_outcomes_report(engine, args.year, schools)
-            print(reports.render_outcomes_text(report), end="")
-    finally:
-        engine.dispose()
-    return 0
+    schools = list(load_schools(_command_settings().schools_file))
+    return _print_outcomes_report(
+        args,
+        lambda engine: reports.outcomes_report_body(engine, args.year, schools),
+        lambda engine: reports.render_outcomes_text(
+            reports.load_outcomes_report(engine, args.year, schools)),
+    )
 
 
 def _report_funnel(args: argparse.Namespace) -> int:
     from services.outcomes import reports
 
-    engine = _outcomes_engine(_command_settings())
-    try:
-        if args.json:
-            print(reports.funnel_body(engine, args.year, args.agency).decode("utf-8"))
-        else:
-            funnel = reports.load_funnel(engine, args.year, args.agency)
-            print(reports.render_funnel_text(funnel), end="")
-    finally:
-        engine.dispose()
-    return 0
+    return _print_outcomes_report(
+        args,
+        lambda engine: reports.funnel_body(engine, args.year, args.agency),
+        lambda engine: reports.render_funnel_text(
+            reports.load_funnel(engine, args.year, args.agency)),
+    )
 
 
 def _report_aids_outcomes(args: argparse.Namespace) -> int:
     from services.outcomes import reports
 
-    engine = _outcomes_engine(_command_settings())
-    try:
-        if args.json:
-            print(reports.aids_outcomes_body(engine, args.year).decode("utf-8"))
-        else:
-            report = reports.load_aids_outcomes(engine, args.year)
-            print(reports.render_aids_outcomes_text(report), end="")
-    finally:
-        engine.dispose()
-    return 0
+    return _print_outcomes_report(
+        args,
+        lambda engine: reports.aids_outcomes_body(engine, args.year),
+        lambda engine: reports.render_aids_outcomes_text(
+            reports.load_aids_outcomes(engine, args.year)),
+    )
 
 
 def _outcomes_rebuild(args: argparse.Namespace) -> int:

@@ -161,6 +161,15 @@ class BatchScope:
         self._pending.clear()
 
 
+class Store:
+    """A service's store: its queries on one session, and, while a consumed batch is handled,
+    the batch's scope (see `BatchScope`). Each service's store extends it."""
+
+    def __init__(self, session: Session, batch: BatchScope | None = None) -> None:
+        self.session = session
+        self.batch = batch
+
+
 StoreFactory = Callable[[Session, BatchScope | None], S]
 
 

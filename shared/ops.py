@@ -375,10 +375,10 @@ async def heartbeat(ctx: ServiceContext) -> None:
 
 
 def _held(ctx: ServiceContext) -> int | None:
-    if ctx.spec.held_count is None:
+    if ctx.spec.held is None:
         return None
     with unit_of_work(ctx.engine, ctx.topology.store) as uow:
-        return ctx.spec.held_count(uow.store)
+        return ctx.spec.held.count(uow.store)
 
 
 def _backlog(ctx: ServiceContext) -> int:
@@ -402,7 +402,7 @@ async def refresh_ops_metrics(ctx: ServiceContext) -> None:
                 raise
             except Exception as error:
                 log.debug("consumer lag not refreshed: %s", type(error).__name__)
-        if ctx.spec.held_count is not None:
+        if ctx.spec.held is not None:
             try:
                 held = await anyio.to_thread.run_sync(_held, ctx)
                 ctx.metrics.held_requests.labels(ctx.name).set(held or 0)

@@ -69,17 +69,25 @@ class PeriodicJob:
     run: Callable[[ServiceContext], object]
 
 
-def hold_sweep(
-    name: str, sweep: Callable[[Any, UnitOfWork[Any], timedelta], int], every: float
-) -> PeriodicJob:
-    """The job that decides the inputs held longer than the hold (`E2C_HOLD_SECONDS`);
-    `sweep` is the handlers' method (`AidHandlers.sweep`)."""
+@dataclass(frozen=True)
+class HeldInputs:
+    """Inputs the store holds until the enrollment they need arrives (its `held` queue),
+    decided by `sweep` (the handlers' method) once held longer than `E2C_HOLD_SECONDS`."""
 
-    def run(ctx: ServiceContext) -> int:
-        with unit_of_work(ctx.engine, ctx.topology.store, ctx.name) as uow:
-            return sweep(ctx.handlers, uow, timedelta(seconds=ctx.settings.hold_seconds))
+    sweep_name: str
+    sweep: Callable[[Any, UnitOfWork[Any], timedelta], int]
 
-    return PeriodicJob(name, every, run)
+    def job(self, every: float) -> PeriodicJob:
+        def run(ctx: ServiceContext) -> int:
+            with unit_of_work(ctx.engine, ctx.topology.store, ctx.name) as uow:
+                hold = timedelta(seconds=ctx.settings.hold_seconds)
+                return self.sweep(ctx.handlers, uow, hold)
+
+        return PeriodicJob(self.sweep_name, every, run)
+
+    @staticmethod
+    def count(store: Any) -> int:
+        return int(store.held.count())
 
 
 @dataclass
@@ -89,8 +97,7 @@ class ServiceSpec:
     topology: ServiceTopology[Any, Any]
     http_routes: Callable[[ServiceContext], list[BaseRoute]] | None = None
     periodic: Sequence[PeriodicJob] = ()
-    # Inputs the store holds (waiting for an enrollment); None: it holds nothing.
-    held_count: Callable[[Any], int] | None = None
+    held: HeldInputs | None = None  # None: the service holds nothing
 
 
 @dataclass
@@ -217,7 +224,10 @@ def build_app(spec: ServiceSpec, settings: Settings | None = None) -> ServiceApp
         await ctx.relay.start()
         tasks.append(asyncio.create_task(heartbeat(ctx), name="heartbeat"))
         tasks.append(asyncio.create_task(refresh_ops_metrics(ctx), name="ops-metrics"))
-        for job in spec.periodic:
+        jobs = list(spec.periodic)
+        if spec.held is not None:
+            jobs.append(spec.held.job(settings.hold_sweep_seconds))
+        for job in jobs:
             tasks.append(asyncio.create_task(_every(ctx, job), name=job.name))
         log.info("%s ready (instance %s)", topology.name, ctx.instance_id)
 

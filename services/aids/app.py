@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from shared.contract import Topic
-from shared.service import ServiceApp, ServiceSpec, build_app, hold_sweep
+from shared.service import HeldInputs, ServiceApp, ServiceSpec, build_app
 from shared.settings import Settings
 from shared.topology import ServiceTopology
 
@@ -28,11 +28,5 @@ TOPOLOGY = ServiceTopology(
 
 
 def create_app(settings: Settings | None = None) -> ServiceApp:
-    settings = settings or Settings()
-    return build_app(ServiceSpec(
-        topology=TOPOLOGY,
-        http_routes=api.routes,
-        periodic=[hold_sweep("held-requests-sweep", AidHandlers.sweep,
-                             settings.hold_sweep_seconds)],
-        held_count=lambda store: store.held.count(),
-    ), settings)
+    held = HeldInputs("held-requests-sweep", AidHandlers.sweep)
+    return build_app(ServiceSpec(TOPOLOGY, api.routes, held=held), settings)

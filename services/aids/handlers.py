@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 from shared.aid_rules import load_rules
 from shared.contract import (
@@ -119,21 +120,22 @@ def as_request(event: AidRequested) -> domain.AidRequest:
     )
 
 
+def _request_columns(event: AidRequested, school_id: str | None) -> dict[str, Any]:
+    """What a decision and a ledger line both keep of the request."""
+    return {"request_id": event.request_id, "request_event_id": str(event.event_id),
+            "trainee_id": event.trainee_id, "school_id": school_id, "kind": event.kind.value,
+            "quantity": event.quantity, "period_start": event.period_start,
+            "period_end": event.period_end}
+
+
 def decision_record(
     event: AidRequested, decision: domain.AidDecision, school_id: str | None
 ) -> AidRequestRecord:
     return AidRequestRecord(
-        request_id=event.request_id,
-        request_event_id=str(event.event_id),
-        trainee_id=event.trainee_id,
-        school_id=school_id,
-        kind=event.kind.value,
+        **_request_columns(event, school_id),
         status=decision.status.value,
         reason=decision.reason.value if decision.reason else None,
-        quantity=event.quantity,
         amount_cents=decision.amount_cents if decision.granted else event.amount_cents,
-        period_start=event.period_start,
-        period_end=event.period_end,
         decided_at=now(),
     )
 
@@ -141,16 +143,9 @@ def decision_record(
 def ledger_line(event: AidRequested, decision: domain.AidDecision, school_id: str) -> LedgerLine:
     assert decision.amount_cents is not None
     return LedgerLine(
-        request_id=event.request_id,
-        request_event_id=str(event.event_id),
-        trainee_id=event.trainee_id,
-        school_id=school_id,
-        kind=event.kind.value,
-        quantity=event.quantity,
+        **_request_columns(event, school_id),
         rate_cents=decision.rate_cents,
         amount_cents=decision.amount_cents,
-        period_start=event.period_start,
-        period_end=event.period_end,
         year=event.period_start.year,
         month=event.period_start.month,
         granted_at=now(),

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 from sqlalchemy import BigInteger
-from sqlmodel import Field, Session, SQLModel, col, select
+from sqlmodel import Field, SQLModel, col, select
 
 from shared.contract import AidKind
 from shared.db import UtcDateTime, add_to, insert_ignore
 from shared.held import HeldInput, HeldQueue
-from shared.messaging import BatchScope
+from shared.messaging import Store
 
 from . import domain
 
@@ -153,12 +153,7 @@ class YearTotals:
     envelopes: dict[str, int]
 
 
-class AidStore:
-    def __init__(self, session: Session, batch: BatchScope | None = None) -> None:
-        """`batch`: the consuming batch's scope (its fast path is not used here yet)."""
-        self.session = session
-        self.batch = batch
-
+class AidStore(Store):
     # --- trainees and held requests -------------------------------------------------------
 
     def trainee(self, trainee_id: str, for_update: bool = False) -> AidTrainee | None:

@@ -6,12 +6,12 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo
 
-from sqlmodel import Field, Session, SQLModel, col, select
+from sqlmodel import Field, SQLModel, col, select
 
 from shared.contract import AgencyKind, AidKind, Outcome
 from shared.db import UtcDateTime, add_to, insert_ignore
 from shared.held import HeldInput, HeldQueue
-from shared.messaging import BatchScope
+from shared.messaging import Store
 
 from . import domain
 
@@ -103,12 +103,7 @@ TABLES = tuple(
 )
 
 
-class OutcomeStore:
-    def __init__(self, session: Session, batch: BatchScope | None = None) -> None:
-        """`batch`: the consuming batch's scope (its fast path is not used here yet)."""
-        self.session = session
-        self.batch = batch
-
+class OutcomeStore(Store):
     def trainee(self, trainee_id: str, for_update: bool = False) -> TraineeView | None:
         return self.session.get(TraineeView, trainee_id, with_for_update=for_update)
 

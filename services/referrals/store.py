@@ -11,11 +11,11 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import func, or_
-from sqlmodel import Field, Session, SQLModel, col, delete, select
+from sqlmodel import Field, SQLModel, col, delete, select
 
 from shared.contract import ReferralStatus
 from shared.db import UtcDateTime
-from shared.messaging import BatchScope
+from shared.messaging import Store
 
 PERSONAL_FIELDS = ("first_name", "last_name", "birth_date", "email", "phone", "person_key")
 
@@ -163,13 +163,10 @@ class BatchCache:
     claims: dict[str, str | None] = field(default_factory=dict)
 
 
-class ReferralStore:
-    def __init__(self, session: Session, batch: BatchScope | None = None) -> None:
-        """`batch`: the consuming batch's scope. On its fast path the store reads what the
-        batch loaded at once (`BatchCache`) and writes new referrals, their claims and the
-        history in bulk with the batch; everywhere else it reads and writes at once."""
-        self.session = session
-        self.batch = batch
+class ReferralStore(Store):
+    """On the batch's fast path the store reads what the batch loaded at once (`BatchCache`)
+    and writes new referrals, their claims and the history in bulk with the batch;
+    everywhere else it reads and writes at once."""
 
     @property
     def cache(self) -> BatchCache | None:
