@@ -20,7 +20,7 @@ from deploy.stack import SERVICES, LocalStack
 from shared.http import load_tokens
 from shared.private_files import loose_bits
 from shared.settings import PROJECT_ROOT, Settings
-from tests.test_local_infra import free_port
+from tests.deploy.test_local_infra import free_port
 
 pytestmark = pytest.mark.infra
 
