@@ -32,7 +32,7 @@ from shared.contract import (
     new_event_fields,
 )
 from shared.settings import PROJECT_ROOT, Settings
-from tests.shared.test_contract import EXAMPLES
+from tests.events import EXAMPLES
 
 ROOT = PROJECT_ROOT
 ASYNCAPI_SPEC = ROOT / "tests" / "data" / "asyncapi-3.0.0.schema.json"
