@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import threading
-import uuid
 from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
@@ -22,7 +21,7 @@ from services.referrals.store import TABLES, PersonClaim, Referral, ReferralStor
 from shared.contract import MODELS, Topic
 from shared.messaging import Route, UnitOfWork
 from shared.schools import load_schools
-from tests import plumbing
+from tests import events, plumbing
 from tests.events import referral
 from tests.plumbing import engine_fixture, inbound, outbox
 
@@ -31,19 +30,6 @@ pytestmark = pytest.mark.infra
 engine = engine_fixture(TABLES)
 processor = partial(plumbing.processor, TOPOLOGY)  # the referrals service's, as deployed
 record = partial(inbound, Topic.REFERRALS_SUBMITTED)
-
-
-def derogation_granted(referral: dict[str, Any]) -> dict[str, object]:
-    return {"event_id": str(uuid.uuid4()), "occurred_at": "2024-03-05T10:00:00+01:00",
-            "schema_version": 1, "referral_id": referral["referral_id"],
-            "granted": True, "decided_by": "direction"}
-
-
-def enrollment_of(referral: dict[str, Any]) -> dict[str, object]:
-    return {"event_id": str(uuid.uuid4()), "occurred_at": "2024-03-06T10:00:00+01:00",
-            "schema_version": 1, "referral_id": referral["referral_id"],
-            "school_id": "toulouse", "enrolled_on": "2024-03-06"}
-
 
 
 def test_personal_data_is_kept_only_in_the_referral_row(engine: Engine) -> None:
@@ -138,7 +124,8 @@ def test_a_referral_changed_in_the_batch_that_created_it_is_still_right(engine: 
     row to change (the batch's pending rows are written first): they apply as they would in
     separate batches."""
     pending = referral(candidate={"birth_date": "1997-01-02"})  # 27 on 2024-03-04
-    derogation, enrollment = derogation_granted(pending), enrollment_of(pending)
+    derogation = events.derogation(pending["referral_id"])
+    enrollment = events.enrollment(pending["referral_id"], enrolled_on="2024-03-06")
 
     processor(engine).process([
         record(pending, 0),
@@ -177,7 +164,8 @@ def test_a_change_to_a_referral_of_the_same_batch_stays_on_the_fast_path(
     routes = {topic: Route(MODELS[topic], counted(method))
               for topic, method in TOPOLOGY.consumes.items()}
     pending = referral(candidate={"birth_date": "1997-01-02"})  # needs a derogation
-    derogation, enrollment = derogation_granted(pending), enrollment_of(pending)
+    derogation = events.derogation(pending["referral_id"])
+    enrollment = events.enrollment(pending["referral_id"], enrolled_on="2024-03-06")
 
     result = processor(engine, routes).process([
         record(pending, 0),
