@@ -31,6 +31,7 @@ from shared.settings import Settings
 from tests import plumbing
 from tests.events import aid_decided, enrollment_decided, exit_submitted, referral_decided
 from tests.http_app import app_for as http_app_for
+from tests.http_app import assert_bad_year
 from tests.plumbing import engine_fixture, store_engine
 
 YEAR = 2024
@@ -296,15 +297,7 @@ def test_a_missing_or_bad_year_is_422(client: TestClient, path: str, year: str |
 
     answer = client.get(path, params=params, headers=OUTCOMES)
 
-    assert answer.status_code == 422
-    assert "2000 to 2100" in answer.json()["detail"]
-    assert answer.json() == {"detail": year_error(year)}
-    assert not year or year not in answer.text  # never the value given
-
-
-def year_error(year: str | None) -> str:
-    expected = "an integer from 2000 to 2100"
-    return f"year is required: {expected}" if not year else f"invalid year: expected {expected}"
+    assert_bad_year(answer, year)
 
 
 def test_a_partner_with_a_bad_year_is_422_too(client: TestClient) -> None:
