@@ -11,8 +11,8 @@
 The examples come from `docs/contract.md` (the first `json` block of each topic's section)
 and are validated by the models here: an example the models refuse stops the generation.
 The output is deterministic (no timestamps; the models' field order, topics in the
-contract's order), so that `tests/test_contract_docs.py` can compare it with the committed
-files. `--check` only compares, and exits 1 naming the files that differ.
+contract's order), so that `tests/deploy/test_contract_docs.py` can compare it with the
+committed files. `--check` only compares, and exits 1 naming the files that differ.
 """
 
 from __future__ import annotations

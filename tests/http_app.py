@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
+from httpx import Response
 from sqlalchemy import Engine
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
@@ -33,3 +34,17 @@ def app_for(
     """The routes as the service serves them (JSON errors, no slash redirects)."""
     ctx = cast(ServiceContext, RouteContext(engine, Authorizer(tokens)))
     return json_app([*routes(ctx), *extra])
+
+
+def year_error(year: str | None) -> str:
+    """The detail of the 422 answered to a report asked without a year or with `year`."""
+    expected = "an integer from 2000 to 2100"
+    return f"year is required: {expected}" if not year else f"invalid year: expected {expected}"
+
+
+def assert_bad_year(answer: Response, year: str | None) -> None:
+    """`answer` refuses the missing or bad `year` with a 422 that never echoes it."""
+    assert answer.status_code == 422
+    assert "2000 to 2100" in answer.json()["detail"]
+    assert answer.json() == {"detail": year_error(year)}
+    assert not year or year not in answer.text  # never the value given

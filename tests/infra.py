@@ -12,13 +12,16 @@ import asyncio
 import contextlib
 import json
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from deploy.harness import free_port
+from shared.contract import Topic
 from shared.settings import PROJECT_ROOT
+from tests.events import enrollment_decided
 
 TEST_DATA = PROJECT_ROOT / "var" / "test"
 
@@ -240,3 +243,12 @@ class Publisher:
             key=key.encode("utf-8") if key is not None else None,
             partition=partition,
         )
+
+
+async def learn_trainee(publisher: Publisher, trainee_id: str | None = None, **fields: Any) -> str:
+    """Publishes the enrollment decision the referrals service would publish (of a new
+    trainee unless `trainee_id`; `fields` as for `enrollment_decided`)."""
+    trainee_id = trainee_id or uuid.uuid4().hex
+    event = enrollment_decided(trainee_id, **fields)
+    await publisher.send(Topic.ENROLLMENTS_DECIDED, event, trainee_id)
+    return trainee_id

@@ -17,6 +17,7 @@ import psycopg
 import pytest
 import redis
 
+from deploy.harness import free_port
 from deploy.local_postgres import ClusterNeedsPurge, LocalPostgres
 from deploy.local_postgres import ensure_installed as ensure_postgres
 from deploy.local_redis import LocalRedis, redis_answers
@@ -34,12 +35,6 @@ from deploy.processes import (
 )
 
 pytestmark = pytest.mark.infra
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

@@ -23,9 +23,9 @@ import pytest
 from shared.http import TokensFileError, load_tokens
 from shared.kafka import MAX_MESSAGE_BYTES
 from shared.private_files import write_private
-from shared.settings import SERVICE_PORTS
+from shared.settings import PROJECT_ROOT, SERVICE_PORTS
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = PROJECT_ROOT
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 DOCKERFILE = REPO_ROOT / "deploy" / "Dockerfile"
 INFRA_SERVICES = ("kafka", "redis", "postgres")

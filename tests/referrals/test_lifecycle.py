@@ -7,7 +7,6 @@ import asyncio
 import os
 import subprocess
 import sys
-from datetime import date
 from typing import Any
 
 import httpx
@@ -15,7 +14,8 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from deploy.harness import ServiceProcesses
-from shared.contract import EnrollmentDecided, ExitDecided, Topic, new_event_fields
+from shared.contract import EnrollmentDecided, Topic
+from tests import events
 from tests.events import new_id, referral, unique_last_name
 from tests.infra import Publisher, TopicWatcher
 from tests.tokens import ADMIN, FINANCE, FT_TOULOUSE, ML_TOULOUSE, bearer
@@ -37,10 +37,7 @@ async def refer(publisher: Publisher, watcher: TopicWatcher, **fields: Any) -> d
 async def derogation(
     publisher: Publisher, watcher: TopicWatcher, referral_id: str, granted: bool
 ) -> dict[str, Any]:
-    event = {**new_event_fields(), "referral_id": referral_id, "granted": granted,
-             "decided_by": "direction-e2c"}
-    event = {**event, "event_id": str(event["event_id"]),
-             "occurred_at": event["occurred_at"].isoformat()}
+    event = events.derogation(referral_id, granted=granted, decided_by="direction-e2c")
     await publisher.send(Topic.DEROGATIONS_SUBMITTED, event, key=referral_id)
     [decision] = await watcher.wait_for(DECIDED, request_event_id=event["event_id"])
     return decision
@@ -50,9 +47,7 @@ async def enroll(
     publisher: Publisher, watcher: TopicWatcher, referral_id: str,
     enrolled_on: str = "2024-04-02", school_id: str = "toulouse",
 ) -> tuple[dict[str, Any], str | None]:
-    event = {"event_id": new_id(), "occurred_at": "2024-04-02T08:30:00+02:00",
-             "schema_version": 1, "referral_id": referral_id, "school_id": school_id,
-             "enrolled_on": enrolled_on}
+    event = events.enrollment(referral_id, school_id=school_id, enrolled_on=enrolled_on)
     await publisher.send(Topic.ENROLLMENTS_SUBMITTED, event, key=referral_id)
     [decision] = await watcher.wait_for(ENROLLED, request_event_id=event["event_id"])
     [key] = watcher.keys(ENROLLED, request_event_id=event["event_id"])
@@ -146,12 +141,7 @@ async def test_after_an_exit_the_person_can_be_referred_again(
     person = {"last_name": unique_last_name()}
     first = await refer(publisher, watcher, candidate=person)
     await enroll(publisher, watcher, first["referral_id"])
-    exit_event = ExitDecided(
-        **new_event_fields(), request_event_id=new_id(), trainee_id=first["trainee_id"],
-        school_id="toulouse", status="recorded", outcome="durable_employment",
-        category="employment", exited_on=date(2024, 9, 30),
-    )
-    await publisher.send(Topic.EXITS_DECIDED, exit_event.model_dump(mode="json"),
+    await publisher.send(Topic.EXITS_DECIDED, events.exit_decided(first["trainee_id"]),
                          key=first["trainee_id"])
     await wait_stage(stack, first["referral_id"], "exited")
 

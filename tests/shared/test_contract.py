@@ -34,6 +34,7 @@ from shared.contract import (
     new_event_fields,
     to_json_bytes,
 )
+from tests.events import EVENT_ID, EXAMPLES, REQUEST_EVENT_ID, TRAINEE_ID
 
 T = Topic
 
@@ -42,131 +43,6 @@ def parse_event(topic: str, raw: bytes | str) -> BaseModel:
     """A raw message of `topic` validated by its model (raises ValidationError)."""
     return MODELS[Topic(topic)].model_validate_json(raw)
 
-
-EVENT_ID = "6f1c2a9e-8d1b-4c55-9e0f-3b8a2f6d7c41"
-REQUEST_EVENT_ID = "0b7e3f6a-1c2d-4e5f-8a9b-0c1d2e3f4a5b"
-TRAINEE_ID = "tr_5Qm2xv8LrK"
-HEAD = {"event_id": EVENT_ID, "occurred_at": "2024-03-04T09:12:00+01:00", "schema_version": 1}
-
-# The contract's examples, "…" filled in, keys in the contract's order.
-EXAMPLES: dict[str, dict[str, Any]] = {
-    T.REFERRALS_SUBMITTED: {
-        **HEAD,
-        "referral_id": "ML-TLS-2024-000123",
-        "agency": {
-            "kind": "mission_locale",
-            "id": "ml-toulouse",
-            "name": "Mission Locale de Toulouse",
-        },
-        "school_id": "toulouse",
-        "candidate": {
-            "first_name": "Inès",
-            "last_name": "Martin",
-            "birth_date": "2006-05-17",
-            "email": None,
-            "phone": None,
-            "highest_qualification": "none",
-            "in_school": False,
-            "has_work_experience": False,
-            "rqth": False,
-            "qpv_resident": True,
-        },
-    },
-    T.REFERRALS_DECIDED: {
-        **HEAD,
-        "request_event_id": REQUEST_EVENT_ID,
-        "referral_id": "ML-TLS-2024-000123",
-        "agency_id": "ml-toulouse",
-        "school_id": "toulouse",
-        "status": "accepted",
-        "reasons": [],
-        "trainee_id": TRAINEE_ID,
-        "duplicate_of": None,
-    },
-    T.DEROGATIONS_SUBMITTED: {
-        **HEAD,
-        "referral_id": "ML-TLS-2024-000123",
-        "granted": True,
-        "decided_by": "directrice.toulouse",
-    },
-    T.ENROLLMENTS_SUBMITTED: {
-        **HEAD,
-        "referral_id": "ML-TLS-2024-000123",
-        "school_id": "toulouse",
-        "enrolled_on": "2024-01-15",
-    },
-    T.ENROLLMENTS_DECIDED: {
-        **HEAD,
-        "request_event_id": REQUEST_EVENT_ID,
-        "referral_id": "ML-TLS-2024-000123",
-        "status": "enrolled",
-        "reasons": [],
-        "trainee_id": TRAINEE_ID,
-        "school_id": "toulouse",
-        "enrolled_on": "2024-01-15",
-        "agency_kind": "mission_locale",
-        "age_at_entry": 19,
-        "rqth": False,
-        "qpv_resident": True,
-        "has_work_experience": False,
-    },
-    T.AIDS_REQUESTED: {
-        **HEAD,
-        "request_id": "AID-2024-000042",
-        "trainee_id": TRAINEE_ID,
-        "kind": "meals",
-        "quantity": 20,
-        "amount_cents": None,
-        "period_start": "2024-02-01",
-        "period_end": "2024-02-29",
-    },
-    T.BUDGETS_SUBMITTED: {**HEAD, "year": 2024, "kind": "meals", "envelope_cents": 21000000},
-    T.AIDS_DECIDED: {
-        **HEAD,
-        "request_event_id": REQUEST_EVENT_ID,
-        "request_id": "AID-2024-000042",
-        "trainee_id": TRAINEE_ID,
-        "school_id": "toulouse",
-        "kind": "meals",
-        "status": "granted",
-        "reasons": [],
-        "quantity": 20,
-        "amount_cents": 14000,
-        "period_start": "2024-02-01",
-        "period_end": "2024-02-29",
-    },
-    T.EXITS_SUBMITTED: {
-        **HEAD,
-        "trainee_id": TRAINEE_ID,
-        "exited_on": "2024-09-30",
-        "outcome": "durable_employment",
-        "satisfied": True,
-    },
-    T.EXITS_DECIDED: {
-        **HEAD,
-        "request_event_id": REQUEST_EVENT_ID,
-        "trainee_id": TRAINEE_ID,
-        "school_id": "toulouse",
-        "status": "recorded",
-        "reasons": [],
-        "outcome": "durable_employment",
-        "category": "employment",
-        "exited_on": "2024-09-30",
-    },
-    T.DEADLETTER: {
-        **HEAD,
-        "service": "aids",
-        "source_topic": "e2c.aids.requested.v1",
-        "partition": 2,
-        "offset": 1234,
-        "error": "quantity: Input should be a valid integer",
-        "original": '{"quantity": "20"}',
-        "original_base64": None,  # (1.1) the fields below
-        "original_truncated": False,
-        "original_bytes": 18,
-        "original_sha256": "0" * 64,
-    },
-}
 
 DROP = object()
 

@@ -1,30 +1,26 @@
-"""The inbox/outbox plumbing and the referrals store, on SQLite and on PostgreSQL."""
+"""The batch plumbing on SQLite and on PostgreSQL, driven by the referrals service's
+processor: state, inbox and outbox in one transaction, redeliveries, rollbacks, the batch
+scope, and (1.1) dead letters that never stall anything."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import json
-import threading
-import uuid
-from collections import Counter
-from collections.abc import Iterator
-from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime
+from functools import partial
 
 import pytest
 from sqlalchemy import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, select
 
 from services.referrals.app import TOPOLOGY
-from services.referrals.handlers import ReferralHandlers, erase_due
-from services.referrals.store import TABLES, PersonClaim, Referral, ReferralStore
-from shared.contract import MODELS, ReferralSubmitted, Topic
-from shared.db import make_engine
+from services.referrals.handlers import ReferralHandlers
+from services.referrals.store import TABLES, ReferralStore
+from shared.contract import ReferralSubmitted, Topic
 from shared.messaging import (
     MAX_DEAD_LETTER_BYTES,
-    BatchProcessor,
     BatchScope,
     Inbound,
     InboxEvent,
@@ -36,49 +32,15 @@ from shared.messaging import (
     outbox_backlog,
 )
 from shared.schools import load_schools
-from shared.service import create_schema
 from tests import plumbing
 from tests.events import referral
-from tests.plumbing import pending_outbox
+from tests.plumbing import engine_fixture, inbound, outbox, pending_outbox
 
 pytestmark = pytest.mark.infra
 
-
-@pytest.fixture
-def engine(store_url: str) -> Iterator[Engine]:
-    store_engine = make_engine(store_url)
-    create_schema(store_engine, TABLES)
-    yield store_engine
-    store_engine.dispose()
-
-
-def processor(engine: Engine, routes: dict[str, Route] | None = None) -> BatchProcessor:
-    """The referrals service's processor, with its batch loading (as deployed)."""
-    return plumbing.processor(TOPOLOGY, engine, routes)
-
-
-def record(
-    value: dict[str, object] | bytes, offset: int, topic: str = Topic.REFERRALS_SUBMITTED
-) -> Inbound:
-    raw = value if isinstance(value, bytes) else json.dumps(value).encode()
-    return Inbound(topic=topic, partition=0, offset=offset, key="k", value=raw)
-
-
-def derogation_granted(referral: dict[str, Any]) -> dict[str, object]:
-    return {"event_id": str(uuid.uuid4()), "occurred_at": "2024-03-05T10:00:00+01:00",
-            "schema_version": 1, "referral_id": referral["referral_id"],
-            "granted": True, "decided_by": "direction"}
-
-
-def enrollment_of(referral: dict[str, Any]) -> dict[str, object]:
-    return {"event_id": str(uuid.uuid4()), "occurred_at": "2024-03-06T10:00:00+01:00",
-            "schema_version": 1, "referral_id": referral["referral_id"],
-            "school_id": "toulouse", "enrolled_on": "2024-03-06"}
-
-
-def outbox(engine: Engine) -> list[OutboxMessage]:
-    with Session(engine) as session:
-        return pending_outbox(session, 1000)
+engine = engine_fixture(TABLES)
+processor = partial(plumbing.processor, TOPOLOGY)  # the referrals service's, as deployed
+record = partial(inbound, Topic.REFERRALS_SUBMITTED)
 
 
 def test_a_batch_stores_state_inbox_and_outbox_together(engine: Engine) -> None:
@@ -184,149 +146,6 @@ def test_outbox_rows_are_deleted_once_published(engine: Engine) -> None:
         delete_outbox(session, [row.id for row in rows if row.id is not None])
         session.commit()
         assert outbox_backlog(session) == 1
-
-
-def test_personal_data_is_kept_only_in_the_referral_row(engine: Engine) -> None:
-    event = referral()
-    processor(engine).process([record(event, 0)])
-    with Session(engine) as session:
-        stored = session.get(Referral, event["referral_id"])
-        assert stored is not None and stored.last_name == event["candidate"]["last_name"]
-    assert all(event["candidate"]["last_name"] not in m.payload for m in outbox(engine))
-
-
-def test_two_live_claims_of_one_person_cannot_both_commit(engine: Engine) -> None:
-    """The race of two instances accepting one person at once: the store refuses the second
-    claim (its batch then rolls back and, read again, finds the first: a duplicate)."""
-    outcome: dict[str, BaseException | None] = {}
-
-    def second_instance() -> None:
-        try:
-            with Session(engine) as session:
-                session.add(PersonClaim(person_key="digest-of-one-person", referral_id="B"))
-                session.commit()
-            outcome["second"] = None
-        except BaseException as error:
-            outcome["second"] = error
-
-    with Session(engine) as first:
-        first.add(PersonClaim(person_key="digest-of-one-person", referral_id="A"))
-        first.flush()  # holds the row (PostgreSQL) or the write lock (SQLite)
-        racer = threading.Thread(target=second_instance)
-        racer.start()
-        racer.join(timeout=0.5)
-        assert racer.is_alive()  # the second instance waits for the first transaction
-        first.commit()
-    racer.join(timeout=30)
-
-    assert isinstance(outcome["second"], IntegrityError)
-    with Session(engine) as session:
-        claims = session.exec(select(PersonClaim)).all()
-    assert [(c.person_key, c.referral_id) for c in claims] == [("digest-of-one-person", "A")]
-
-
-def test_retention_erases_settled_and_exited_referrals_only(engine: Engine) -> None:
-    rejected, live, exited = referral(candidate={"in_school": True}), referral(), referral()
-    processor(engine).process([record(e, i) for i, e in enumerate((rejected, live, exited))])
-    with Session(engine) as session:
-        store = ReferralStore(session)
-        leaver = store.get(exited["referral_id"])
-        assert leaver is not None
-        leaver.exited_on = date.today()
-        session.commit()
-
-    with Session(engine) as session:
-        too_soon = erase_due(ReferralStore(session), 24, datetime.now(UTC))
-        later = erase_due(
-            ReferralStore(session), 24, datetime.now(UTC) + timedelta(days=25 * 31)
-        )
-        session.commit()
-
-    assert (too_soon, later) == (0, 2)
-    with Session(engine) as session:
-        store = ReferralStore(session)
-        kept = {e["referral_id"]: store.get(e["referral_id"]) for e in (rejected, live, exited)}
-        still_followed = kept[live["referral_id"]]
-        assert still_followed is not None
-        assert still_followed.last_name == live["candidate"]["last_name"]
-        for gone in (rejected, exited):
-            row = kept[gone["referral_id"]]
-            assert row is not None and row.last_name is None and row.birth_date is None
-            assert row.status in ("rejected", "accepted")
-            assert [h.kind for h in store.history(gone["referral_id"])][-1] == "erasure"
-
-
-@pytest.mark.parametrize("prepared", [True, False])
-def test_the_same_person_twice_in_one_batch_is_one_acceptance_and_one_duplicate(
-    engine: Engine, prepared: bool
-) -> None:
-    """With the batch cache (the fast path) and without it (the savepoint path)."""
-    person = {"last_name": referral()["candidate"]["last_name"]}
-    first, second = referral(candidate=person), referral(candidate=person)
-    handlers = ReferralHandlers(set(load_schools()))
-    batch = plumbing.processor(TOPOLOGY, engine, handlers=handlers, prepared=prepared)
-
-    batch.process([record(first, 0), record(second, 1)])
-
-    statuses = [json.loads(m.payload)["status"] for m in outbox(engine)]
-    assert statuses == ["accepted", "duplicate"]
-
-
-def test_a_referral_changed_in_the_batch_that_created_it_is_still_right(engine: Engine) -> None:
-    """The fast path writes new referrals in bulk and lets the batch read a frozen copy; a
-    derogation and an enrollment of that referral in the same batch ask the store for the
-    row to change (the batch's pending rows are written first): they apply as they would in
-    separate batches."""
-    pending = referral(candidate={"birth_date": "1997-01-02"})  # 27 on 2024-03-04
-    derogation, enrollment = derogation_granted(pending), enrollment_of(pending)
-
-    processor(engine).process([
-        record(pending, 0),
-        record(derogation, 1, Topic.DEROGATIONS_SUBMITTED),
-        record(enrollment, 2, Topic.ENROLLMENTS_SUBMITTED),
-    ])
-
-    answers = [(m.topic, json.loads(m.payload)["status"]) for m in outbox(engine)]
-    assert answers == [
-        (Topic.REFERRALS_DECIDED, "pending_derogation"),
-        (Topic.REFERRALS_DECIDED, "accepted"),
-        (Topic.ENROLLMENTS_DECIDED, "enrolled"),
-    ]
-    with Session(engine) as session:
-        stored = ReferralStore(session).get(pending["referral_id"])
-        assert stored is not None
-        assert (stored.status, str(stored.enrolled_on)) == ("accepted", "2024-03-06")
-        kinds = [h.kind for h in ReferralStore(session).history(pending["referral_id"])]
-    assert kinds == ["referral", "derogation", "enrollment"]
-
-
-def test_a_change_to_a_referral_of_the_same_batch_stays_on_the_fast_path(
-    engine: Engine,
-) -> None:
-    """The derogation and the enrollment of a referral created in their batch are each
-    handled once: the batch is not rolled back and handled again record by record."""
-    handlers = ReferralHandlers(set(load_schools()))
-    calls: Counter[str] = Counter()
-
-    def counted(method: Any) -> Any:
-        def handle(unit: UnitOfWork[ReferralStore], event: Any) -> None:
-            calls[method.__name__] += 1
-            method(handlers, unit, event)
-        return handle
-
-    routes = {topic: Route(MODELS[topic], counted(method))
-              for topic, method in TOPOLOGY.consumes.items()}
-    pending = referral(candidate={"birth_date": "1997-01-02"})  # needs a derogation
-    derogation, enrollment = derogation_granted(pending), enrollment_of(pending)
-
-    result = processor(engine, routes).process([
-        record(pending, 0),
-        record(derogation, 1, Topic.DEROGATIONS_SUBMITTED),
-        record(enrollment, 2, Topic.ENROLLMENTS_SUBMITTED),
-    ])
-
-    assert calls == {"on_referral": 1, "on_derogation": 1, "on_enrollment": 1}
-    assert sum(result.handled.values()) == 3
 
 
 def test_pending_rows_are_never_written_inside_a_savepoint(engine: Engine) -> None:

@@ -7,9 +7,7 @@ broker (the rebuild's replay is fed the same records the topics would hold)."""
 
 from __future__ import annotations
 
-import itertools
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -27,13 +25,14 @@ from services.outcomes.handlers import OutcomeHandlers
 from services.outcomes.store import TABLES, OutcomeStore
 from shared import rebuild
 from shared.contract import Topic
-from shared.db import make_engine
-from shared.messaging import Inbound, OutboxMessage
+from shared.messaging import OutboxMessage
 from shared.schools import load_schools
-from shared.service import create_schema
 from shared.settings import Settings
-from tests.events import new_id
+from tests import plumbing
+from tests.events import aid_decided, enrollment_decided, exit_submitted, referral_decided
 from tests.http_app import app_for as http_app_for
+from tests.http_app import assert_bad_year
+from tests.plumbing import engine_fixture, store_engine
 
 YEAR = 2024
 REGISTRY = list(load_schools())
@@ -73,78 +72,52 @@ SCHOOL_KEYS = ["accompanied", "entries", "exits", "solutions"]
 
 # --- Events through the real handlers -----------------------------------------------------
 
-_offsets = itertools.count()
-
-
-def fields(at: str) -> dict[str, Any]:
-    return {"event_id": new_id(), "occurred_at": at, "schema_version": 1}
+engine = engine_fixture(TABLES, sqlite_only=True)
 
 
 def referral(referral_id: str, agency_id: str, at: str, status: str = "accepted",
-             school_id: str = "toulouse", trainee_id: str | None = None
-             ) -> tuple[str, dict[str, Any]]:
-    return Topic.REFERRALS_DECIDED, {
-        **fields(at), "request_event_id": new_id(), "referral_id": referral_id,
-        "agency_id": agency_id, "school_id": school_id, "status": status,
-        "reasons": ["too_old"] if status == "rejected" else [],
-        "trainee_id": None if status == "rejected" else (trainee_id or f"T-{referral_id}"),
-        "duplicate_of": None,
-    }
+             school_id: str = "toulouse") -> tuple[str, dict[str, Any]]:
+    """The referral decided at `at`; its trainee is T-<referral_id> unless rejected."""
+    rejected = status == "rejected"
+    return Topic.REFERRALS_DECIDED, referral_decided(
+        referral_id, occurred_at=at, agency_id=agency_id, school_id=school_id, status=status,
+        reasons=["too_old"] if rejected else [],
+        trainee_id=None if rejected else f"T-{referral_id}",
+    )
 
 
 def enrolled(referral_id: str, school_id: str, on: str, *, kind: str = "mission_locale",
              age: int = 19, rqth: bool = False, qpv: bool = False, worked: bool = True
              ) -> tuple[str, dict[str, Any]]:
-    return Topic.ENROLLMENTS_DECIDED, {
-        **fields(f"{on}T10:00:00+01:00"), "request_event_id": new_id(),
-        "referral_id": referral_id, "status": "enrolled", "reasons": [],
-        "trainee_id": f"T-{referral_id}", "school_id": school_id, "enrolled_on": on,
-        "agency_kind": kind, "age_at_entry": age, "rqth": rqth, "qpv_resident": qpv,
-        "has_work_experience": worked,
-    }
-
-
-_requests = itertools.count(1)
+    return Topic.ENROLLMENTS_DECIDED, enrollment_decided(
+        f"T-{referral_id}", referral_id=referral_id, school_id=school_id, enrolled_on=on,
+        agency_kind=kind, age_at_entry=age, rqth=rqth, qpv_resident=qpv,
+        has_work_experience=worked,
+    )
 
 
 def aid(referral_id: str, kind: str, on: str, status: str = "granted"
         ) -> tuple[str, dict[str, Any]]:
-    return Topic.AIDS_DECIDED, {
-        **fields(f"{on}T10:00:00+01:00"), "request_event_id": new_id(),
-        "request_id": f"AID-{YEAR}-{next(_requests):06d}", "trainee_id": f"T-{referral_id}",
-        "school_id": "toulouse", "kind": kind, "status": status,
-        "reasons": [] if status == "granted" else ["budget_exhausted"],
-        "quantity": 1, "amount_cents": 45000, "period_start": on, "period_end": on,
-    }
+    """One 450 € aid of `kind` on the day `on`, granted or refused (budget exhausted)."""
+    return Topic.AIDS_DECIDED, aid_decided(
+        f"T-{referral_id}", kind, status=status,
+        reasons=[] if status == "granted" else ["budget_exhausted"], quantity=1,
+        amount_cents=45000, period_start=on, period_end=on,
+    )
 
 
 def exit_(referral_id: str, on: str, outcome: str, satisfied: bool | None
           ) -> tuple[str, dict[str, Any]]:
-    return Topic.EXITS_SUBMITTED, {
-        **fields(f"{on}T16:00:00+02:00"), "trainee_id": f"T-{referral_id}", "exited_on": on,
-        "outcome": outcome, "satisfied": satisfied,
-    }
-
-
-def inbound(topic: str, payload: dict[str, Any] | str) -> Inbound:
-    value = payload if isinstance(payload, str) else json.dumps(payload)
-    return Inbound(topic=topic, partition=0, offset=next(_offsets), key="k",
-                   value=value.encode())
+    return Topic.EXITS_SUBMITTED, exit_submitted(
+        f"T-{referral_id}", exited_on=on, outcome=outcome, satisfied=satisfied
+    )
 
 
 def feed(engine: Engine, *events: tuple[str, dict[str, Any]], rebuild: bool = False) -> None:
     """Runs the real outcome handlers (the live ones, or a rebuild's) on `events`."""
-    topology, handlers = outcomes_app.TOPOLOGY, OutcomeHandlers()
-    processor = (topology.rebuild_processor(engine, handlers) if rebuild
-                 else topology.processor(engine, handlers))
-    result = processor.process([inbound(topic, payload) for topic, payload in events])
+    result = plumbing.feed(outcomes_app.TOPOLOGY, engine, *events, handlers=OutcomeHandlers(),
+                           rebuild=rebuild)
     assert not result.dead_letters
-
-
-def new_engine(path: Path) -> Engine:
-    engine = make_engine(f"sqlite:///{path}")
-    create_schema(engine, TABLES)
-    return engine
 
 
 def cohort() -> list[list[tuple[str, dict[str, Any]]]]:
@@ -206,12 +179,10 @@ def events() -> Batches:
 
 
 @pytest.fixture
-def filled(tmp_path: Path, events: Batches) -> Iterator[Engine]:
-    engine = new_engine(tmp_path / "outcomes.db")
+def filled(engine: Engine, events: Batches) -> Engine:
     for batch in events:
         feed(engine, *batch)
-    yield engine
-    engine.dispose()
+    return engine
 
 
 @pytest.fixture
@@ -326,15 +297,7 @@ def test_a_missing_or_bad_year_is_422(client: TestClient, path: str, year: str |
 
     answer = client.get(path, params=params, headers=OUTCOMES)
 
-    assert answer.status_code == 422
-    assert "2000 to 2100" in answer.json()["detail"]
-    assert answer.json() == {"detail": year_error(year)}
-    assert not year or year not in answer.text  # never the value given
-
-
-def year_error(year: str | None) -> str:
-    expected = "an integer from 2000 to 2100"
-    return f"year is required: {expected}" if not year else f"invalid year: expected {expected}"
+    assert_bad_year(answer, year)
 
 
 def test_a_partner_with_a_bad_year_is_422_too(client: TestClient) -> None:
@@ -435,8 +398,7 @@ def test_a_rebuild_from_the_events_gives_the_same_bytes(
         topics[Topic.EXITS_DECIDED] = [json.loads(message.payload) for message in emitted]
     assert len(topics[Topic.EXITS_DECIDED]) == 6  # R9's exit is still held: no decision
 
-    rebuilt = new_engine(tmp_path / "rebuilt.db")
-    try:
+    with store_engine(f"sqlite:///{tmp_path / 'rebuilt.db'}", TABLES) as rebuilt:
         topology = outcomes_app.TOPOLOGY
         assert topology.rebuild is not None
         for topic in topology.rebuild.replays:
@@ -449,8 +411,6 @@ def test_a_rebuild_from_the_events_gives_the_same_bytes(
         with Session(rebuilt) as session:
             assert session.exec(select(OutboxMessage)).all() == []  # nothing published
             assert OutcomeStore(session).held.count() == 1
-    finally:
-        rebuilt.dispose()
 
 
 # --- Rates as people read them ------------------------------------------------------------

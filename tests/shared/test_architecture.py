@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from shared.settings import PROJECT_ROOT
+
+ROOT = PROJECT_ROOT
 SERVICES = ROOT / "services"
 SHARED = ROOT / "shared"
 ABOVE_TOP = "<relative import above the top-level package>"

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import itertools
-import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, cast
 
 import httpx
@@ -25,13 +21,11 @@ from services.referrals.app import TOPOLOGY
 from services.referrals.handlers import ReferralHandlers
 from services.referrals.store import TABLES, Referral, ReferralStore
 from shared.contract import Topic
-from shared.db import make_engine
-from shared.messaging import Inbound
 from shared.schools import load_schools
-from shared.service import create_schema
 from tests import plumbing
-from tests.events import new_id, referral
+from tests.events import derogation, enrollment, exit_decided, new_id, referral
 from tests.http_app import app_for as http_app_for
+from tests.plumbing import engine_fixture
 
 OWN = "ml-toulouse"
 OTHER = "ft-31"
@@ -48,18 +42,12 @@ OTHER_TOKEN = {"Authorization": "Bearer tok-other"}
 ADMIN_TOKEN = {"Authorization": "Bearer tok-admin"}
 FINANCE_TOKEN = {"Authorization": "Bearer tok-finance"}
 CANDIDATE_FIELDS = {"first_name", "last_name", "birth_date", "email", "phone"}
-_offsets = itertools.count()
+SUBMITTED = Topic.REFERRALS_SUBMITTED
 
 
 # --- Store and app ------------------------------------------------------------------------
 
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    store_engine = make_engine(f"sqlite:///{tmp_path / 'referrals.db'}")
-    create_schema(store_engine, TABLES)
-    yield store_engine
-    store_engine.dispose()
+engine = engine_fixture(TABLES, sqlite_only=True)
 
 
 def app_for(engine: Engine, *extra: Route) -> Starlette:
@@ -74,13 +62,7 @@ def client(engine: Engine) -> TestClient:
 def feed(engine: Engine, *events: tuple[str, dict[str, Any]]) -> None:
     """Runs the real handlers on `events` (topic, payload) in one batch."""
     handlers = ReferralHandlers(set(load_schools()))
-    records = [
-        Inbound(topic=topic, partition=0, offset=next(_offsets), key="k",
-                value=json.dumps(payload).encode())
-        for topic, payload in events
-    ]
-    result = plumbing.processor(TOPOLOGY, engine, handlers=handlers).process(records)
-    assert not result.dead_letters
+    assert not plumbing.feed(TOPOLOGY, engine, *events, handlers=handlers).dead_letters
 
 
 def stored(engine: Engine, referral_id: str) -> Referral:
@@ -98,39 +80,6 @@ def set_updated_at(engine: Engine, moments: dict[str, datetime]) -> None:
             row.updated_at = moment
             session.add(row)
         session.commit()
-
-
-# --- Events -------------------------------------------------------------------------------
-
-
-def event_fields() -> dict[str, Any]:
-    return {"event_id": new_id(), "occurred_at": "2024-09-02T08:00:00+02:00",
-            "schema_version": 1}
-
-
-def derogation(referral_id: str, granted: bool) -> tuple[str, dict[str, Any]]:
-    return Topic.DEROGATIONS_SUBMITTED, {
-        **event_fields(), "referral_id": referral_id, "granted": granted, "decided_by": "jury"
-    }
-
-
-def enrollment(referral_id: str) -> tuple[str, dict[str, Any]]:
-    return Topic.ENROLLMENTS_SUBMITTED, {
-        **event_fields(), "referral_id": referral_id, "school_id": "toulouse",
-        "enrolled_on": "2024-09-02",
-    }
-
-
-def exit_decided(trainee_id: str) -> tuple[str, dict[str, Any]]:
-    return Topic.EXITS_DECIDED, {
-        **event_fields(), "request_event_id": new_id(), "trainee_id": trainee_id,
-        "school_id": "toulouse", "status": "recorded", "reasons": [],
-        "outcome": "durable_employment", "category": "employment", "exited_on": "2025-03-31",
-    }
-
-
-def submitted(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    return Topic.REFERRALS_SUBMITTED, payload
 
 
 @dataclass
@@ -160,11 +109,14 @@ def world(engine: Engine) -> World:
     exited = referral()
     duplicate = referral(candidate=enrolled["candidate"])
     other = referral(agency={"kind": "france_travail", "id": OTHER, "name": "France Travail"})
-    enrolling = enrollment(enrolled["referral_id"])
-    feed(engine, *map(submitted, [enrolled, pending, rejected, exited, other]))
-    feed(engine, submitted(resend), enrolling, enrollment(exited["referral_id"]),
-         derogation(pending["referral_id"], granted=True), submitted(duplicate))
-    feed(engine, exit_decided(str(stored(engine, exited["referral_id"]).trainee_id)))
+    enrolling = enrollment(enrolled["referral_id"], enrolled_on="2024-09-02")
+    feed(engine, *((SUBMITTED, r) for r in [enrolled, pending, rejected, exited, other]))
+    feed(engine, (SUBMITTED, resend), (Topic.ENROLLMENTS_SUBMITTED, enrolling),
+         (Topic.ENROLLMENTS_SUBMITTED, enrollment(exited["referral_id"], enrolled_on="2024-09-02")),
+         (Topic.DEROGATIONS_SUBMITTED, derogation(pending["referral_id"], granted=True)),
+         (SUBMITTED, duplicate))
+    trainee_id = str(stored(engine, exited["referral_id"]).trainee_id)
+    feed(engine, (Topic.EXITS_DECIDED, exit_decided(trainee_id, exited_on="2025-03-31")))
     ids = [enrolled, pending, rejected, exited, duplicate]
     set_updated_at(engine, {
         str(r["referral_id"]): datetime(2024, 3, day, 10, tzinfo=UTC)
@@ -173,7 +125,7 @@ def world(engine: Engine) -> World:
     return World(
         enrolled=enrolled,
         resend_event_id=resend["event_id"],
-        enrollment_event_id=enrolling[1]["event_id"],
+        enrollment_event_id=enrolling["event_id"],
         derogation=pending["referral_id"],
         rejected=rejected["referral_id"],
         exited=exited["referral_id"],

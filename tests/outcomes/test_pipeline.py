@@ -14,10 +14,10 @@ import httpx
 import pytest
 
 from deploy.harness import ServiceProcesses
-from shared.contract import EnrollmentDecided, Topic, new_event_fields
-from tests import tokens
-from tests.events import new_id, referral
-from tests.infra import Publisher, TopicWatcher
+from shared.contract import Topic
+from tests import events, tokens
+from tests.events import aid_request, exit_submitted, referral
+from tests.infra import Publisher, TopicWatcher, learn_trainee
 
 pytestmark = pytest.mark.infra
 
@@ -39,9 +39,8 @@ async def enrolled_trainee(
     await publisher.send(Topic.REFERRALS_SUBMITTED, event, key=event["referral_id"])
     [decided] = await watcher.wait_for(Topic.REFERRALS_DECIDED, request_event_id=event["event_id"])
     assert decided["status"] == "accepted", decided
-    enrollment = {"event_id": new_id(), "occurred_at": f"{enrolled_on}T09:00:00+01:00",
-                  "schema_version": 1, "referral_id": event["referral_id"],
-                  "school_id": school_id, "enrolled_on": enrolled_on}
+    enrollment = events.enrollment(event["referral_id"], school_id=school_id,
+                                   enrolled_on=enrolled_on)
     await publisher.send(Topic.ENROLLMENTS_SUBMITTED, enrollment, key=event["referral_id"])
     [answer] = await watcher.wait_for(
         Topic.ENROLLMENTS_DECIDED, request_event_id=enrollment["event_id"]
@@ -50,17 +49,11 @@ async def enrolled_trainee(
     return dict(answer)
 
 
-def exit_event(trainee_id: str, outcome: str, exited_on: str, satisfied: bool | None) -> dict:
-    return {"event_id": new_id(), "occurred_at": f"{exited_on}T17:00:00+02:00",
-            "schema_version": 1, "trainee_id": trainee_id, "exited_on": exited_on,
-            "outcome": outcome, "satisfied": satisfied}
-
-
 async def leave(
     publisher: Publisher, watcher: TopicWatcher, trainee_id: str, outcome: str,
     exited_on: str = f"{YEAR}-09-30", satisfied: bool | None = True,
 ) -> dict[str, Any]:
-    event = exit_event(trainee_id, outcome, exited_on, satisfied)
+    event = exit_submitted(trainee_id, outcome=outcome, exited_on=exited_on, satisfied=satisfied)
     await publisher.send(Topic.EXITS_SUBMITTED, event, key=trainee_id)
     [decision] = await watcher.wait_for(Topic.EXITS_DECIDED, request_event_id=event["event_id"])
     return dict(decision)
@@ -91,16 +84,14 @@ async def test_an_exit_before_its_enrollment_is_held_then_recorded(
     publisher: Publisher, watcher: TopicWatcher
 ) -> None:
     trainee_id = uuid.uuid4().hex
-    event = exit_event(trainee_id, "qualifying_training", f"{YEAR}-11-30", True)
+    event = exit_submitted(trainee_id, outcome="qualifying_training",
+                           exited_on=f"{YEAR}-11-30", satisfied=True)
     await publisher.send(Topic.EXITS_SUBMITTED, event, key=trainee_id)
-    enrollment = EnrollmentDecided(
-        **new_event_fields(), request_event_id=new_id(), referral_id="R-held",
-        status="enrolled", trainee_id=trainee_id, school_id="beziers",
-        enrolled_on=date(YEAR, 1, 5), agency_kind="other", age_at_entry=22, rqth=False,
+    await learn_trainee(
+        publisher, trainee_id, referral_id="R-held", school_id="beziers",
+        enrolled_on=f"{YEAR}-01-05", agency_kind="other", age_at_entry=22, rqth=False,
         qpv_resident=False, has_work_experience=True,
     )
-    await publisher.send(Topic.ENROLLMENTS_DECIDED, enrollment.model_dump(mode="json"),
-                         trainee_id)
     [decision] = await watcher.wait_for(Topic.EXITS_DECIDED, request_event_id=event["event_id"])
 
     assert (decision["status"], decision["category"]) == ("recorded", "training")
@@ -130,11 +121,8 @@ async def test_the_yearly_report_of_a_cohort_and_its_rebuild_from_the_topics(
             publisher, watcher, birth_date=birth, school_id=school, agency=agency,
             rqth=rqth, qpv_resident=qpv, has_work_experience=work,
         ))
-    aid = {"event_id": new_id(), "occurred_at": f"{YEAR}-02-02T10:00:00+01:00",
-           "schema_version": 1, "request_id": f"AID-{uuid.uuid4().hex[:10]}",
-           "trainee_id": trainees[0]["trainee_id"], "kind": "laptop", "quantity": 1,
-           "amount_cents": 40000, "period_start": f"{YEAR}-02-02",
-           "period_end": f"{YEAR}-02-02"}
+    aid = aid_request(trainees[0]["trainee_id"], "laptop", amount_cents=40000,
+                      period_start=f"{YEAR}-02-02", period_end=f"{YEAR}-02-02")
     await publisher.send(Topic.AIDS_REQUESTED, aid, key=aid["trainee_id"])
     await watcher.wait_for(Topic.AIDS_DECIDED, request_event_id=aid["event_id"])
     for trainee, (*_, outcome, satisfied) in zip(trainees, people, strict=True):

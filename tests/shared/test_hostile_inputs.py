@@ -14,9 +14,8 @@ import pytest
 
 from shared.contract import Topic
 from shared.messaging import MAX_DEAD_LETTER_BYTES
-from tests.events import referral
-from tests.infra import Publisher, TopicWatcher
-from tests.test_aids_pipeline import aid_request, learn_trainee
+from tests.events import aid_request, referral
+from tests.infra import Publisher, TopicWatcher, learn_trainee
 
 pytestmark = pytest.mark.infra
 

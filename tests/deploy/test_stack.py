@@ -15,12 +15,12 @@ import psycopg
 import pytest
 
 from deploy import cli
+from deploy.harness import free_port
 from deploy.local_postgres import ensure_installed as ensure_postgres
 from deploy.stack import SERVICES, LocalStack
 from shared.http import load_tokens
 from shared.private_files import loose_bits
 from shared.settings import PROJECT_ROOT, Settings
-from tests.test_local_infra import free_port
 
 pytestmark = pytest.mark.infra
 

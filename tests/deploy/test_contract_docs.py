@@ -31,11 +31,11 @@ from shared.contract import (
     event_key,
     new_event_fields,
 )
-from shared.settings import Settings
-from tests.test_contract import EXAMPLES
+from shared.settings import PROJECT_ROOT, Settings
+from tests.events import EXAMPLES
 
-ROOT = Path(__file__).resolve().parent.parent
-ASYNCAPI_SPEC = Path(__file__).resolve().parent / "data" / "asyncapi-3.0.0.schema.json"
+ROOT = PROJECT_ROOT
+ASYNCAPI_SPEC = ROOT / "tests" / "data" / "asyncapi-3.0.0.schema.json"
 REGENERATE = "run `make docs` (python -m deploy.contract_docs) and commit what it writes"
 
 Json = dict[str, Any]

@@ -3,10 +3,8 @@ finance`, over a real SQLite store filled by the real aid handlers. No broker, n
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections import Counter
-from collections.abc import Iterator
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -27,15 +25,14 @@ from services.aids.handlers import AidHandlers
 from services.aids.store import TABLES, AidStore, KindYearTotal, LedgerLine, YearTotals
 from shared.aid_rules import load_rules
 from shared.contract import Topic
-from shared.db import make_engine
-from shared.messaging import Inbound
 from shared.reports import parse_year
 from shared.schools import load_schools
-from shared.service import create_schema
 from shared.settings import Settings
 from tests import plumbing
-from tests.events import new_id
+from tests.events import aid_request, budget, enrollment_decided
 from tests.http_app import app_for as http_app_for
+from tests.http_app import assert_bad_year
+from tests.plumbing import engine_fixture
 
 YEAR = 2024
 KINDS = ("laptop", "meals", "childcare")
@@ -53,62 +50,24 @@ BOM = b"\xef\xbb\xbf"
 REPORT_KEYS = {"year", "currency", "by_kind", "by_school", "by_month", "budgets"}
 KIND_KEYS = {"granted", "rejected", "quantity", "amount_cents"}
 BUDGET_KEYS = {"envelope_cents", "committed_cents", "remaining_cents", "runs_out_month"}
-_offsets = itertools.count()
 
 
 # --- Store, events, app -------------------------------------------------------------------
 
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    store_engine = make_engine(f"sqlite:///{tmp_path / 'aids.db'}")
-    create_schema(store_engine, TABLES)
-    yield store_engine
-    store_engine.dispose()
+engine = engine_fixture(TABLES, sqlite_only=True)
 
 
 def feed(engine: Engine, *events: tuple[str, dict[str, Any]]) -> None:
     """Runs the real aid handlers on `events` (topic, payload) in one batch."""
-    records = [
-        Inbound(topic=topic, partition=0, offset=next(_offsets), key="k",
-                value=json.dumps(payload).encode())
-        for topic, payload in events
-    ]
-    processor = plumbing.processor(TOPOLOGY, engine, handlers=AidHandlers(load_rules()))
-    result = processor.process(records)
+    result = plumbing.feed(TOPOLOGY, engine, *events, handlers=AidHandlers(load_rules()))
     assert not result.dead_letters
 
 
-def fields() -> dict[str, Any]:
-    return {"event_id": new_id(), "occurred_at": "2024-01-02T09:00:00+01:00",
-            "schema_version": 1}
-
-
-def enrolled(trainee_id: str, school_id: str, on: str) -> tuple[str, dict[str, Any]]:
-    return Topic.ENROLLMENTS_DECIDED, {
-        **fields(), "request_event_id": new_id(), "referral_id": f"R-{trainee_id}",
-        "status": "enrolled", "reasons": [], "trainee_id": trainee_id, "school_id": school_id,
-        "enrolled_on": on, "agency_kind": "mission_locale", "age_at_entry": 19, "rqth": False,
-        "qpv_resident": True, "has_work_experience": False,
-    }
-
-
-_requests = itertools.count(1)
-
-
-def aid(trainee_id: str, kind: str, start: str, end: str, quantity: int = 1,
-        amount_cents: int | None = None) -> tuple[str, dict[str, Any]]:
-    return Topic.AIDS_REQUESTED, {
-        **fields(), "request_id": f"AID-{YEAR}-{next(_requests):06d}", "trainee_id": trainee_id,
-        "kind": kind, "quantity": quantity, "amount_cents": amount_cents,
-        "period_start": start, "period_end": end,
-    }
-
-
-def budget(kind: str, envelope_cents: int, year: int = YEAR) -> tuple[str, dict[str, Any]]:
-    return Topic.BUDGETS_SUBMITTED, {
-        **fields(), "year": year, "kind": kind, "envelope_cents": envelope_cents
-    }
+def aid(trainee_id: str, kind: str, start: str, end: str, **fields: Any
+        ) -> tuple[str, dict[str, Any]]:
+    """A request of `kind` from `start` to `end` (quantity 1, no amount, unless told)."""
+    request = aid_request(trainee_id, kind, period_start=start, period_end=end, **fields)
+    return Topic.AIDS_REQUESTED, request
 
 
 @pytest.fixture
@@ -116,12 +75,15 @@ def filled(engine: Engine) -> Engine:
     """A year of aid through the handlers: grants, every kind of refusal that counts, a
     school outside the registry, a grant of the next year, and an envelope lowered below
     what was already committed (meals) so that it ran out in March."""
-    feed(engine,
-         enrolled("T1", "toulouse", "2024-01-10"),
-         enrolled("T2", "montpellier-1", "2024-02-01"),
-         enrolled("T3", "castres", "2024-03-01"),
-         enrolled("T4", UNLISTED_SCHOOL, "2024-01-05"))
-    feed(engine, budget("meals", 30000), budget("childcare", 100000))
+    feed(engine, *(
+        (Topic.ENROLLMENTS_DECIDED, enrollment_decided(trainee, school_id=school, enrolled_on=on))
+        for trainee, school, on in [("T1", "toulouse", "2024-01-10"),
+                                    ("T2", "montpellier-1", "2024-02-01"),
+                                    ("T3", "castres", "2024-03-01"),
+                                    ("T4", UNLISTED_SCHOOL, "2024-01-05")]
+    ))
+    feed(engine, (Topic.BUDGETS_SUBMITTED, budget("meals", 30000)),
+         (Topic.BUDGETS_SUBMITTED, budget("childcare", 100000)))
     feed(engine,
          aid("T1", "laptop", "2024-01-15", "2024-01-15", amount_cents=45000),
          aid("T1", "laptop", "2024-03-01", "2024-03-01", amount_cents=45000),  # already
@@ -136,7 +98,7 @@ def filled(engine: Engine) -> Engine:
          aid("T4", "laptop", "2024-06-03", "2024-06-03", amount_cents=39999),
          aid("T1", "meals", "2024-05-10", "2024-05-01", quantity=3),  # invalid period
          aid("T1", "meals", "2025-01-02", "2025-01-31", quantity=3))  # next year
-    feed(engine, budget("meals", 20000))  # replaced: below the 245 € committed
+    feed(engine, (Topic.BUDGETS_SUBMITTED, budget("meals", 20000)))  # below the 245 € committed
     return engine
 
 
@@ -287,15 +249,7 @@ def test_a_missing_or_bad_year_is_422(client: TestClient, path: str, year: str |
 
     answer = client.get(path, params=params, headers=FINANCE)
 
-    assert answer.status_code == 422
-    assert "2000 to 2100" in answer.json()["detail"]
-    assert answer.json() == {"detail": year_error(year)}
-    assert not year or year not in answer.text  # never the value given
-
-
-def year_error(year: str | None) -> str:
-    expected = "an integer from 2000 to 2100"
-    return f"year is required: {expected}" if not year else f"invalid year: expected {expected}"
+    assert_bad_year(answer, year)
 
 
 # --- The CSV export -----------------------------------------------------------------------

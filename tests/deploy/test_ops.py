@@ -9,7 +9,6 @@ import json
 import re
 import time
 import uuid
-from datetime import date
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -28,13 +27,13 @@ from deploy.ops import (
 )
 from deploy.processes import command_line
 from deploy.system import TOPOLOGIES
-from shared.contract import DeadLetter, EnrollmentDecided, Topic, new_event_fields
+from shared.contract import Topic
 from shared.observability import ServiceMetrics
 from shared.ops import heartbeat_key
 from shared.settings import PROJECT_ROOT
 from tests import tokens
-from tests.events import new_id, referral
-from tests.infra import Publisher, TopicWatcher, controllable_redis
+from tests.events import dead_letter, exit_submitted, new_id, referral
+from tests.infra import Publisher, TopicWatcher, controllable_redis, learn_trainee
 
 if TYPE_CHECKING:
     from deploy.harness import ServiceProcesses
@@ -43,14 +42,6 @@ infra = pytest.mark.infra
 
 OPS = tokens.bearer(tokens.OPS)
 EXITS = str(Topic.EXITS_SUBMITTED)
-
-
-def exit_event(trainee_id: str, **fields: Any) -> dict[str, Any]:
-    event = {"event_id": new_id(), "occurred_at": "2024-09-30T17:00:00+02:00",
-             "schema_version": 1, "trainee_id": trainee_id, "exited_on": "2024-09-30",
-             "outcome": "durable_employment", "satisfied": True}
-    event.update(fields)
-    return event
 
 
 async def exits_lag(bootstrap: str) -> int:
@@ -97,7 +88,7 @@ async def test_a_stopped_consumer_lags_by_what_was_published_then_catches_up(
     outcomes.stop()
     try:
         before = await exits_lag(stack.bootstrap)
-        sent = [exit_event(f"T-lag-{uuid.uuid4().hex[:10]}") for _ in range(7)]
+        sent = [exit_submitted(f"T-lag-{uuid.uuid4().hex[:10]}") for _ in range(7)]
         for event in sent:
             await publisher.send(EXITS, event, key=event["trainee_id"])
         assert await exits_lag(stack.bootstrap) == before + len(sent)
@@ -188,7 +179,7 @@ async def test_a_letter_whose_cause_is_not_fixed_is_dead_lettered_again_on_repla
 ) -> None:
     outcomes = stack.services["outcomes"]
     counted = outcomes.metric("e2c_dead_letters_total", source_topic=EXITS)
-    bad = exit_event(f"T-dl-{uuid.uuid4().hex[:10]}")
+    bad = exit_submitted(f"T-dl-{uuid.uuid4().hex[:10]}")
     del bad["outcome"]
     await publisher.send(EXITS, bad, key=bad["trainee_id"])
     assert await eventually(lambda: letters_about(watcher, bad["event_id"]), timeout=30)
@@ -232,24 +223,15 @@ async def test_a_letter_whose_cause_is_fixed_is_decided_once_however_often_repla
     stack: ServiceProcesses, publisher: Publisher, watcher: TopicWatcher
 ) -> None:
     trainee_id = uuid.uuid4().hex
-    enrolled = EnrollmentDecided(
-        **new_event_fields(), request_event_id=new_id(), referral_id=f"R-{trainee_id[:10]}",
-        status="enrolled", trainee_id=trainee_id, school_id="nimes",
-        enrolled_on=date(2024, 1, 15), agency_kind="mission_locale", age_at_entry=19,
-        rqth=False, qpv_resident=True, has_work_experience=False,
-    )
-    await publisher.send(Topic.ENROLLMENTS_DECIDED, enrolled.model_dump(mode="json"),
-                         trainee_id)
+    await learn_trainee(publisher, trainee_id, school_id="nimes")
     # As if the outcomes service had refused this valid exit before a fix, since deployed.
-    original = exit_event(trainee_id)
-    letter = DeadLetter(
-        **new_event_fields(), service="outcomes", source_topic=EXITS, partition=0, offset=0,
-        error="handler error: RuntimeError: the bug since fixed",
-        original=json.dumps(original),
-    )
-    await publisher.send(Topic.DEADLETTER, letter.model_dump(mode="json"), trainee_id)
+    original = exit_submitted(trainee_id)
+    letter = dead_letter(json.dumps(original), service="outcomes", source_topic=EXITS,
+                         partition=0, offset=0,
+                         error="handler error: RuntimeError: the bug since fixed")
+    await publisher.send(Topic.DEADLETTER, letter, trainee_id)
 
-    sent = await replay_dead_letter(stack.bootstrap, str(letter.event_id))
+    sent = await replay_dead_letter(stack.bootstrap, letter["event_id"])
     assert sent["source_topic"] == EXITS and sent["key"] == trainee_id
     [decision] = await watcher.wait_for(Topic.EXITS_DECIDED,
                                         request_event_id=original["event_id"])
@@ -257,10 +239,10 @@ async def test_a_letter_whose_cause_is_fixed_is_decided_once_however_often_repla
 
     outcomes = stack.services["outcomes"]
     duplicates = outcomes.metric("e2c_events_consumed_total", topic=EXITS, result="duplicate")
-    await replay_dead_letter(stack.bootstrap, str(letter.event_id))
+    await replay_dead_letter(stack.bootstrap, letter["event_id"])
     # A later exit of the same trainee (same key, same partition) is answered only once the
     # replay before it was read: then the replay has had all the effect it will ever have.
-    later = exit_event(trainee_id, exited_on="2024-10-01")
+    later = exit_submitted(trainee_id, exited_on="2024-10-01")
     await publisher.send(EXITS, later, key=trainee_id)
     [refused] = await watcher.wait_for(Topic.EXITS_DECIDED, request_event_id=later["event_id"])
     assert refused["reasons"] == ["already_exited"]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from collections.abc import Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import pytest
@@ -18,72 +18,37 @@ from services.aids.app import TOPOLOGY
 from services.aids.handlers import AidHandlers
 from services.aids.store import TABLES, AidStore, HeldRequest, LedgerLine
 from shared.aid_rules import load_rules
-from shared.contract import AidKind, EnrollmentDecided, Topic, new_event_fields
-from shared.db import make_engine
-from shared.messaging import BatchResult, Inbound, OutboxMessage, unit_of_work
-from shared.service import create_schema
+from shared.contract import AidKind, Topic
+from shared.messaging import unit_of_work
 from tests import plumbing
-from tests.events import new_id
-from tests.plumbing import pending_outbox
+from tests.events import aid_request, budget, enrollment_decided
+from tests.plumbing import engine_fixture, pending_outbox, published
 
 pytestmark = pytest.mark.infra
 
 HANDLERS = AidHandlers(load_rules())
-
-
-@pytest.fixture
-def engine(store_url: str) -> Iterator[Engine]:
-    store_engine = make_engine(store_url)
-    create_schema(store_engine, TABLES)
-    yield store_engine
-    store_engine.dispose()
-
-
-def enrollment(trainee_id: str, school_id: str = "toulouse", on: str = "2024-01-08") -> bytes:
-    event = EnrollmentDecided(
-        **new_event_fields(), request_event_id=new_id(), referral_id="R-1", status="enrolled",
-        trainee_id=trainee_id, school_id=school_id, enrolled_on=date.fromisoformat(on),
-        agency_kind="france_travail", age_at_entry=20, rqth=False, qpv_resident=False,
-        has_work_experience=False,
-    )
-    return event.model_dump_json().encode()
-
-
-def request(trainee_id: str, kind: str, **fields: Any) -> bytes:
-    body = {"event_id": new_id(), "occurred_at": "2024-02-01T10:00:00+01:00",
-            "schema_version": 1, "request_id": f"AID-{uuid.uuid4().hex[:10]}",
-            "trainee_id": trainee_id, "kind": kind, "quantity": 1, "amount_cents": None,
-            "period_start": "2024-02-01", "period_end": "2024-02-01", **fields}
-    return json.dumps(body).encode()
-
-
-def feed(engine: Engine, *records: tuple[str, bytes]) -> BatchResult:
-    processor = plumbing.processor(TOPOLOGY, engine, handlers=HANDLERS)
-    return processor.process(
-        [Inbound(topic, 0, offset, None, value) for offset, (topic, value) in enumerate(records)]
-    )
+engine = engine_fixture(TABLES)
+feed = partial(plumbing.feed, TOPOLOGY, handlers=HANDLERS)
 
 
 def decisions(engine: Engine) -> list[dict[str, Any]]:
-    with Session(engine) as session:
-        rows: list[OutboxMessage] = pending_outbox(session, 10_000)
-    return [json.loads(row.payload) for row in rows if row.topic == Topic.AIDS_DECIDED]
+    return published(engine, Topic.AIDS_DECIDED)
 
 
 def test_the_aggregates_equal_the_ledger(engine: Engine) -> None:
     trainees = [uuid.uuid4().hex for _ in range(4)]
-    records = [(Topic.ENROLLMENTS_DECIDED, enrollment(t, school)) for t, school in
-               zip(trainees, ["toulouse", "nimes", "nimes", "ales"], strict=True)]
+    records = [(Topic.ENROLLMENTS_DECIDED, enrollment_decided(t, school_id=school))
+               for t, school in zip(trainees, ["toulouse", "nimes", "nimes", "ales"], strict=True)]
     for index, trainee in enumerate(trainees):
-        laptop = request(trainee, "laptop", amount_cents=40000 + index)
+        laptop = aid_request(trainee, "laptop", amount_cents=40000 + index)
         records.append((Topic.AIDS_REQUESTED, laptop))
-        records.append((Topic.AIDS_REQUESTED, request(
+        records.append((Topic.AIDS_REQUESTED, aid_request(
             trainee, "meals", quantity=10 + index, period_start="2024-03-01",
             period_end="2024-03-31")))
-        records.append((Topic.AIDS_REQUESTED, request(
+        records.append((Topic.AIDS_REQUESTED, aid_request(
             trainee, "childcare", amount_cents=12345, period_start="2024-04-10",
             period_end="2024-04-30")))
-    records.append((Topic.AIDS_REQUESTED, request(trainees[0], "laptop", amount_cents=1)))
+    records.append((Topic.AIDS_REQUESTED, aid_request(trainees[0], "laptop", amount_cents=1)))
     feed(engine, *records)
 
     with Session(engine) as session:
@@ -108,14 +73,14 @@ def test_a_trainee_granted_childcare_twice_counts_once(engine: Engine) -> None:
     """Two months of childcare, in one batch then in the next: one childcare trainee (on
     PostgreSQL an INSERT's rowcount read -1 and every grant counted a new trainee)."""
     trainee = uuid.uuid4().hex
-    feed(engine, (Topic.ENROLLMENTS_DECIDED, enrollment(trainee)),
-         (Topic.AIDS_REQUESTED, request(trainee, "childcare", amount_cents=29200,
-                                        period_start="2024-11-21", period_end="2024-11-30")),
-         (Topic.AIDS_REQUESTED, request(trainee, "childcare", amount_cents=18600,
-                                        period_start="2024-12-01", period_end="2024-12-31")))
-    feed(engine, (Topic.AIDS_REQUESTED, request(trainee, "childcare", amount_cents=100,
-                                                period_start="2024-10-01",
-                                                period_end="2024-10-31")))
+    feed(engine, (Topic.ENROLLMENTS_DECIDED, enrollment_decided(trainee)),
+         (Topic.AIDS_REQUESTED, aid_request(trainee, "childcare", amount_cents=29200,
+                                            period_start="2024-11-21", period_end="2024-11-30")),
+         (Topic.AIDS_REQUESTED, aid_request(trainee, "childcare", amount_cents=18600,
+                                            period_start="2024-12-01", period_end="2024-12-31")))
+    feed(engine, (Topic.AIDS_REQUESTED, aid_request(trainee, "childcare", amount_cents=100,
+                                                    period_start="2024-10-01",
+                                                    period_end="2024-10-31")))
 
     with Session(engine) as session:
         childcare = AidStore(session).year_totals(2024).by_kind[AidKind.CHILDCARE]
@@ -146,12 +111,12 @@ def test_a_second_instance_waits_for_the_envelope_lock(engine: Engine) -> None:
 
 def test_a_held_request_is_decided_when_its_enrollment_arrives(engine: Engine) -> None:
     trainee = uuid.uuid4().hex
-    feed(engine, (Topic.AIDS_REQUESTED, request(trainee, "laptop", amount_cents=30000)))
+    feed(engine, (Topic.AIDS_REQUESTED, aid_request(trainee, "laptop", amount_cents=30000)))
     assert decisions(engine) == []
     with Session(engine) as session:
         assert AidStore(session).held.count() == 1
 
-    feed(engine, (Topic.ENROLLMENTS_DECIDED, enrollment(trainee, on="2024-01-08")))
+    feed(engine, (Topic.ENROLLMENTS_DECIDED, enrollment_decided(trainee, enrolled_on="2024-01-08")))
 
     [decision] = decisions(engine)
     assert (decision["status"], decision["school_id"]) == ("granted", "toulouse")
@@ -160,7 +125,7 @@ def test_a_held_request_is_decided_when_its_enrollment_arrives(engine: Engine) -
 
 
 def test_the_sweep_refuses_what_is_held_past_the_hold(engine: Engine) -> None:
-    feed(engine, (Topic.AIDS_REQUESTED, request(uuid.uuid4().hex, "meals", quantity=1)))
+    feed(engine, (Topic.AIDS_REQUESTED, aid_request(uuid.uuid4().hex, "meals", quantity=1)))
     hold = timedelta(hours=24)
     with unit_of_work(engine, AidStore, "aids") as uow:
         too_early = HANDLERS.sweep(uow, hold)
@@ -179,10 +144,10 @@ def test_an_amount_too_large_for_the_store_is_a_dead_letter_not_a_stuck_partitio
     engine: Engine,
 ) -> None:
     trainee = uuid.uuid4().hex
-    huge = request(trainee, "childcare", amount_cents=2**70)
-    feed(engine, (Topic.ENROLLMENTS_DECIDED, enrollment(trainee)),
+    huge = aid_request(trainee, "childcare", amount_cents=2**70)
+    feed(engine, (Topic.ENROLLMENTS_DECIDED, enrollment_decided(trainee)),
          (Topic.AIDS_REQUESTED, huge),
-         (Topic.AIDS_REQUESTED, request(trainee, "laptop", amount_cents=30000)))
+         (Topic.AIDS_REQUESTED, aid_request(trainee, "laptop", amount_cents=30000)))
 
     with Session(engine) as session:
         rows = pending_outbox(session, 100)
@@ -192,35 +157,30 @@ def test_an_amount_too_large_for_the_store_is_a_dead_letter_not_a_stuck_partitio
 
 
 def test_a_budget_above_two_billion_cents_is_stored(engine: Engine) -> None:
-    budget = {"event_id": new_id(), "occurred_at": "2024-01-02T09:00:00+01:00",
-              "schema_version": 1, "year": 2024, "kind": "meals", "envelope_cents": 3_000_000_000}
-    feed(engine, (Topic.BUDGETS_SUBMITTED, json.dumps(budget).encode()))
+    feed(engine, (Topic.BUDGETS_SUBMITTED, budget("meals", 3_000_000_000)))
     with Session(engine) as session:
         assert AidStore(session).year_totals(2024).envelopes == {"meals": 3_000_000_000}
 
 
 def hold_unreadable(engine: Engine, trainee_id: str) -> None:
     """A request held by an older version, which the contract no longer reads (2^70 meals)."""
-    payload = json.loads(request(trainee_id, "meals"))
-    payload["quantity"] = 2**70
+    payload = aid_request(trainee_id, "meals", quantity=2**70)
     with Session(engine) as session:
         AidStore(session).held.hold(trainee_id, json.dumps(payload))
         session.commit()
 
 
 def dead_letters(engine: Engine) -> list[dict[str, Any]]:
-    with Session(engine) as session:
-        rows: list[OutboxMessage] = pending_outbox(session, 10_000)
-    return [json.loads(row.payload) for row in rows if row.topic == Topic.DEADLETTER]
+    return published(engine, Topic.DEADLETTER)
 
 
 def test_an_undecidable_held_request_never_blocks_its_enrollment(engine: Engine) -> None:
     trainee = uuid.uuid4().hex
-    feed(engine, (Topic.AIDS_REQUESTED, request(trainee, "laptop", amount_cents=30000)))
+    feed(engine, (Topic.AIDS_REQUESTED, aid_request(trainee, "laptop", amount_cents=30000)))
     hold_unreadable(engine, trainee)
-    feed(engine, (Topic.AIDS_REQUESTED, request(trainee, "meals", quantity=1)))
+    feed(engine, (Topic.AIDS_REQUESTED, aid_request(trainee, "meals", quantity=1)))
 
-    result = feed(engine, (Topic.ENROLLMENTS_DECIDED, enrollment(trainee)))
+    result = feed(engine, (Topic.ENROLLMENTS_DECIDED, enrollment_decided(trainee)))
 
     assert result.handled == {Topic.ENROLLMENTS_DECIDED: 1}
     assert result.dead_letters == {}
@@ -236,9 +196,9 @@ def test_an_undecidable_held_request_never_blocks_its_enrollment(engine: Engine)
 
 def test_the_sweep_decides_each_held_request_on_its_own(engine: Engine) -> None:
     trainee = uuid.uuid4().hex
-    feed(engine, (Topic.AIDS_REQUESTED, request(trainee, "meals", quantity=1)))
+    feed(engine, (Topic.AIDS_REQUESTED, aid_request(trainee, "meals", quantity=1)))
     hold_unreadable(engine, trainee)
-    feed(engine, (Topic.AIDS_REQUESTED, request(trainee, "laptop", amount_cents=30000)))
+    feed(engine, (Topic.AIDS_REQUESTED, aid_request(trainee, "laptop", amount_cents=30000)))
 
     with unit_of_work(engine, AidStore, "aids") as uow:
         swept = HANDLERS.sweep(uow, timedelta(hours=24), datetime.now(UTC) + timedelta(hours=25))

@@ -7,7 +7,6 @@ import asyncio
 import csv
 import io
 import uuid
-from datetime import date
 from typing import Any
 
 import httpx
@@ -15,44 +14,15 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from deploy.harness import ServiceProcesses
-from shared.contract import EnrollmentDecided, ExitDecided, Topic, new_event_fields
-from tests import tokens
-from tests.events import new_id
-from tests.infra import Publisher, TopicWatcher
+from shared.contract import Topic
+from tests import events, tokens
+from tests.events import aid_request, exit_decided, new_id
+from tests.infra import Publisher, TopicWatcher, learn_trainee
 
 pytestmark = pytest.mark.infra
 
 DECIDED = Topic.AIDS_DECIDED
 FINANCE = tokens.bearer(tokens.FINANCE)
-
-
-async def learn_trainee(
-    publisher: Publisher,
-    enrolled_on: str = "2024-01-15",
-    school_id: str = "toulouse",
-    trainee_id: str | None = None,
-) -> str:
-    """Publishes the enrollment decision the referrals service would publish."""
-    trainee_id = trainee_id or uuid.uuid4().hex
-    event = EnrollmentDecided(
-        **new_event_fields(), request_event_id=new_id(), referral_id=f"R-{trainee_id[:10]}",
-        status="enrolled", trainee_id=trainee_id, school_id=school_id,
-        enrolled_on=date.fromisoformat(enrolled_on), agency_kind="mission_locale",
-        age_at_entry=19, rqth=False, qpv_resident=True, has_work_experience=False,
-    )
-    await publisher.send(Topic.ENROLLMENTS_DECIDED, event.model_dump(mode="json"), trainee_id)
-    return trainee_id
-
-
-def aid_request(trainee_id: str, kind: str, **fields: Any) -> dict[str, Any]:
-    request = {
-        "event_id": new_id(), "occurred_at": "2024-02-01T10:00:00+01:00", "schema_version": 1,
-        "request_id": f"AID-{uuid.uuid4().hex[:12]}", "trainee_id": trainee_id, "kind": kind,
-        "quantity": 1, "amount_cents": None,
-        "period_start": "2024-02-01", "period_end": "2024-02-01",
-    }
-    request.update(fields)
-    return request
 
 
 async def ask(
@@ -63,12 +33,6 @@ async def ask(
         DECIDED, request_event_id=request["event_id"], timeout=timeout
     )
     return decision
-
-
-async def set_budget(publisher: Publisher, year: int, kind: str, envelope_cents: int) -> None:
-    event = {"event_id": new_id(), "occurred_at": "2024-01-02T09:00:00+01:00",
-             "schema_version": 1, "year": year, "kind": kind, "envelope_cents": envelope_cents}
-    await publisher.send(Topic.BUDGETS_SUBMITTED, event, key=f"{year}:{kind}")
 
 
 def outcome(decision: dict[str, Any]) -> tuple[str, list[str]]:
@@ -143,12 +107,9 @@ async def test_nothing_is_granted_after_a_known_exit(
     stack: ServiceProcesses, publisher: Publisher, watcher: TopicWatcher
 ) -> None:
     trainee = await learn_trainee(publisher)
-    exit_event = ExitDecided(
-        **new_event_fields(), request_event_id=new_id(), trainee_id=trainee,
-        school_id="toulouse", status="recorded", outcome="qualifying_training",
-        category="training", exited_on=date(2024, 6, 30),
-    )
-    await publisher.send(Topic.EXITS_DECIDED, exit_event.model_dump(mode="json"), trainee)
+    exit_event = exit_decided(trainee, outcome="qualifying_training", category="training",
+                              exited_on="2024-06-30")
+    await publisher.send(Topic.EXITS_DECIDED, exit_event, trainee)
     await wait_for_row(stack, "SELECT exited_on FROM aid_trainee WHERE trainee_id = :id",
                        trainee)  # aids publishes nothing when it learns an exit
     on_the_day = await ask(publisher, watcher, aid_request(
@@ -206,7 +167,8 @@ async def test_two_instances_never_take_an_envelope_over_its_amount(
     stack: ServiceProcesses, publisher: Publisher, watcher: TopicWatcher
 ) -> None:
     year, cap, grants_allowed, requests = 2032, 30000, 10, 30
-    await set_budget(publisher, year, "childcare", grants_allowed * cap)
+    envelope = events.budget("childcare", grants_allowed * cap, year=year)
+    await publisher.send(Topic.BUDGETS_SUBMITTED, envelope, f"{year}:childcare")
     trainees = [
         await learn_trainee(publisher, enrolled_on=f"{year}-01-01", school_id="castres")
         for _ in range(requests)

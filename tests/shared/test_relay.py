@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,21 +18,14 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from deploy.local_kafka import server_settings
-from shared.db import make_engine
 from shared.kafka import MAX_MESSAGE_BYTES, OutboxRelay, ensure_topics
 from shared.messaging import outbox_backlog, parked_messages, write_outbox
 from shared.observability import ServiceMetrics
-from shared.service import create_schema
+from tests.plumbing import engine_fixture
 
 pytestmark = pytest.mark.infra
 
-
-@pytest.fixture
-def engine(store_url: str) -> Iterator[Engine]:
-    store_engine = make_engine(store_url)
-    create_schema(store_engine, [])
-    yield store_engine
-    store_engine.dispose()
+engine = engine_fixture([])  # the plumbing's tables only
 
 
 async def new_topic(bootstrap: str, **config: str) -> str:
