@@ -35,7 +35,8 @@ TOPOLOGY = ServiceTopology(
         Topic.ENROLLMENTS_SUBMITTED: ReferralHandlers.on_enrollment,
         Topic.EXITS_DECIDED: ReferralHandlers.on_exit,
     },
-    produces=(Topic.REFERRALS_DECIDED, Topic.ENROLLMENTS_DECIDED),
+    # The submitted topic too: referrals received over HTTP are published there (1.1).
+    produces=(Topic.REFERRALS_DECIDED, Topic.ENROLLMENTS_DECIDED, Topic.REFERRALS_SUBMITTED),
     prepare=ReferralHandlers.prepare,
 )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -28,9 +29,17 @@ from shared.schools import load_schools
 from shared.settings import Settings
 
 from . import domain
-from .store import BatchCache, NewReferral, Referral, ReferralStore, now
+from .store import BatchCache, NewReferral, Referral, ReferralStore, ReferralSubmission, now
 
 Work = UnitOfWork[ReferralStore]
+
+
+@dataclass(frozen=True)
+class Received:
+    """A submission accepted for the pipeline: the answer to it and to its retries."""
+
+    referral_id: str
+    event_id: str
 
 
 class ReferralHandlers:
@@ -55,6 +64,32 @@ class ReferralHandlers:
     def _person_key(event: ReferralSubmitted) -> str:
         candidate = event.candidate
         return domain.person_key(candidate.first_name, candidate.last_name, candidate.birth_date)
+
+    def submit(self, uow: Work, event: ReferralSubmitted) -> Received | None:
+        """(1.1) A referral received over HTTP: recorded, and published on
+        `e2c.referrals.submitted.v1` through the outbox, where the same pipeline decides it
+        as one sent on Kafka. The same `referral_id` with the same candidate and agency is a
+        retry, answered as the first time; with another one it is a conflict (None)."""
+        store = uow.store
+        digest = store.candidate_digest(event.candidate.model_dump(mode="json"))
+        previous = store.submission(event.referral_id)
+        if previous is not None:
+            same = (previous.candidate_digest, previous.agency_id) == (digest, event.agency.id)
+            return Received(previous.referral_id, previous.event_id) if same else None
+        existing = store.get(event.referral_id)
+        if existing is not None:  # sent on Kafka before: the same person of the same agency?
+            same = (existing.agency_id == event.agency.id and existing.person_key is not None
+                    and existing.person_key == store.person_digest(self._person_key(event)))
+            if not same:
+                return None
+            return Received(existing.referral_id,
+                            store.request_event_of(existing.referral_id) or str(event.event_id))
+        store.record_submission(ReferralSubmission(
+            referral_id=event.referral_id, agency_id=event.agency.id,
+            event_id=str(event.event_id), candidate_digest=digest, received_at=now(),
+        ))
+        uow.emit(Topic.REFERRALS_SUBMITTED, event)
+        return Received(event.referral_id, str(event.event_id))
 
     def on_referral(self, uow: Work, event: ReferralSubmitted) -> None:
         store = uow.store

@@ -131,13 +131,29 @@ class ReferralHistory(SQLModel, table=True):
     at: datetime = Field(sa_type=UtcDateTime)
 
 
+class ReferralSubmission(SQLModel, table=True):
+    """(1.1) A referral received over HTTP: what makes a retry idempotent and a reused
+    `referral_id` a conflict. No personal data: the candidate is kept as a keyed digest, and
+    the event itself leaves through the outbox onto `e2c.referrals.submitted.v1`."""
+
+    __tablename__ = "referral_submission"
+
+    referral_id: str = Field(primary_key=True, max_length=64)
+    agency_id: str = Field(max_length=200)
+    event_id: str = Field(max_length=36)
+    candidate_digest: str = Field(max_length=64)
+    received_at: datetime = Field(sa_type=UtcDateTime)
+
+
 TABLES = (
     Referral.__table__,
+    ReferralSubmission.__table__,
     PersonClaim.__table__,
     StoreSecret.__table__,
     ReferralHistory.__table__,
 )
 PERSON_KEY_SECRET = "person_key"
+CANDIDATE_SECRET = "candidate"
 _secrets: dict[str, bytes] = {}
 
 STAGES = ("accepted", "rejected", "pending_derogation", "duplicate", "enrolled", "exited")
@@ -217,6 +233,28 @@ class ReferralStore(Store):
         table nor an error quoting it shows a name or a birth date."""
         secret = self._secret(PERSON_KEY_SECRET)
         return hmac.new(secret, person_key.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    def candidate_digest(self, candidate: dict[str, Any]) -> str:
+        """A submitted candidate as stored: keyed, so that it reveals nothing, and taken
+        over the canonical JSON, so that the same candidate always gives the same digest."""
+        canonical = json.dumps(candidate, sort_keys=True, separators=(",", ":"),
+                               ensure_ascii=False)
+        secret = self._secret(CANDIDATE_SECRET)
+        return hmac.new(secret, canonical.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    def submission(self, referral_id: str) -> ReferralSubmission | None:
+        return self.session.get(ReferralSubmission, referral_id)
+
+    def record_submission(self, submission: ReferralSubmission) -> None:
+        self.session.add(submission)
+        self.session.flush()  # a concurrent submission of the same id fails here
+
+    def request_event_of(self, referral_id: str) -> str | None:
+        """The `event_id` of the submission that created the referral (its history)."""
+        query = select(ReferralHistory.request_event_id).where(
+            ReferralHistory.referral_id == referral_id, ReferralHistory.kind == "referral"
+        )
+        return self.session.exec(query).first()
 
     def _secret(self, name: str) -> bytes:
         bind = str(self.session.get_bind().url)
