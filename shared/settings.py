@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     hold_seconds: float = Field(default=24 * 3600, gt=0, alias="E2C_HOLD_SECONDS")
     hold_sweep_seconds: float = Field(default=60, gt=0, alias="E2C_HOLD_SWEEP_SECONDS")
     log_level: str = Field(default="INFO", alias="E2C_LOG_LEVEL")
+    # Each bearer token's requests per second and burst (HTTP, kept in Redis, fail open).
+    rate_limit_per_second: float = Field(default=10, gt=0, alias="E2C_RATE_LIMIT_PER_SECOND")
+    rate_limit_burst: int = Field(default=50, ge=1, alias="E2C_RATE_LIMIT_BURST")
 
     @cached_property
     def stores_dir(self) -> Path:
