@@ -43,6 +43,18 @@ class Settings(BaseSettings):
     hold_seconds: float = Field(default=24 * 3600, gt=0, alias="E2C_HOLD_SECONDS")
     hold_sweep_seconds: float = Field(default=60, gt=0, alias="E2C_HOLD_SWEEP_SECONDS")
     log_level: str = Field(default="INFO", alias="E2C_LOG_LEVEL")
+    # Webhooks (referrals): a failed delivery is tried again after BACKOFF * 2^(n-1) seconds
+    # (at most BACKOFF_MAX), and parked after MAX_ATTEMPTS failures. A worker leases the
+    # deliveries it sends for LEASE seconds, which must be longer than a send's TIMEOUT (the
+    # service refuses to start otherwise).
+    webhook_max_attempts: int = Field(default=8, ge=1, alias="E2C_WEBHOOK_MAX_ATTEMPTS")
+    webhook_backoff_seconds: float = Field(default=2, gt=0, alias="E2C_WEBHOOK_BACKOFF_SECONDS")
+    webhook_backoff_max_seconds: float = Field(
+        default=3600, gt=0, alias="E2C_WEBHOOK_BACKOFF_MAX_SECONDS"
+    )
+    webhook_timeout_seconds: float = Field(default=5, gt=0, alias="E2C_WEBHOOK_TIMEOUT_SECONDS")
+    webhook_lease_seconds: float = Field(default=60, gt=0, alias="E2C_WEBHOOK_LEASE_SECONDS")
+    webhook_poll_seconds: float = Field(default=1, gt=0, alias="E2C_WEBHOOK_POLL_SECONDS")
 
     @cached_property
     def stores_dir(self) -> Path:
