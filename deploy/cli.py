@@ -70,6 +70,37 @@ def _parser() -> argparse.ArgumentParser:
     )
     retention.set_defaults(run=_referrals_retention)
 
+    partners = commands.add_parser("partners", help="what partner agencies receive")
+    partner_commands = partners.add_subparsers(title="partners commands")
+    webhook = partner_commands.add_parser(
+        "webhook", help="agencies' callback URLs: every decision about their referrals is "
+        "POSTed there, signed (see the README)"
+    )
+    webhook_commands = webhook.add_subparsers(title="webhook commands")
+    hook_set = webhook_commands.add_parser(
+        "set", help="register (or change) an agency's URL; a new webhook's signing secret "
+        "is printed once"
+    )
+    hook_set.add_argument("agency_id")
+    hook_set.add_argument("url", help="http:// or https://")
+    hook_set.add_argument("--rotate-secret", action="store_true",
+                          help="make (and print once) a new secret for an existing webhook")
+    hook_set.set_defaults(run=_webhook_set)
+    hook_list = webhook_commands.add_parser(
+        "list", help="the webhooks with their pending and parked deliveries (no secrets)")
+    hook_list.add_argument("--json", action="store_true", help="print them as JSON")
+    hook_list.set_defaults(run=_webhook_list)
+    hook_remove = webhook_commands.add_parser(
+        "remove", help="remove an agency's webhook and drop its queued deliveries")
+    hook_remove.add_argument("agency_id")
+    hook_remove.set_defaults(run=_webhook_remove)
+    hook_replay = webhook_commands.add_parser(
+        "replay", help="send parked deliveries again (those of --agency, or these ids, "
+        "else all of them)")
+    hook_replay.add_argument("--agency", metavar="AGENCY_ID")
+    hook_replay.add_argument("delivery_ids", nargs="*", type=int, metavar="DELIVERY_ID")
+    hook_replay.set_defaults(run=_webhook_replay)
+
     report = commands.add_parser("report", help="reports read from the services' stores")
     report_commands = report.add_subparsers(title="report commands")
     finance = report_commands.add_parser(
@@ -223,6 +254,58 @@ def _referrals_retention(args: argparse.Namespace) -> int:
     )
     erased = run_retention(settings, months, as_of)
     print(f"retention {months} months as of {as_of:%Y-%m-%d}: {erased} referrals erased")
+    return 0
+
+
+def _webhook_set(args: argparse.Namespace) -> int:
+    from services.referrals.webhooks import WebhookError, command_store, register
+
+    try:
+        with command_store(_command_settings()) as store:
+            done = register(store, args.agency_id, args.url, args.rotate_secret)
+    except WebhookError as error:
+        print(f"e2c: {error}", file=sys.stderr)
+        return 2
+    print(f"{done.agency_id}: webhook {'created' if done.created else 'changed'}")
+    if done.secret is not None:
+        print(f"signing secret (shown this once, give it to the agency): {done.secret}")
+    return 0
+
+
+def _webhook_list(args: argparse.Namespace) -> int:
+    from services.referrals.webhooks import command_store, listing
+
+    with command_store(_command_settings()) as store:
+        found = listing(store)
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    if not found:
+        print("no webhook")
+    for hook in found:
+        print(f"{hook['agency_id']:<24} {hook['url']}  pending {hook['pending']}  "
+              f"parked {hook['parked']}  since {hook['created_at'][:19]}")
+    return 0
+
+
+def _webhook_remove(args: argparse.Namespace) -> int:
+    from services.referrals.webhooks import command_store, remove
+
+    with command_store(_command_settings()) as store:
+        dropped = remove(store, args.agency_id)
+    if dropped is None:
+        print(f"{args.agency_id} has no webhook", file=sys.stderr)
+        return 1
+    print(f"{args.agency_id}: webhook removed, {dropped} queued deliveries dropped")
+    return 0
+
+
+def _webhook_replay(args: argparse.Namespace) -> int:
+    from services.referrals.webhooks import command_store, replay
+
+    with command_store(_command_settings()) as store:
+        replayed = replay(store, args.agency, args.delivery_ids)
+    print(f"{replayed} parked deliveries will be sent again")
     return 0
 
 

@@ -209,6 +209,7 @@ async def collect_status(
                 "last_processed_age_seconds":
                     page.get("last_processed_age_seconds") if answered else None,
                 "dead_letters": len(mine) if kafka_state == "up" else None,
+                "webhooks": page.get("webhooks") if answered else None,  # referrals only
             })
     return PipelineStatus(
         at=time.time(),
@@ -246,6 +247,14 @@ def render_status(status: PipelineStatus) -> str:
         for group, row in lagging:
             lines.append(f"  {group:<14} {row['topic']}[{row['partition']}]  committed "
                          f"{_cell(row['committed'])}  end {row['end']}  lag {row['lag']}")
+    hooks = [(s["service"], s["webhooks"]) for s in status.services if s.get("webhooks")]
+    for name, state in hooks:
+        lines += ["", f"webhooks of {name}: {state['endpoints']} agencies, "
+                  f"{state['pending']} pending ({state['due']} due), {state['parked']} parked"]
+        for failure in state.get("last_errors") or []:
+            lines.append(f"  {failure['last_attempt_at'] or '-'}  delivery {failure['id']}  "
+                         f"{failure['agency_id']}  {failure['state']}  "
+                         f"try {failure['attempts']}  {failure['last_error']}")
     down = [s for s in status.services if s["status"] != "up"]
     if down:
         lines += ["", "down:"]

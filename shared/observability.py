@@ -18,6 +18,9 @@ def configure_logging(service: str, level: str = "INFO") -> None:
         format=f"%(asctime)s %(levelname)s {service} %(name)s: %(message)s",
     )
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    # httpx logs each request's whole URL at INFO: a webhook's query string may hold a
+    # partner's token (the webhook worker logs the URL without it).
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 class ServiceMetrics:
@@ -116,8 +119,36 @@ class ServiceMetrics:
             ["service"],
             registry=registry,
         )
+        self.webhook_attempts = Counter(
+            "e2c_webhook_attempts_total",
+            "Webhook deliveries sent to partners, by result (delivered: a 2xx answer; "
+            "failed: anything else, tried again later).",
+            ["service", "result"],
+            registry=registry,
+        )
+        self.webhook_parked = Counter(
+            "e2c_webhook_parked_total",
+            "Webhook deliveries parked after too many failed tries (see /ops/pipeline; "
+            "`e2c partners webhook replay` sends them again).",
+            ["service"],
+            registry=registry,
+        )
+        self.webhook_queue = Gauge(
+            "e2c_webhook_deliveries",
+            "Webhook deliveries queued, by state (pending, parked); refreshed every few seconds.",
+            ["service", "state"],
+            registry=registry,
+        )
         self._last_processed_at: float | None = None
         self.outbox_parked.labels(service)  # visible at zero: an alert can watch it
+
+    def watch_webhooks(self) -> None:
+        """Makes the webhook series visible at zero (a service that sends webhooks)."""
+        for result in ("delivered", "failed"):
+            self.webhook_attempts.labels(self.service, result)
+        self.webhook_parked.labels(self.service)
+        for state in ("pending", "parked"):
+            self.webhook_queue.labels(self.service, state)
 
     def watch_topics(self, topics: list[str]) -> None:
         """Makes the per-topic series visible at zero before anything happened."""

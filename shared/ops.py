@@ -422,7 +422,8 @@ async def pipeline_state(ctx: ServiceContext, dead_letter_limit: int = 10) -> di
             errors[name] = type(error).__name__
             return None
 
-    lag, backlog, parked, held, letters, beats = await asyncio.gather(
+    own = ctx.spec.ops_parts
+    lag, backlog, parked, held, letters, beats, *extra = await asyncio.gather(
         part("lag", ctx.inspector.lag(ctx.group_id, ctx.topology.inputs)),
         part("outbox_backlog", anyio.to_thread.run_sync(_backlog, ctx)),
         part("outbox_parked", anyio.to_thread.run_sync(_parked, ctx, dead_letter_limit)),
@@ -430,6 +431,8 @@ async def pipeline_state(ctx: ServiceContext, dead_letter_limit: int = 10) -> di
         part("dead_letters", ctx.inspector.dead_letters(dead_letter_limit, ctx.name),
              timeout=OPS_TIMEOUT_SECONDS * 4),
         part("heartbeats", read_heartbeats(ctx.redis, SERVICES)),
+        *(part(name, anyio.to_thread.run_sync(work, ctx, dead_letter_limit))
+          for name, work in own.items()),
     )
     if lag is not None:
         ctx.metrics.set_lag(lag)
@@ -448,6 +451,7 @@ async def pipeline_state(ctx: ServiceContext, dead_letter_limit: int = 10) -> di
         "dead_letters": {"count": letters.count, "last": letters.last}
         if letters is not None else None,
         "heartbeats": beats,
+        **dict(zip(own, extra, strict=True)),  # the service's own parts (referrals: webhooks)
         "errors": errors,
     }
 

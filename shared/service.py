@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -90,6 +90,15 @@ class HeldInputs:
         return int(store.held.count())
 
 
+@dataclass(frozen=True)
+class BackgroundTask:
+    """Work a service runs as an asyncio task while it runs (the webhook deliveries of
+    referrals): started after the broker, cancelled and awaited at the stop."""
+
+    name: str
+    run: Callable[[ServiceContext], Awaitable[None]]
+
+
 @dataclass
 class ServiceSpec:
     """A service: its topology, and what it serves over HTTP and does on a timer."""
@@ -98,6 +107,9 @@ class ServiceSpec:
     http_routes: Callable[[ServiceContext], list[BaseRoute]] | None = None
     periodic: Sequence[PeriodicJob] = ()
     held: HeldInputs | None = None  # None: the service holds nothing
+    background: Sequence[BackgroundTask] = ()
+    # Parts of its own that `/ops/pipeline` shows: name -> work(ctx, limit), run in a thread.
+    ops_parts: Mapping[str, Callable[[ServiceContext, int], Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -216,6 +228,7 @@ def build_app(spec: ServiceSpec, settings: Settings | None = None) -> ServiceApp
         )
     _document_outputs(ctx)
     tasks: list[asyncio.Task[None]] = []
+    own_tasks: list[asyncio.Task[None]] = []
 
     async def create_topics() -> None:
         await ensure_topics(settings.kafka_bootstrap_servers, ALL_TOPICS, settings.topic_partitions)
@@ -229,11 +242,14 @@ def build_app(spec: ServiceSpec, settings: Settings | None = None) -> ServiceApp
             jobs.append(spec.held.job(settings.hold_sweep_seconds))
         for job in jobs:
             tasks.append(asyncio.create_task(_every(ctx, job), name=job.name))
+        for task in spec.background:
+            own_tasks.append(asyncio.create_task(task.run(ctx), name=task.name))
         log.info("%s ready (instance %s)", topology.name, ctx.instance_id)
 
     async def stop_background() -> None:
-        for task in tasks:
+        for task in tasks + own_tasks:
             task.cancel()
+        await asyncio.gather(*own_tasks, return_exceptions=True)  # they close their clients
         await ctx.relay.stop()
         await ctx.inspector.close()
         with contextlib.suppress(Exception):  # a clean stop shows as down at once

@@ -46,6 +46,18 @@ class Settings(BaseSettings):
     # Each bearer token's requests per second and burst (HTTP, kept in Redis, fail open).
     rate_limit_per_second: float = Field(default=10, gt=0, alias="E2C_RATE_LIMIT_PER_SECOND")
     rate_limit_burst: int = Field(default=50, ge=1, alias="E2C_RATE_LIMIT_BURST")
+    # Webhooks (referrals): a failed delivery is tried again after BACKOFF * 2^(n-1) seconds
+    # (at most BACKOFF_MAX), and parked after MAX_ATTEMPTS failures. A worker leases the
+    # deliveries it sends for LEASE seconds, which must be longer than a send's TIMEOUT (the
+    # service refuses to start otherwise).
+    webhook_max_attempts: int = Field(default=8, ge=1, alias="E2C_WEBHOOK_MAX_ATTEMPTS")
+    webhook_backoff_seconds: float = Field(default=2, gt=0, alias="E2C_WEBHOOK_BACKOFF_SECONDS")
+    webhook_backoff_max_seconds: float = Field(
+        default=3600, gt=0, alias="E2C_WEBHOOK_BACKOFF_MAX_SECONDS"
+    )
+    webhook_timeout_seconds: float = Field(default=5, gt=0, alias="E2C_WEBHOOK_TIMEOUT_SECONDS")
+    webhook_lease_seconds: float = Field(default=60, gt=0, alias="E2C_WEBHOOK_LEASE_SECONDS")
+    webhook_poll_seconds: float = Field(default=1, gt=0, alias="E2C_WEBHOOK_POLL_SECONDS")
 
     @cached_property
     def stores_dir(self) -> Path:

@@ -63,13 +63,21 @@ def stack(
 ) -> Iterator[ServiceProcesses]:
     """The services as processes. Referrals and aids run two instances each in one consumer
     group on one PostgreSQL store, so that races between partitions are real; outcomes runs
-    one on SQLite. Aid requests and exits are held 3 s (not 24 h) before `unknown_trainee`."""
+    one on SQLite. Aid requests and exits are held 3 s (not 24 h) before `unknown_trainee`;
+    webhook deliveries are tried again after 0.2 s, 0.4 s, 0.8 s and parked after 4 tries."""
     data_dir = TEST_DATA / "stack"
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
     write_tokens_file(data_dir / "tokens.json")
     running = ServiceProcesses(kafka, redis_server, data_dir)
-    referrals = {"REFERRALS_DATABASE_URL": postgres_database("e2c_stack_referrals")}
+    referrals = {
+        "REFERRALS_DATABASE_URL": postgres_database("e2c_stack_referrals"),
+        "E2C_WEBHOOK_BACKOFF_SECONDS": "0.2",
+        "E2C_WEBHOOK_MAX_ATTEMPTS": "4",
+        "E2C_WEBHOOK_TIMEOUT_SECONDS": "3",
+        "E2C_WEBHOOK_LEASE_SECONDS": "6",
+        "E2C_WEBHOOK_POLL_SECONDS": "0.3",
+    }
     aids = {
         "AIDS_DATABASE_URL": postgres_database("e2c_stack_aids"),
         "E2C_HOLD_SECONDS": "3",

@@ -26,7 +26,8 @@ from shared.http import Authorizer, Role, bounded_int, partner_agency
 from shared.messaging import unit_of_work
 from shared.service import ServiceContext
 
-from .store import STAGES, Referral, ReferralHistory, ReferralStore
+from . import domain, webhooks
+from .store import STAGES, Referral, ReferralHistory, ReferralStore, WebhookStore
 
 ERASURE_REASON = "erasure_request"
 DEFAULT_PAGE_SIZE = 100
@@ -311,5 +312,61 @@ class ReferralsApi:
         ]
 
 
+# --- Admin: the agencies' webhooks ----------------------------------------------------------
+
+
+def webhook_admin_routes(engine: Engine, auth: Authorizer) -> list[BaseRoute]:
+    """`PUT /admin/webhooks/{agency_id}` `{"url": ..., "rotate_secret": false}` (201 with the
+    new `secret`, shown this once; 200 on a change, with `secret` only if rotated; 422 for
+    a URL that is not http(s)), `GET /admin/webhooks` (no secrets), `DELETE
+    /admin/webhooks/{agency_id}` (404 when it has none). Role admin. The work is in
+    `webhooks.py`: this only maps HTTP onto it."""
+
+    def run(work: Callable[[WebhookStore], T]) -> Any:
+        def in_transaction() -> T:
+            with unit_of_work(engine, WebhookStore, "referrals") as uow:
+                return work(uow.store)
+
+        return anyio.to_thread.run_sync(in_transaction)
+
+    async def webhook(request: Request) -> Response:
+        auth.require(request)  # admin only
+        if request.method == "GET":
+            return JSONResponse({"webhooks": await run(webhooks.listing)})
+        agency_id = str(request.path_params["agency_id"])
+        if request.method == "DELETE":
+            dropped = await run(lambda store: webhooks.remove(store, agency_id))
+            if dropped is None:
+                raise HTTPException(404, "this agency has no webhook")
+            return JSONResponse({"agency_id": agency_id, "removed": True,
+                                 "deliveries_dropped": dropped})
+        raw = await request.body()
+        try:
+            body = json.loads(raw) if len(raw) <= 16 * 1024 else None
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("url"), str) \
+                or not isinstance(body.get("rotate_secret", False), bool):
+            raise HTTPException(422, 'expected a JSON object {"url": "https://...", '
+                                     '"rotate_secret": false} (at most 16 KiB)')
+        try:
+            done = await run(lambda store: webhooks.register(
+                store, agency_id, body["url"], body.get("rotate_secret", False)))
+        except webhooks.WebhookError as error:
+            raise HTTPException(422, str(error)) from None
+        answer: Json = {"agency_id": agency_id, "url": domain.shown_url(done.url),
+                        "created": done.created}
+        if done.secret is not None:
+            answer["secret"] = done.secret
+        return JSONResponse(answer, 201 if done.created else 200,
+                            headers={"Cache-Control": "no-store"})
+
+    return [
+        Route("/admin/webhooks", webhook, methods=["GET"]),
+        Route("/admin/webhooks/{agency_id}", webhook, methods=["PUT", "DELETE"]),
+    ]
+
+
 def routes(ctx: ServiceContext) -> list[BaseRoute]:
-    return ReferralsApi(ctx.engine, ctx.auth).routes()
+    return ReferralsApi(ctx.engine, ctx.auth).routes() + webhook_admin_routes(ctx.engine,
+                                                                              ctx.auth)

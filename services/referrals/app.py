@@ -8,6 +8,7 @@ from shared.contract import Topic
 from shared.db import make_engine
 from shared.messaging import unit_of_work
 from shared.service import (
+    BackgroundTask,
     PeriodicJob,
     ServiceApp,
     ServiceContext,
@@ -18,7 +19,7 @@ from shared.service import (
 from shared.settings import Settings
 from shared.topology import ServiceTopology
 
-from . import api
+from . import api, webhooks
 from .handlers import ReferralHandlers, erase_due
 from .store import TABLES, ReferralStore, now
 
@@ -72,10 +73,13 @@ def run_retention(settings: Settings, months: int, as_of: datetime) -> int:
 
 def create_app(settings: Settings | None = None) -> ServiceApp:
     settings = settings or Settings()
+    webhooks.check_settings(settings)
     return build_app(ServiceSpec(
         topology=TOPOLOGY,
         http_routes=api.routes,
         periodic=[
             PeriodicJob("retention", settings.retention_interval_hours * 3600, apply_retention)
         ],
+        background=[BackgroundTask("webhook-deliveries", webhooks.delivery_task)],
+        ops_parts={"webhooks": webhooks.ops_state},
     ), settings)

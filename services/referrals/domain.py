@@ -1,16 +1,25 @@
-"""Referral rules: eligibility, duplicates, derogations, enrollment, retention. No I/O."""
+"""Referral rules: eligibility, duplicates, derogations, enrollment, retention, and what a
+partner's webhook receives (its body, its signature). No I/O."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import hmac
+import json
 import unicodedata
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel
 
 from shared.contract import (
     EnrollmentReason,
     Qualification,
     ReferralReason,
     ReferralStatus,
+    Topic,
 )
 
 MIN_AGE = 16
@@ -166,3 +175,121 @@ def due_for_erasure(
     if exited_on is not None:
         return exited_on < cutoff.date()
     return status in SETTLED_STATUSES and settled_at < cutoff
+
+
+# --- Webhooks: the decisions pushed to an agency's callback URL ------------------------------
+
+
+@dataclass(frozen=True)
+class WebhookKind:
+    """A decision an agency's webhook receives: the body's `type`, and the event's fields its
+    `data` carries. Only pseudonymous decision fields: never names, birth date or contacts,
+    nor the profile (age, RQTH...) an enrollment decision carries for the other services."""
+
+    type: str
+    fields: tuple[str, ...]
+
+
+# Every decision about an agency's referrals, by the topic of the event that carries it.
+# `referral.decided` covers accepted, rejected, pending_derogation, duplicate and the answers
+# to derogations (and will cover contract 1.1's `expired`, a status of the same topic). A new
+# kind is one line here, plus `enqueue_webhook` where its event is emitted or learnt.
+WEBHOOK_KINDS: dict[str, WebhookKind] = {
+    Topic.REFERRALS_DECIDED: WebhookKind("referral.decided", (
+        "request_event_id", "agency_id", "school_id", "status", "reasons", "trainee_id",
+        "duplicate_of")),
+    Topic.ENROLLMENTS_DECIDED: WebhookKind("enrollment.decided", (
+        "request_event_id", "status", "reasons", "trainee_id", "school_id", "enrolled_on")),
+    Topic.EXITS_DECIDED: WebhookKind("trainee.exited", (
+        "trainee_id", "school_id", "exited_on", "outcome", "category")),
+}
+
+SIGNATURE_VERSION = "v1"
+DEFAULT_TOLERANCE_SECONDS = 300  # how old a signed timestamp a partner should still accept
+MAX_WEBHOOK_URL_LENGTH = 2000
+
+
+def webhook_body(topic: str, event: BaseModel, referral_id: str) -> str:
+    """The JSON a webhook receives for `event` (published on, or read from, `topic`):
+    `event_id` is the decision event's own, so that a partner drops a repeated delivery."""
+    kind = WEBHOOK_KINDS[topic]
+    fields = event.model_dump(mode="json")
+    body = {
+        "event_id": fields["event_id"],
+        "type": kind.type,
+        "occurred_at": fields["occurred_at"],
+        "referral_id": referral_id,
+        "data": {name: fields.get(name) for name in kind.fields},
+    }
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+
+
+def webhook_signature(secret: str, timestamp: int, body: bytes) -> str:
+    """`E2C-Signature`: `v1=` and the hex HMAC-SHA256, keyed with the agency's secret, of
+    `"{timestamp}.{body}"` (`timestamp` the `E2C-Timestamp` header, unix seconds)."""
+    signed = str(timestamp).encode("ascii") + b"." + body
+    digest = hmac.new(secret.encode("utf-8"), signed, hashlib.sha256).hexdigest()
+    return f"{SIGNATURE_VERSION}={digest}"
+
+
+def verify_webhook(
+    secret: str,
+    timestamp_header: str,
+    signature_header: str,
+    body: bytes,
+    now: float,
+    tolerance_seconds: float = DEFAULT_TOLERANCE_SECONDS,
+) -> bool:
+    """What a partner checks: the signature matches (compared in constant time) and the
+    timestamp is within `tolerance_seconds` of `now` (a replayed old request is refused)."""
+    if not (timestamp_header.isascii() and timestamp_header.isdigit()):
+        return False
+    timestamp = int(timestamp_header)
+    if abs(now - timestamp) > tolerance_seconds:
+        return False
+    expected = webhook_signature(secret, timestamp, body)
+    return any(hmac.compare_digest(expected, part.strip())
+               for part in signature_header.split(","))
+
+
+def webhook_url_problem(url: str) -> str | None:
+    """Why `url` cannot be a callback URL (None when it can): an absolute http(s) URL with a
+    host, no credentials in it, at most MAX_WEBHOOK_URL_LENGTH characters."""
+    if len(url) > MAX_WEBHOOK_URL_LENGTH:
+        return f"the URL is longer than {MAX_WEBHOOK_URL_LENGTH} characters"
+    if not url.isprintable() or any(char.isspace() for char in url):
+        return "the URL holds spaces or control characters"
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises on a port that is not a number
+    except ValueError:
+        return "the URL cannot be read"
+    if parts.scheme.lower() not in ("http", "https"):
+        return "the URL must start with http:// or https://"
+    if not parts.hostname:
+        return "the URL has no host"
+    if parts.username is not None or parts.password is not None:
+        return "the URL must not hold credentials (the body is signed instead)"
+    return None
+
+
+def shown_url(url: str) -> str:
+    """The URL as logs and listings show it: scheme, host, port and path, never its query
+    string (it may hold a partner's token)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    with contextlib.suppress(ValueError):  # a port that is not a number is left out
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+    query = "?…" if parts.query else ""
+    return f"{parts.scheme}://{netloc}{parts.path}{query}"
+
+
+def retry_delay(failures: int, max_attempts: int, base_seconds: float,
+                cap_seconds: float) -> float | None:
+    """Seconds before the next try after `failures` failed tries (base, 2 × base, 4 × base...,
+    at most `cap_seconds`); None once `max_attempts` tries failed: the delivery is parked."""
+    if failures >= max_attempts:
+        return None
+    return float(min(base_seconds * 2.0 ** min(failures - 1, 64), cap_seconds))

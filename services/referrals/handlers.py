@@ -98,7 +98,8 @@ class ReferralHandlers:
             # Re-sent under a new event_id: the decision already taken, nothing changes.
             store.log(existing.referral_id, "resend", existing.status, existing.reason_codes,
                       str(event.event_id))
-            uow.emit(Topic.REFERRALS_DECIDED, referral_decided(existing, event.event_id))
+            answer(uow, existing, Topic.REFERRALS_DECIDED,
+                   referral_decided(existing, event.event_id))
             return
         candidate = event.candidate
         key = store.person_digest(self._person_key(event))
@@ -118,7 +119,7 @@ class ReferralHandlers:
         created = store.add(new_referral(event, decision, key, trainee_id), decision.is_live)
         store.log(event.referral_id, "referral", decision.status,
                   [str(r) for r in decision.reasons], str(event.event_id))
-        uow.emit(Topic.REFERRALS_DECIDED, referral_decided(created, event.event_id))
+        answer(uow, created, Topic.REFERRALS_DECIDED, referral_decided(created, event.event_id))
 
     @staticmethod
     def _trainee_for(store: ReferralStore, decision: domain.Decision) -> str | None:
@@ -144,12 +145,13 @@ class ReferralHandlers:
                 referral.trainee_id = None
             store.log(referral.referral_id, "derogation", decision.status, reasons,
                       str(event.event_id))
-            uow.emit(Topic.REFERRALS_DECIDED, referral_decided(referral, event.event_id))
+            answer(uow, referral, Topic.REFERRALS_DECIDED,
+                   referral_decided(referral, event.event_id))
             return
         store.log(referral.referral_id, "derogation", decision.status, reasons,
                   str(event.event_id))
-        uow.emit(
-            Topic.REFERRALS_DECIDED,
+        answer(
+            uow, referral, Topic.REFERRALS_DECIDED,
             referral_decided(referral, event.event_id, decision.status, reasons),
         )
 
@@ -165,10 +167,13 @@ class ReferralHandlers:
             )
         refusal = domain.enrollment_refusal(state)
         if refusal is not None:
-            if referral is not None:
-                store.log(referral.referral_id, "enrollment", "rejected", [str(refusal)],
-                          str(event.event_id))
-            uow.emit(Topic.ENROLLMENTS_DECIDED, enrollment_refused(event, refusal))
+            refused = enrollment_refused(event, refusal)
+            if referral is None:
+                uow.emit(Topic.ENROLLMENTS_DECIDED, refused)  # no agency to tell
+                return
+            store.log(referral.referral_id, "enrollment", "rejected", [str(refusal)],
+                      str(event.event_id))
+            answer(uow, referral, Topic.ENROLLMENTS_DECIDED, refused)
             return
         assert referral is not None
         referral = store.changeable(referral)
@@ -178,7 +183,7 @@ class ReferralHandlers:
         referral.age_at_entry = domain.age_on(referral.birth_date, event.enrolled_on)
         store.touch(referral)
         store.log(referral.referral_id, "enrollment", "enrolled", [], str(event.event_id))
-        uow.emit(Topic.ENROLLMENTS_DECIDED, enrolled(referral, event))
+        answer(uow, referral, Topic.ENROLLMENTS_DECIDED, enrolled(referral, event))
 
     def on_exit(self, uow: Work, event: ExitDecided) -> None:
         """Learns from outcomes that a trainee left: the person may be referred again."""
@@ -193,6 +198,16 @@ class ReferralHandlers:
         store.release_claim(referral)
         store.touch(referral)
         store.log(referral.referral_id, "exit", str(event.outcome), [], str(event.event_id))
+        # The agency's webhook learns the exit with the outcomes service's event id.
+        store.enqueue_webhook(referral.agency_id, Topic.EXITS_DECIDED, event,
+                              referral.referral_id)
+
+
+def answer(uow: Work, referral: Referral | NewReferral, topic: Topic, event: BaseModel) -> None:
+    """Publishes a decision about `referral` and queues it for its agency's webhook (if it
+    has one), both in the transaction of the decision."""
+    uow.emit(topic, event)
+    uow.store.enqueue_webhook(referral.agency_id, topic, event, referral.referral_id)
 
 
 def new_referral(

@@ -1,4 +1,5 @@
-"""The referrals store: referrals (the only copy of personal data), claims and history."""
+"""The referrals store: referrals (the only copy of personal data), claims and history, and
+the agencies' webhooks with their queue of deliveries."""
 
 from __future__ import annotations
 
@@ -6,16 +7,20 @@ import hashlib
 import hmac
 import json
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_
+from pydantic import BaseModel
+from sqlalchemy import Index, func, or_, update
 from sqlmodel import Field, SQLModel, col, delete, select
 
 from shared.contract import ReferralStatus
-from shared.db import UtcDateTime
+from shared.db import UtcDateTime, is_postgresql
 from shared.messaging import Store
+
+from . import domain
 
 PERSONAL_FIELDS = ("first_name", "last_name", "birth_date", "email", "phone", "person_key")
 
@@ -145,12 +150,69 @@ class ReferralSubmission(SQLModel, table=True):
     received_at: datetime = Field(sa_type=UtcDateTime)
 
 
+class WebhookEndpoint(SQLModel, table=True):
+    """An agency's callback URL and the secret its deliveries are signed with. The secret is
+    shown once, when it is made, and is kept here only (never logged, never listed)."""
+
+    __tablename__ = "webhook_endpoint"
+
+    agency_id: str = Field(primary_key=True, max_length=200)
+    url: str = Field(max_length=domain.MAX_WEBHOOK_URL_LENGTH)
+    secret: str = Field(max_length=128)
+    created_at: datetime = Field(sa_type=UtcDateTime)
+    updated_at: datetime = Field(sa_type=UtcDateTime)
+
+
+PENDING, PARKED = "pending", "parked"
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One decision to push to an agency's webhook, written in the transaction of the decision
+    (append-only: on the batch's fast path it is written in bulk with the batch). Deleted once
+    the partner answered 2xx; `parked` after too many failures, until replayed. A worker
+    sending it holds `lease_until`, so that another instance does not send it meanwhile."""
+
+    __tablename__ = "webhook_delivery"
+    __table_args__ = (Index("ix_webhook_delivery_due", "state", "next_attempt_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    agency_id: str = Field(index=True, max_length=200)
+    event_id: str = Field(max_length=36)  # the decision's event_id (E2C-Event-Id)
+    type: str = Field(max_length=64)
+    body: str  # the JSON sent, pseudonymous (see `domain.webhook_body`)
+    created_at: datetime = Field(sa_type=UtcDateTime)
+    state: str = Field(default=PENDING, max_length=16)  # pending, parked
+    attempts: int = 0  # failed tries so far
+    next_attempt_at: datetime = Field(sa_type=UtcDateTime)
+    lease_until: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    last_attempt_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    last_status: int | None = None  # the partner's HTTP status, None without an answer
+    last_error: str | None = Field(default=None, max_length=300)  # never a body or a URL
+    parked_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A delivery a worker claimed, with where and how to send it."""
+
+    id: int
+    agency_id: str
+    event_id: str
+    type: str
+    body: str
+    attempts: int
+    url: str
+    secret: str
+
+
 TABLES = (
     Referral.__table__,
     ReferralSubmission.__table__,
     PersonClaim.__table__,
     StoreSecret.__table__,
     ReferralHistory.__table__,
+    WebhookEndpoint.__table__,
+    WebhookDelivery.__table__,
 )
 PERSON_KEY_SECRET = "person_key"
 CANDIDATE_SECRET = "candidate"
@@ -177,6 +239,7 @@ class BatchCache:
     referrals: dict[str, Referral | None] = field(default_factory=dict)
     by_trainee: dict[str, Referral | None] = field(default_factory=dict)
     claims: dict[str, str | None] = field(default_factory=dict)
+    webhook_agencies: frozenset[str] = frozenset()  # the agencies with a webhook
 
 
 class ReferralStore(Store):
@@ -226,6 +289,7 @@ class ReferralStore(Store):
             found_claims = select(PersonClaim).where(col(PersonClaim.person_key).in_(digests))
             cache.claims.update({c.person_key: c.referral_id
                                  for c in self.session.exec(found_claims).all()})
+        cache.webhook_agencies = frozenset(self.session.exec(select(WebhookEndpoint.agency_id)))
         return cache
 
     def person_digest(self, person_key: str) -> str:
@@ -355,6 +419,34 @@ class ReferralStore(Store):
         else:
             self.session.add(ReferralHistory(**row))
 
+    def has_webhook(self, agency_id: str) -> bool:
+        if self.cache is not None:
+            return agency_id in self.cache.webhook_agencies
+        return self.session.get(WebhookEndpoint, agency_id) is not None
+
+    def enqueue_webhook(
+        self, agency_id: str, topic: str, event: BaseModel, referral_id: str
+    ) -> bool:
+        """Queues `event` (published on, or read from, `topic`) for the agency's webhook, in
+        the transaction that decided it; False when the agency has none. Append-only: on the
+        batch's fast path the row is written in bulk with the batch."""
+        if not agency_id or not self.has_webhook(agency_id):
+            return False
+        moment = now()
+        row = {
+            "agency_id": agency_id, "event_id": str(event.event_id),  # type: ignore[attr-defined]
+            "type": domain.WEBHOOK_KINDS[topic].type,
+            "body": domain.webhook_body(topic, event, referral_id),
+            "created_at": moment, "state": PENDING, "attempts": 0, "next_attempt_at": moment,
+            "lease_until": None, "last_attempt_at": None, "last_status": None,
+            "last_error": None, "parked_at": None,
+        }
+        if self.batch is not None:
+            self.batch.insert(WebhookDelivery.__table__, row)  # type: ignore[arg-type]
+        else:
+            self.session.add(WebhookDelivery(**row))
+        return True
+
     def history(self, referral_id: str) -> list[ReferralHistory]:
         query = (
             select(ReferralHistory)
@@ -421,3 +513,201 @@ def _stage_condition(stage: str):  # type: ignore[no-untyped-def]
     if stage == "enrolled":
         return enrolled & col(Referral.exited_on).is_(None)
     return (col(Referral.status) == stage) & col(Referral.enrolled_on).is_(None) & ~exited
+
+
+# --- Webhooks --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WebhookSet:
+    """What setting a webhook did: `secret` is the new signing secret, to show once (None
+    when an existing webhook kept its secret)."""
+
+    agency_id: str
+    url: str
+    created: bool
+    secret: str | None
+
+
+class WebhookStore(ReferralStore):
+    """The referrals store's webhook side: registrations, the queue of deliveries and what
+    operations see of it. `ReferralStore` enqueues (in a handler's transaction); the worker,
+    the admin route and the command use the rest."""
+
+    def set_webhook(self, agency_id: str, url: str, rotate_secret: bool = False) -> WebhookSet:
+        """Registers (or changes) the agency's URL; a new one gets a secret, an existing one
+        keeps its own unless `rotate_secret`. The URL must be checked first."""
+        moment = now()
+        row = self.session.get(WebhookEndpoint, agency_id, with_for_update=True)
+        secret = new_webhook_secret() if row is None or rotate_secret else None
+        if row is None:
+            assert secret is not None
+            row = WebhookEndpoint(agency_id=agency_id, url=url, secret=secret,
+                                  created_at=moment, updated_at=moment)
+        else:
+            row.url = url
+            row.updated_at = moment
+            if secret is not None:
+                row.secret = secret
+        self.session.add(row)
+        self.session.flush()
+        return WebhookSet(agency_id, url, created=row.created_at == moment, secret=secret)
+
+    def remove_webhook(self, agency_id: str) -> int | None:
+        """Removes the agency's webhook and the deliveries still queued for it (their count;
+        None when it had no webhook)."""
+        row = self.session.get(WebhookEndpoint, agency_id, with_for_update=True)
+        if row is None:
+            return None
+        dropped = self.session.exec(  # type: ignore[call-overload]
+            delete(WebhookDelivery).where(col(WebhookDelivery.agency_id) == agency_id)
+        ).rowcount
+        self.session.delete(row)
+        return int(dropped or 0)
+
+    def webhooks(self) -> list[dict[str, Any]]:
+        """Every registration with its queue, without the secret or the URL's query string."""
+        counts: dict[tuple[str, str], int] = {
+            (agency, state): int(count)
+            for agency, state, count in self.session.exec(
+                select(WebhookDelivery.agency_id, WebhookDelivery.state, func.count())
+                .group_by(col(WebhookDelivery.agency_id), col(WebhookDelivery.state))
+            )
+        }
+        rows = self.session.exec(select(WebhookEndpoint).order_by(col(WebhookEndpoint.agency_id)))
+        return [
+            {"agency_id": row.agency_id, "url": domain.shown_url(row.url),
+             "created_at": row.created_at.isoformat(), "updated_at": row.updated_at.isoformat(),
+             "pending": counts.get((row.agency_id, PENDING), 0),
+             "parked": counts.get((row.agency_id, PARKED), 0)}
+            for row in rows
+        ]
+
+    def claim_deliveries(self, limit: int, lease_seconds: float,
+                         moment: datetime | None = None) -> list[Outgoing]:
+        """Leases up to `limit` due deliveries for `lease_seconds` and returns them with their
+        URL and secret. On PostgreSQL the rows another worker is claiming are skipped (`FOR
+        UPDATE SKIP LOCKED`); on SQLite the transaction holds the write lock from its start.
+        Deliveries of an agency whose webhook is gone are dropped. Commit to hold the lease."""
+        moment = moment or now()
+        due = (
+            select(WebhookDelivery.id)
+            .where(col(WebhookDelivery.state) == PENDING,
+                   col(WebhookDelivery.next_attempt_at) <= moment,
+                   or_(col(WebhookDelivery.lease_until).is_(None),
+                       col(WebhookDelivery.lease_until) <= moment))
+            .order_by(col(WebhookDelivery.next_attempt_at), col(WebhookDelivery.id))
+            .limit(limit)
+        )
+        if is_postgresql(self.session.get_bind()):  # type: ignore[arg-type]
+            due = due.with_for_update(skip_locked=True)
+        ids = list(self.session.exec(due))
+        if not ids:
+            return []
+        self.session.exec(  # type: ignore[call-overload]
+            update(WebhookDelivery).where(col(WebhookDelivery.id).in_(ids))
+            .values(lease_until=moment + timedelta(seconds=lease_seconds))
+        )
+        found = self.session.exec(
+            select(WebhookDelivery, WebhookEndpoint)
+            .join(WebhookEndpoint, col(WebhookEndpoint.agency_id) == WebhookDelivery.agency_id,
+                  isouter=True)
+            .where(col(WebhookDelivery.id).in_(ids))
+            .order_by(col(WebhookDelivery.next_attempt_at), col(WebhookDelivery.id))
+        ).all()
+        orphans = [delivery.id for delivery, endpoint in found if endpoint is None]
+        if orphans:
+            self.session.exec(delete(WebhookDelivery).where(col(WebhookDelivery.id).in_(orphans)))
+        return [
+            Outgoing(id=delivery.id, agency_id=delivery.agency_id, event_id=delivery.event_id,
+                     type=delivery.type, body=delivery.body, attempts=delivery.attempts,
+                     url=endpoint.url, secret=endpoint.secret)
+            for delivery, endpoint in found
+            if endpoint is not None and delivery.id is not None
+        ]
+
+    def delivered(self, delivery_ids: Sequence[int]) -> None:
+        if delivery_ids:
+            self.session.exec(delete(WebhookDelivery).where(
+                col(WebhookDelivery.id).in_(delivery_ids)))
+
+    def failed(self, delivery: Outgoing, error: str, status: int | None,
+               retry_in: float | None, moment: datetime | None = None) -> None:
+        """Records a failed try: due again in `retry_in` seconds, or parked (None)."""
+        moment = moment or now()
+        values: dict[str, Any] = {
+            "attempts": delivery.attempts + 1, "lease_until": None, "last_attempt_at": moment,
+            "last_status": status, "last_error": error[:300],
+        }
+        if retry_in is None:
+            values.update(state=PARKED, parked_at=moment)
+        else:
+            values["next_attempt_at"] = moment + timedelta(seconds=retry_in)
+        self.session.exec(  # type: ignore[call-overload]
+            update(WebhookDelivery)
+            .where(col(WebhookDelivery.id) == delivery.id,
+                   col(WebhookDelivery.state) == PENDING)
+            .values(**values)
+        )
+
+    def replay_parked(self, agency_id: str | None = None,
+                      delivery_ids: Sequence[int] = ()) -> int:
+        """Parked deliveries (of `agency_id`, or these ids, else all) due again now, with a
+        fresh count of tries; returns how many."""
+        conditions = [col(WebhookDelivery.state) == PARKED]
+        if agency_id is not None:
+            conditions.append(col(WebhookDelivery.agency_id) == agency_id)
+        if delivery_ids:
+            conditions.append(col(WebhookDelivery.id).in_(list(delivery_ids)))
+        replayed = self.session.exec(  # type: ignore[call-overload]
+            update(WebhookDelivery).where(*conditions).values(
+                state=PENDING, attempts=0, next_attempt_at=now(), lease_until=None,
+                parked_at=None)
+        ).rowcount
+        return int(replayed or 0)
+
+    def webhook_state(self, limit: int, moment: datetime | None = None) -> dict[str, Any]:
+        """What operations see: registrations, pending (and due) and parked deliveries, and
+        the last failures (no body, no URL, no secret)."""
+        moment = moment or now()
+        counts = dict(self.session.exec(
+            select(WebhookDelivery.state, func.count()).group_by(col(WebhookDelivery.state))
+        ).all())
+        due = self.session.exec(select(func.count()).select_from(WebhookDelivery).where(
+            col(WebhookDelivery.state) == PENDING,
+            col(WebhookDelivery.next_attempt_at) <= moment)).one()
+        oldest = self.session.exec(
+            select(WebhookDelivery.created_at).where(col(WebhookDelivery.state) == PENDING)
+            .order_by(col(WebhookDelivery.created_at)).limit(1)).first()
+        failures = self.session.exec(
+            select(WebhookDelivery)
+            .where(col(WebhookDelivery.last_error).is_not(None))
+            .order_by(col(WebhookDelivery.last_attempt_at).desc(), col(WebhookDelivery.id).desc())
+            .limit(limit)
+        ).all()
+        endpoints = self.session.exec(select(func.count()).select_from(WebhookEndpoint)).one()
+        return {
+            "endpoints": int(endpoints),
+            "pending": int(counts.get(PENDING, 0)),
+            "due": int(due),
+            "parked": int(counts.get(PARKED, 0)),
+            "oldest_pending_age_seconds":
+                round((moment - oldest).total_seconds(), 1) if oldest else None,
+            "last_errors": [
+                {"id": row.id, "agency_id": row.agency_id, "type": row.type,
+                 "event_id": row.event_id, "state": row.state, "attempts": row.attempts,
+                 "last_status": row.last_status, "last_error": row.last_error,
+                 "last_attempt_at": _iso_or_none(row.last_attempt_at),
+                 "next_attempt_at": _iso_or_none(row.next_attempt_at)
+                 if row.state == PENDING else None}
+                for row in failures
+            ],
+        }
+
+
+def new_webhook_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def _iso_or_none(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
