@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
 
+from fastapi import APIRouter, FastAPI
 from httpx import Response
 from sqlalchemy import Engine
-from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
 from shared.http import Authorizer, json_app
-from shared.service import ServiceContext
 from shared.settings import Settings
 
 
 @dataclass
 class RouteContext:
-    """What the routes use of a ServiceContext."""
+    """What the routes use of a ServiceContext (`app.state.context`)."""
 
     engine: Engine
     auth: Authorizer
@@ -26,14 +23,17 @@ class RouteContext:
 
 
 def app_for(
-    routes: Callable[[ServiceContext], list[BaseRoute]],
+    router: APIRouter,
     engine: Engine,
     tokens: dict[str, str],
     *extra: BaseRoute,
-) -> Starlette:
-    """The routes as the service serves them (JSON errors, no slash redirects)."""
-    ctx = cast(ServiceContext, RouteContext(engine, Authorizer(tokens)))
-    return json_app([*routes(ctx), *extra])
+) -> FastAPI:
+    """The service's routes as it serves them (JSON errors, no slash redirects), on a store
+    and tokens of the test's; `extra` routes are added as they are."""
+    app = json_app([router])
+    app.router.routes.extend(extra)
+    app.state.context = RouteContext(engine, Authorizer(tokens))
+    return app
 
 
 def year_error(year: str | None) -> str:
@@ -48,3 +48,4 @@ def assert_bad_year(answer: Response, year: str | None) -> None:
     assert "2000 to 2100" in answer.json()["detail"]
     assert answer.json() == {"detail": year_error(year)}
     assert not year or year not in answer.text  # never the value given
+

@@ -8,6 +8,7 @@ import json
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import func, or_
@@ -140,7 +141,18 @@ TABLES = (
 PERSON_KEY_SECRET = "person_key"
 _secrets: dict[str, bytes] = {}
 
-STAGES = ("accepted", "rejected", "pending_derogation", "duplicate", "enrolled", "exited")
+class Stage(StrEnum):
+    """Where a referral is: its decision, or enrolled / exited after it (`Referral.stage`)."""
+
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    PENDING_DEROGATION = "pending_derogation"
+    DUPLICATE = "duplicate"
+    ENROLLED = "enrolled"
+    EXITED = "exited"
+
+
+STAGES = tuple(stage.value for stage in Stage)
 
 
 @dataclass(frozen=True)

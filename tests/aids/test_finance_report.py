@@ -18,7 +18,7 @@ from starlette.testclient import TestClient
 
 from deploy import cli
 from services.aids import reports
-from services.aids.api import routes
+from services.aids.api import router
 from services.aids.app import TOPOLOGY
 from services.aids.domain import run_out_month
 from services.aids.handlers import AidHandlers
@@ -103,7 +103,7 @@ def filled(engine: Engine) -> Engine:
 
 
 def app_for(engine: Engine) -> Starlette:
-    return http_app_for(routes, engine, TOKENS)
+    return http_app_for(router, engine, TOKENS)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from starlette.testclient import TestClient
 from deploy import cli
 from services.outcomes import app as outcomes_app
 from services.outcomes import domain, reports
-from services.outcomes.api import routes
+from services.outcomes.api import router
 from services.outcomes.handlers import OutcomeHandlers
 from services.outcomes.store import TABLES, OutcomeStore
 from shared import rebuild
@@ -167,7 +167,7 @@ def cohort() -> list[list[tuple[str, dict[str, Any]]]]:
 
 
 def app_for(engine: Engine) -> Starlette:
-    return http_app_for(routes, engine, TOKENS)
+    return http_app_for(router, engine, TOKENS)
 
 
 Batches = list[list[tuple[str, dict[str, Any]]]]

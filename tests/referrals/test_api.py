@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from services.referrals.api import routes
+from services.referrals.api import router
 from services.referrals.app import TOPOLOGY
 from services.referrals.handlers import ReferralHandlers
 from services.referrals.store import TABLES, Referral, ReferralStore
@@ -51,7 +51,7 @@ engine = engine_fixture(TABLES, sqlite_only=True)
 
 
 def app_for(engine: Engine, *extra: Route) -> Starlette:
-    return http_app_for(routes, engine, TOKENS, *extra)
+    return http_app_for(router, engine, TOKENS, *extra)
 
 
 @pytest.fixture
