@@ -31,7 +31,7 @@ from shared.settings import Settings
 from tests import plumbing
 from tests.events import aid_request, budget, enrollment_decided
 from tests.http_app import app_for as http_app_for
-from tests.http_app import assert_bad_year
+from tests.http_app import assert_bad_year, assert_documented
 from tests.plumbing import engine_fixture
 
 YEAR = 2024
@@ -423,3 +423,17 @@ def test_e2c_report_finance_refuses_a_bad_year(capsys: pytest.CaptureFixture[str
 
     assert stopped.value.code == 2
     assert "2000 to 2100" in capsys.readouterr().err
+
+
+# --- The OpenAPI document tells the truth ---------------------------------------------------
+
+
+def test_the_report_and_its_errors_are_what_the_document_says(client: TestClient) -> None:
+    path = "/reports/finance"
+
+    assert_documented(client.get(path, params={"year": YEAR}, headers=FINANCE), "aids", path)
+    assert_documented(client.get(path, params={"year": 2031}, headers=FINANCE), "aids", path)
+    assert_documented(client.get(path, params={"year": YEAR}), "aids", path)
+    assert_documented(client.get(path, params={"year": YEAR},
+                                 headers={"Authorization": "Bearer tok-ops"}), "aids", path)
+    assert_documented(client.get(path, params={"year": "x"}, headers=FINANCE), "aids", path)

@@ -1,7 +1,7 @@
 """What every service serves besides its own routes, on the real app (`create_app`) whose
-broker is never started: the AsyncAPI document behind a token, `/ops/pipeline`'s limit,
-paths served as written (no redirect built from the Host header), and bad input answered
-with a JSON 4xx that never echoes it."""
+broker is never started: the AsyncAPI and OpenAPI documents behind a token, `/ops/pipeline`'s
+limit, paths served as written (no redirect built from the Host header), and bad input
+answered with a JSON 4xx that never echoes it."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
+from deploy import contract_docs
 from services.aids.app import create_app as aids_app
 from services.outcomes.app import create_app as outcomes_app
 from services.referrals.app import create_app as referrals_app
 from shared.service import ServiceApp
-from shared.settings import Settings
+from shared.settings import PROJECT_ROOT, Settings
 from tests import tokens
 
 BOOTSTRAP = "kafka.internal.example:19092"  # never contacted: the broker is not started
@@ -49,6 +50,14 @@ def served(name: str, folder: Path) -> Iterator[TestClient]:
 @pytest.fixture(params=list(FACTORIES))
 def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestClient]:
     yield from served(request.param, tmp_path)
+
+
+@pytest.fixture(params=list(FACTORIES))
+def named_service(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[str, TestClient]]:
+    for client in served(request.param, tmp_path):
+        yield request.param, client
 
 
 @pytest.fixture
@@ -198,3 +207,32 @@ def test_fastapis_own_documentation_pages_are_not_served(service: TestClient, pa
     answer = service.get(path, headers=ADMIN)
 
     assert (answer.status_code, answer.json()) == (404, {"detail": "Not Found"})
+
+
+# --- The OpenAPI document -------------------------------------------------------------------
+
+OPENAPI = "/docs/openapi.json"
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer nope"}])
+def test_the_openapi_document_needs_a_token(service: TestClient, headers: dict[str, str]) -> None:
+    answer = service.get(OPENAPI, headers=headers)
+
+    assert answer.status_code == 401
+    assert answer.json() == {"detail": "a valid bearer token is required"}
+    assert answer.headers["www-authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize("headers", [FINANCE, OPS, PARTNER])
+def test_any_role_reads_the_committed_openapi_document(
+    named_service: tuple[str, TestClient], headers: dict[str, str]
+) -> None:
+    name, client = named_service
+
+    answer = client.get(OPENAPI, headers=headers)
+
+    assert answer.status_code == 200
+    committed = (PROJECT_ROOT / contract_docs.openapi_path(name)).read_text(encoding="utf-8")
+    assert answer.json() == json.loads(committed)
+    assert answer.json()["openapi"].startswith("3.1.")
+    assert BOOTSTRAP not in answer.text
