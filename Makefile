@@ -31,7 +31,7 @@ demo: install
 lint: install
 	$(BIN)/ruff check .
 
-docs: install                     ## docs/asyncapi.json and docs/schemas/ from shared/contract.py (ARGS=--check compares)
+docs: install                     ## docs/asyncapi.json, docs/schemas/ and docs/openapi/ from the code (ARGS=--check compares)
 	$(BIN)/python -m deploy.contract_docs $(ARGS)
 
 bench: bench-pipeline bench-reports  ## the benchmarks (never tests): pipeline vs raw Kafka, report cost

@@ -1,4 +1,5 @@
-"""The contract's machine-readable files, generated from `shared/contract.py`.
+"""The contract's machine-readable files, generated from the code: `shared/contract.py` for
+the events, each service's FastAPI routes for its HTTP API.
 
 `python -m deploy.contract_docs` (or `make docs`) writes, under `docs/`:
 
@@ -6,13 +7,17 @@
   one message per event with its payload schema (the pydantic models' JSON Schema), its Kafka
   key and an example, and the operations (send / receive) of each party;
 - `schemas/<topic>.json`: one JSON Schema (draft 2020-12) per topic, for partners who only
-  want to validate what they send or read.
+  want to validate what they send or read;
+- `openapi/<service>.json`: each service's OpenAPI 3.1 document, the one it serves at
+  `/docs/openapi.json` (`shared.docs.openapi_document` of its app: every route, with its
+  parameters, its pydantic response models, the bearer scheme and the error answers).
 
 The examples come from `docs/contract.md` (the first `json` block of each topic's section)
 and are validated by the models here: an example the models refuse stops the generation.
 The output is deterministic (no timestamps; the models' field order, topics in the
-contract's order), so that `tests/deploy/test_contract_docs.py` can compare it with the
-committed files. `--check` only compares, and exits 1 naming the files that differ.
+contract's order, routes in the order the services declare them), so that
+`tests/deploy/test_contract_docs.py` and `tests/deploy/test_openapi_docs.py` can compare it
+with the committed files. `--check` only compares, and exits 1 naming the files that differ.
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from deploy.system import TOPOLOGIES
+from deploy.system import TOPOLOGIES, service_http_app
 from shared.contract import MODELS, Topic
+from shared.docs import openapi_document
 from shared.kafka import MAX_MESSAGE_BYTES, TOPIC_CONFIG
 from shared.settings import PROJECT_ROOT, Settings
 
@@ -40,6 +46,7 @@ DOCS = Path("docs")
 CONTRACT_MD = DOCS / "contract.md"
 ASYNCAPI = DOCS / "asyncapi.json"
 SCHEMAS = DOCS / "schemas"
+OPENAPI = DOCS / "openapi"
 
 CONTRACT_REVISION = "1.1"
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -287,6 +294,18 @@ def asyncapi_document(examples: dict[Topic, Json]) -> Json:
     }
 
 
+# --- OpenAPI, per service ------------------------------------------------------------------
+
+
+def openapi_path(service: str) -> Path:
+    return OPENAPI / f"{service}.json"
+
+
+def service_openapi(service: str) -> Json:
+    """The service's OpenAPI 3.1 document, as it serves it at `/docs/openapi.json`."""
+    return openapi_document(service_http_app(service))
+
+
 # --- Files ---------------------------------------------------------------------------------
 
 
@@ -301,22 +320,25 @@ def generate(root: Path = PROJECT_ROOT) -> dict[Path, str]:
     files = {ASYNCAPI: dumps(asyncapi_document(examples))}
     for topic in Topic:
         files[schema_path(topic)] = dumps(topic_schema(topic))
+    for service in TOPOLOGIES:
+        files[openapi_path(service)] = dumps(service_openapi(service))
     return files
 
 
 def differences(root: Path = PROJECT_ROOT) -> list[Path]:
-    """Generated files missing or different on disk, and stale schemas nothing generates."""
+    """Generated files missing or different on disk, and stale schemas or OpenAPI documents
+    nothing generates."""
     files = generate(root)
     differ = [path for path, text in files.items()
               if not (root / path).is_file()
               or (root / path).read_text(encoding="utf-8") != text]
-    stale = [path.relative_to(root) for path in sorted((root / SCHEMAS).glob("*.json"))
-             if path.relative_to(root) not in files]
+    on_disk = [*sorted((root / SCHEMAS).glob("*.json")), *sorted((root / OPENAPI).glob("*.json"))]
+    stale = [path.relative_to(root) for path in on_disk if path.relative_to(root) not in files]
     return differ + stale
 
 
 def write(root: Path = PROJECT_ROOT) -> list[Path]:
-    """Writes what differs, deletes stale schemas; returns the paths touched."""
+    """Writes what differs, deletes stale schemas and documents; returns the paths touched."""
     files = generate(root)
     touched = differences(root)
     for path in touched:
@@ -331,7 +353,8 @@ def write(root: Path = PROJECT_ROOT) -> list[Path]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.contract_docs", description=(
-        "Generate docs/asyncapi.json and docs/schemas/*.json from shared/contract.py."))
+        "Generate docs/asyncapi.json and docs/schemas/*.json from shared/contract.py, and "
+        "docs/openapi/*.json from the services' HTTP routes."))
     parser.add_argument("--check", action="store_true",
                         help="only compare with the files on disk; exit 1 if any differ")
     args = parser.parse_args(argv)

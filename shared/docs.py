@@ -1,5 +1,6 @@
-"""A service's AsyncAPI document, for token holders: `GET /docs/asyncapi` (an HTML page
-rendered here, without scripts or network) and `GET /docs/asyncapi.json`.
+"""A service's documents, for token holders: its AsyncAPI document (`GET /docs/asyncapi`,
+an HTML page rendered here, without scripts or network, and `GET /docs/asyncapi.json`) and
+its OpenAPI document (`GET /docs/openapi.json`, also committed as `docs/openapi/<name>.json`).
 
 faststream's own page loads its scripts from public CDNs and shows the broker address to
 anyone. Here the document is faststream's specification of the service's broker without
@@ -8,18 +9,18 @@ its `servers` (where the broker is), and nothing on these paths publishes.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable
-from functools import cache
 from html import escape
 from typing import Any
 
+from fastapi import APIRouter, FastAPI
 from faststream.specification.base import SpecificationFactory
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.responses import HTMLResponse, Response
 
-from shared.http import Authorizer
+from shared.http import allow, app_context, problems
 
 DOCS_PATH = "/docs/asyncapi"
 PAGE_POLICY = "default-src 'none'; style-src 'unsafe-inline'"
@@ -112,20 +113,84 @@ def render_page(document: Json) -> str:
     )
 
 
-def docs_routes(specification: SpecificationFactory, auth: Authorizer) -> list[BaseRoute]:
-    """GET only, for any known token (401 without one); built on the first request."""
-    document: Callable[[], Json] = cache(lambda: public_document(specification))
-    page: Callable[[], str] = cache(lambda: render_page(document()))
+# --- The service's OpenAPI document --------------------------------------------------------
 
-    async def html(request: Request) -> Response:
-        auth.role(request)
-        return HTMLResponse(page(), headers={"Content-Security-Policy": PAGE_POLICY})
+OPENAPI_PATH = "/docs/openapi.json"
+# FastAPI documents a 422 of its own shape (`HTTPValidationError`, with the value sent) on
+# every route with parameters; the services answer `shared.http.Problem` instead, at the
+# status each route documents, so those never appear.
+_FASTAPI_VALIDATION = ("HTTPValidationError", "ValidationError")
+JSON = "application/json"
+_METHOD_ORDER = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
-    async def as_json(request: Request) -> Response:
-        auth.role(request)
-        return JSONResponse(document())
 
-    return [
-        Route(DOCS_PATH, html, methods=["GET"]),
-        Route(f"{DOCS_PATH}.json", as_json, methods=["GET"]),
-    ]
+def openapi_document(app: FastAPI) -> Json:
+    """The app's OpenAPI 3.1 document, as FastAPI builds it from the routes and their
+    pydantic models, with three corrections: no FastAPI validation-error answers; error
+    answers as JSON (FastAPI gives them the media type of the route's success, such as
+    text/html or text/csv, but the app's exception handlers answer JSON); each path's
+    operations in a fixed order (the document is the same from run to run)."""
+    document: Json = copy.deepcopy(app.openapi())
+    for path, operations in document.get("paths", {}).items():
+        for operation in operations.values():
+            responses = operation.get("responses", {})
+            for status, response in list(responses.items()):
+                if _FASTAPI_VALIDATION[0] in json.dumps(response):
+                    del responses[status]
+                elif str(status)[0] in "45" and response.get("content"):
+                    response["content"] = {JSON: next(iter(response["content"].values()))}
+        document["paths"][path] = dict(sorted(
+            operations.items(),
+            key=lambda item: _METHOD_ORDER.index(item[0]) if item[0] in _METHOD_ORDER else 99,
+        ))
+    schemas = document.get("components", {}).get("schemas", {})
+    for name in _FASTAPI_VALIDATION:
+        schemas.pop(name, None)
+    return document
+
+
+# --- Routes ---------------------------------------------------------------------------------
+
+router = APIRouter(tags=["documentation"], dependencies=[allow()])
+DOCUMENT = problems((401, "No bearer token, or an unknown one: any known token reads it."))
+
+
+def _cached(request: Request, name: str, build: Callable[[], Any]) -> Any:
+    """`build()` once per app (the documents do not change while it runs)."""
+    state = request.app.state
+    if not hasattr(state, name):
+        setattr(state, name, build())
+    return getattr(state, name)
+
+
+def _asyncapi(request: Request) -> Json:
+    context = app_context(request)
+    document: Json = _cached(request, "asyncapi_document",
+                             lambda: public_document(context.specification))
+    return document
+
+
+@router.get(
+    DOCS_PATH,
+    response_class=HTMLResponse,
+    responses={200: {"description": "The AsyncAPI document as a page: no scripts, nothing "
+                     "fetched from the network.",
+                     "content": {"text/html": {"schema": {"type": "string"}}}},
+               **DOCUMENT},
+)
+async def asyncapi_page(request: Request) -> Response:
+    """The service's AsyncAPI document (its topics and their payloads) as a page."""
+    page: str = _cached(request, "asyncapi_page", lambda: render_page(_asyncapi(request)))
+    return HTMLResponse(page, headers={"Content-Security-Policy": PAGE_POLICY})
+
+
+@router.get(f"{DOCS_PATH}.json", response_model=dict[str, Any], responses=DOCUMENT)
+async def asyncapi_json(request: Request) -> Any:
+    """The service's AsyncAPI 3.0 document, without the broker's address."""
+    return _asyncapi(request)
+
+
+@router.get(OPENAPI_PATH, response_model=dict[str, Any], responses=DOCUMENT)
+async def openapi_json(request: Request) -> Any:
+    """This document: the service's OpenAPI 3.1 document (`docs/openapi/<service>.json`)."""
+    return _cached(request, "openapi_document", lambda: openapi_document(request.app))

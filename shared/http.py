@@ -1,24 +1,40 @@
-"""HTTP pieces every service serves: bearer-token roles, JSON errors, health and metrics."""
+"""HTTP pieces every service serves: bearer-token roles (checked by FastAPI dependencies and
+declared in the OpenAPI document as the `bearer` HTTP security scheme), the FastAPI app
+with its JSON errors, and the documented error answers.
+
+A route of a service is a FastAPI function on its `APIRouter` (`services/<name>/api.py`):
+
+    @router.get("/reports/finance", response_model=FinanceReport,
+                dependencies=[allow(Role.FINANCE)], responses=problems(401, 403, 422))
+    async def finance_report(ctx: Context, year: Year) -> Any: ...
+
+`allow(...)` answers 401 without a known token and 403 to a role not listed (admin is
+always allowed); `problems(...)` documents those answers; bad parameters are answered by
+`shared.params` (a 4xx naming them, never their value).
+"""
 
 from __future__ import annotations
 
 import json
 import secrets
 import stat
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from starlette.applications import Starlette
+from fastapi import Depends, FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.params import Depends as DependsParam
+from fastapi.routing import APIRoute, APIRouter
+from fastapi.security import HTTPBearer
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
 from starlette.types import ExceptionHandler
 
+from shared.params import refusal
 from shared.private_files import private_dir, write_private
 
 
@@ -46,9 +62,6 @@ def partner_agency(role: str) -> str | None:
     if not role.startswith(PARTNER_PREFIX):
         return None
     return role.removeprefix(PARTNER_PREFIX) or None
-
-
-Check = Callable[[], Awaitable[None]]
 
 
 def bounded_int(text: str, lowest: int, highest: int) -> int | None:
@@ -169,15 +182,90 @@ class Authorizer:
         scheme, _, token = header.partition(" ")
         role = self.tokens.get(token.strip()) if scheme.lower() == "bearer" else None
         if role is None:
-            raise HTTPException(401, "a valid bearer token is required")
+            raise HTTPException(401, UNAUTHORIZED)
         return role
 
-    def require(self, request: Request, *allowed: Role) -> str:
-        """The caller's role if it is admin or one of `allowed`, else 401/403."""
-        role = self.role(request)
-        if role != Role.ADMIN and role not in allowed:
-            raise HTTPException(403, "this token's role may not see this resource")
-        return role
+
+UNAUTHORIZED = "a valid bearer token is required"
+FORBIDDEN = "this token's role may not see this resource"
+
+
+def check_role(role: str, *allowed: Role) -> str:
+    """`role` if it is admin or one of `allowed`, else 403."""
+    if role != Role.ADMIN and role not in allowed:
+        raise HTTPException(403, FORBIDDEN)
+    return role
+
+
+# --- Who is asking: FastAPI dependencies --------------------------------------------------
+
+
+def app_context(request: Request) -> Any:
+    """What the app serves from: its `state.context`, a `shared.service.ServiceContext`
+    (`shared.service.Context` is this, typed)."""
+    return request.app.state.context
+
+
+class BearerRole(HTTPBearer):
+    """The caller's role from `Authorization: Bearer <token>` (401 without a known token),
+    declared in the OpenAPI document as the HTTP bearer scheme `bearer`."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            scheme_name="bearer",
+            description="A token of the services' tokens file (`E2C_TOKENS_FILE`); its "
+            "role (admin, finance, outcomes, ops, partner:<agency_id>) says what it may see.",
+            auto_error=False,
+        )
+
+    async def __call__(self, request: Request) -> str:  # type: ignore[override]
+        authorizer: Authorizer = app_context(request).auth
+        return authorizer.role(request)
+
+
+bearer_role = BearerRole()
+
+
+def allow(*roles: Role) -> DependsParam:
+    """A route's dependency: 401 without a known token, 403 unless the role is admin or one
+    of `roles` (none: any known token)."""
+
+    async def allowed(role: str = Depends(bearer_role)) -> str:
+        return check_role(role, *roles) if roles else role
+
+    return Depends(allowed)
+
+
+# --- Errors: one JSON shape, documented -----------------------------------------------------
+
+
+class Problem(BaseModel):
+    """Every error answer. `detail` says what went wrong and names the parameter or field
+    at fault, never the value sent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    detail: str
+
+
+PROBLEMS: dict[int, str] = {
+    400: "A parameter is invalid: `detail` names it and what it takes (never the value sent).",
+    401: "No bearer token, or one the tokens file does not hold (`WWW-Authenticate: Bearer`).",
+    403: "This token's role may not do this.",
+    404: "Not found.",
+    422: "A parameter is missing or invalid: `detail` names it and what it takes (never "
+    "the value sent).",
+}
+
+
+def problems(*answers: int | tuple[int, str]) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` of a route for its error answers: a status (described as in
+    PROBLEMS) or (status, description)."""
+    documented: dict[int | str, dict[str, Any]] = {}
+    for answer in answers:
+        status, description = answer if isinstance(answer, tuple) else (answer, PROBLEMS[answer])
+        documented[status] = {"model": Problem, "description": description}
+    return documented
 
 
 async def _http_error(_request: Request, error: Exception) -> Response:
@@ -192,48 +280,66 @@ async def _http_error(_request: Request, error: Exception) -> Response:
     return JSONResponse({"detail": error.detail}, error.status_code, headers=headers)
 
 
+async def _invalid_request(request: Request, error: Exception) -> Response:
+    """A request FastAPI refused: a 4xx naming the parameters at fault, never the values
+    (FastAPI's own answer would echo them)."""
+    if not isinstance(error, RequestValidationError):  # pragma: no cover
+        raise error
+    status, detail = refusal(request, error.errors())
+    return JSONResponse({"detail": detail}, status)
+
+
 async def _server_error(_request: Request, _error: Exception) -> Response:
     """An unexpected failure: a JSON 500 without internals (the traceback goes to the log)."""
     return JSONResponse({"detail": "internal server error"}, 500)
 
 
 def json_error_handlers() -> dict[Any, ExceptionHandler]:
-    """Starlette `exception_handlers` answering every error as JSON `{"detail": ...}`."""
-    return {HTTPException: _http_error, Exception: _server_error}
+    """`exception_handlers` answering every error as JSON `{"detail": ...}`."""
+    return {
+        HTTPException: _http_error,
+        RequestValidationError: _invalid_request,
+        Exception: _server_error,
+    }
 
 
-def json_app(routes: Sequence[BaseRoute]) -> Starlette:
-    """The HTTP app of a service: every error as JSON, and a path is served as written.
+# --- The app ------------------------------------------------------------------------------
+
+API_VERSION = "1"
+# FastAPI's own OpenTelemetry hooks stay off: validation failures would be recorded with
+# the values sent, and the services export Prometheus metrics of their own.
+NO_TELEMETRY: Any = {"tracing": False, "metrics": False, "logs": False,
+                     "operation_spans": False, "auto_configure": False}
+
+
+def operation_id(route: APIRoute) -> str:
+    """An operation's id in the OpenAPI document: its function's name."""
+    return route.name
+
+
+def json_app(
+    routers: Sequence[APIRouter], title: str = "e2c", description: str = ""
+) -> FastAPI:
+    """The HTTP app of a service: every error as JSON, a path served as written, and no
+    documentation pages of FastAPI's own (the OpenAPI document is served behind a token by
+    `shared.docs`; FastAPI's pages would fetch their scripts from a CDN).
 
     Starlette would redirect `/referrals/` to `/referrals`, building `Location` from the
     request's Host header (an open redirect); here it is a JSON 404 like any unknown path.
     """
-    app = Starlette(routes=list(routes), exception_handlers=json_error_handlers())
-    app.router.redirect_slashes = False
+    app = FastAPI(
+        title=title,
+        description=description,
+        version=API_VERSION,
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+        redirect_slashes=False,
+        exception_handlers=json_error_handlers(),
+        generate_unique_id_function=operation_id,
+        telemetry=NO_TELEMETRY,
+    )
+    for router in routers:
+        app.include_router(router)
     return app
 
-
-def health_routes(checks: dict[str, Check], registry: CollectorRegistry) -> list[Route]:
-    async def live(_request: Request) -> Response:
-        return JSONResponse({"status": "live"})
-
-    async def ready(_request: Request) -> Response:
-        results = {}
-        for name, check in checks.items():
-            try:
-                await check()
-                results[name] = "ok"
-            except Exception as error:
-                results[name] = f"down: {type(error).__name__}"
-        healthy = all(value == "ok" for value in results.values())
-        body = {"status": "ready" if healthy else "degraded", "checks": results}
-        return JSONResponse(body, status_code=200 if healthy else 503)
-
-    async def metrics(_request: Request) -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-    return [
-        Route("/health/live", live),
-        Route("/health/ready", ready),
-        Route("/metrics", metrics),
-    ]

@@ -20,21 +20,23 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 import anyio
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 
 from shared.contract import Topic
-from shared.http import Role, bounded_int
+from shared.http import Role, allow, app_context, problems
 from shared.logsafe import describe_error
 from shared.messaging import outbox_backlog, parked_messages, unit_of_work
+from shared.params import ASCII_DIGITS, Expected
 from shared.settings import SERVICE_PORTS
 
 if TYPE_CHECKING:
@@ -456,12 +458,107 @@ async def pipeline_state(ctx: ServiceContext, dead_letter_limit: int = 10) -> di
     }
 
 
-def pipeline_endpoint(ctx: ServiceContext) -> Callable[[Request], Any]:
-    async def pipeline(request: Request) -> Response:
-        ctx.auth.require(request, Role.OPS)
-        limit = bounded_int(request.query_params.get("limit", "10"), 0, 1000)
-        if limit is None:
-            return JSONResponse({"detail": "limit must be an integer from 0 to 1000"}, 400)
-        return JSONResponse(await pipeline_state(ctx, limit))
+# --- GET /ops/pipeline ----------------------------------------------------------------------
 
-    return pipeline
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LagRow(_Answer):
+    topic: str
+    partition: int
+    committed: int | None = Field(description="null: the group never committed it")
+    end: int
+    lag: int
+
+
+class ParkedRow(_Answer):
+    id: int
+    topic: str
+    bytes: int
+    error: str
+    created_at: str
+    parked_at: str
+
+
+class Parked(_Answer):
+    count: int
+    last: list[ParkedRow] = Field(description="the newest, without their payload")
+
+
+class DeadLetterRow(_Answer):
+    """A letter as listed, never its original message; the fields a letter does not hold
+    (an unreadable one has only its place and `error`) are left out."""
+
+    dlt_partition: int
+    dlt_offset: int
+    event_id: JsonValue = None
+    occurred_at: JsonValue = None
+    service: JsonValue = None
+    source_topic: JsonValue = None
+    partition: JsonValue = None
+    offset: JsonValue = None
+    error: JsonValue = None
+    original_bytes: JsonValue = None
+    original_truncated: JsonValue = None
+
+
+class DeadLettersSeen(_Answer):
+    count: int
+    last: list[DeadLetterRow]
+
+
+class InstanceBeat(_Answer):
+    instance: JsonValue
+    age_seconds: float | None
+    last_processed_age_seconds: float | None
+
+
+class ServiceBeat(_Answer):
+    service: str
+    status: str = Field(description=f"up, down or `{REDIS_DOWN}`")
+    instances: list[InstanceBeat]
+
+
+class Pipeline(_Answer):
+    """This instance's view of its pipeline; a part that could not be read is null and
+    named in `errors` (part -> error class)."""
+
+    service: str
+    instance: str
+    group_id: str
+    lag: list[LagRow] | None
+    lag_total: int | None
+    outbox_backlog: int | None
+    outbox_parked: Parked | None
+    held: int | None = Field(description="inputs waiting for their enrollment; null for a "
+                             "service that holds nothing")
+    last_processed_age_seconds: float | None
+    dead_letters: DeadLettersSeen | None
+    heartbeats: list[ServiceBeat] | None
+    errors: dict[str, str]
+
+
+router = APIRouter(tags=["operations"])
+
+Limit = Annotated[
+    int,
+    Query(ge=0, le=1000, description="how many dead letters and parked rows to list"),
+    ASCII_DIGITS,
+    Expected(status=400, wording="{name} must be {expected}"),
+]
+
+
+@router.get(
+    "/ops/pipeline",
+    response_model=Pipeline,
+    response_model_exclude_unset=True,
+    dependencies=[allow(Role.OPS)],
+    responses=problems(400, 401, 403),
+)
+async def pipeline(request: Request, limit: Limit = 10) -> Any:
+    """Consumer lag, outbox, parked rows, held inputs, dead letters and every service's
+    heartbeat, as this instance sees them."""
+    ctx: ServiceContext = app_context(request)
+    return await pipeline_state(ctx, limit)

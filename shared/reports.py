@@ -9,18 +9,20 @@ lives here.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated
 
+from fastapi import Query
 from sqlalchemy import Engine
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
 
 from shared.http import bounded_int
+from shared.params import ASCII_DIGITS
 
 FIRST_YEAR, LAST_YEAR = 2000, 2100
 
 
 def parse_year(value: str | None) -> int:
-    """A report year from text: an integer from 2000 to 2100, else ValueError (readable)."""
+    """A report year from the command line: an integer from 2000 to 2100, else ValueError
+    (readable, never the value given). Over HTTP, `year_param` is FastAPI's to check."""
     expected = f"an integer from {FIRST_YEAR} to {LAST_YEAR}"
     if value is None or value == "":
         raise ValueError(f"year is required: {expected}")
@@ -30,12 +32,15 @@ def parse_year(value: str | None) -> int:
     return year
 
 
-def year_param(request: Request) -> int:
-    """The request's `year` query parameter; 422 with `parse_year`'s message otherwise."""
-    try:
-        return parse_year(request.query_params.get("year"))
-    except ValueError as error:
-        raise HTTPException(422, str(error)) from None
+def year_param(
+    year: Annotated[int, Query(ge=FIRST_YEAR, le=LAST_YEAR, description="the year"),
+                    ASCII_DIGITS],
+) -> int:
+    """A report's `year` query parameter, a route's dependency
+    (`year: Annotated[int, Depends(year_param)]`), validated by FastAPI: missing, empty or
+    not an integer from 2000 to 2100 is a 422 ("year is required: an integer from
+    2000 to 2100", "invalid year: expected ...", worded by `shared.params`)."""
+    return year
 
 
 def report_engine(engine: Engine) -> Engine:

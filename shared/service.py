@@ -1,7 +1,10 @@
 """Wiring shared by the three services: store, broker, consumer, relay, HTTP, timers.
 
 A service is its topology (`shared.topology.ServiceTopology`) plus what it serves over HTTP
-and does on a timer (`ServiceSpec`); what it serves operations lives in `shared.ops`.
+(the `APIRouter` of its `api.py`) and does on a timer (`ServiceSpec`). Its HTTP app
+(`http_app`) also serves what every service does: `shared.health`, `shared.ops`'s
+`/ops/pipeline` and `shared.docs`'s documents. A route reaches the running service's
+resources through the `Context` dependency.
 """
 
 from __future__ import annotations
@@ -15,29 +18,28 @@ import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 import redis.asyncio as aioredis
+from fastapi import APIRouter, Depends, FastAPI
 from faststream.asgi import AsgiFastStream
 from faststream.kafka import KafkaBroker
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from faststream.specification import AsyncAPI
+from faststream.specification.base import SpecificationFactory
 from prometheus_client import CollectorRegistry
-from sqlalchemy import Engine, Table, text
+from sqlalchemy import Engine, Table
 from sqlmodel import SQLModel
-from starlette.applications import Starlette
-from starlette.routing import BaseRoute
-from starlette.routing import Route as HttpRoute
 from starlette.types import Receive, Scope, Send
 
+from shared import docs, health, ops
 from shared.contract import ALL_TOPICS, MODELS
 from shared.db import make_engine
-from shared.docs import docs_routes
 from shared.http import (
     Authorizer,
     TokensFileError,
-    health_routes,
+    app_context,
     json_app,
     load_tokens,
 )
@@ -50,10 +52,10 @@ from shared.ops import (
     KafkaInspector,
     heartbeat,
     heartbeat_key,
-    pipeline_endpoint,
     refresh_ops_metrics,
 )
 from shared.private_files import private_dir, restrict_umask
+from shared.schools import school_ids
 from shared.settings import Settings
 from shared.topology import ServiceTopology
 
@@ -104,7 +106,7 @@ class ServiceSpec:
     """A service: its topology, and what it serves over HTTP and does on a timer."""
 
     topology: ServiceTopology[Any, Any]
-    http_routes: Callable[[ServiceContext], list[BaseRoute]] | None = None
+    router: APIRouter | None = None  # its own HTTP routes (`api.router`)
     periodic: Sequence[PeriodicJob] = ()
     held: HeldInputs | None = None  # None: the service holds nothing
     background: Sequence[BackgroundTask] = ()
@@ -129,6 +131,7 @@ class ServiceContext:
     instance_id: str
     redis: aioredis.Redis = field(init=False)
     inspector: KafkaInspector = field(init=False)
+    specification: SpecificationFactory | None = None  # its AsyncAPI document
 
     def __post_init__(self) -> None:
         self.redis = aioredis.from_url(
@@ -157,6 +160,7 @@ def create_schema(engine: Engine, tables: Sequence[Table]) -> None:
 
 def build_context(spec: ServiceSpec, settings: Settings) -> ServiceContext:
     auth = Authorizer(load_tokens(settings.tokens_file))  # first: a bad file stops here
+    school_ids(settings.schools_file)  # the reports' registry: a bad file stops here too
     if settings.data_dir.exists():
         private_dir(settings.data_dir)
     topology = spec.topology
@@ -196,11 +200,23 @@ def _document_outputs(ctx: ServiceContext) -> None:
         ctx.broker.publisher(topic, schema=MODELS[topic], title=f"{topic}:out")
 
 
-class ServiceApp:
-    """ASGI entry: faststream runs the lifespan (broker and background work), Starlette
-    every HTTP route, the AsyncAPI document included."""
+# A route's access to the running service: `async def route(ctx: Context, ...)`.
+Context = Annotated[ServiceContext, Depends(app_context)]
 
-    def __init__(self, stream: AsgiFastStream, http: Starlette, ctx: ServiceContext) -> None:
+
+def http_app(topology: ServiceTopology[Any, Any], router: APIRouter | None) -> FastAPI:
+    """A service's HTTP app: health and metrics, `/ops/pipeline`, its documents, and its own
+    routes. Needs no resources: `build_app` hands it the running service's context
+    (`app.state.context`), and `deploy/contract_docs.py` writes its OpenAPI document."""
+    routers = [health.router, ops.router, docs.router, *([router] if router else [])]
+    return json_app(routers, title=f"e2c {topology.name}", description=topology.description)
+
+
+class ServiceApp:
+    """ASGI entry: faststream runs the lifespan (broker and background work), FastAPI
+    every HTTP route, the documents included."""
+
+    def __init__(self, stream: AsgiFastStream, http: FastAPI, ctx: ServiceContext) -> None:
         self.stream = stream
         self.http = http
         self.ctx = ctx
@@ -268,31 +284,10 @@ def build_app(spec: ServiceSpec, settings: Settings | None = None) -> ServiceApp
         after_startup=[start_background],
         on_shutdown=[stop_background],
     )
-    routes: list[BaseRoute] = list(health_routes(_readiness_checks(ctx), ctx.registry))
-    routes.append(HttpRoute("/ops/pipeline", pipeline_endpoint(ctx)))
-    routes.extend(docs_routes(specification, ctx.auth))
-    if spec.http_routes is not None:
-        routes.extend(spec.http_routes(ctx))
-    http = json_app(routes)
+    ctx.specification = specification
+    http = http_app(topology, spec.router)
+    http.state.context = ctx
     return ServiceApp(stream, http, ctx)
-
-
-def _readiness_checks(ctx: ServiceContext) -> dict[str, Any]:
-    async def broker() -> None:
-        if not await ctx.broker.ping(timeout=2.0):
-            raise ConnectionError("broker does not answer")
-
-    async def store() -> None:
-        def select_one() -> None:
-            with ctx.engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
-
-        await anyio.to_thread.run_sync(select_one)
-
-    async def cache() -> None:
-        await ctx.redis.ping()
-
-    return {"broker": broker, "store": store, "cache": cache}
 
 
 async def _every(ctx: ServiceContext, job: PeriodicJob) -> None:

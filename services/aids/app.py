@@ -29,4 +29,4 @@ TOPOLOGY = ServiceTopology(
 
 def create_app(settings: Settings | None = None) -> ServiceApp:
     held = HeldInputs("held-requests-sweep", AidHandlers.sweep)
-    return build_app(ServiceSpec(TOPOLOGY, api.routes, held=held), settings)
+    return build_app(ServiceSpec(TOPOLOGY, api.router, held=held), settings)

@@ -43,7 +43,7 @@ TOPOLOGY = ServiceTopology(
 
 def create_app(settings: Settings | None = None) -> ServiceApp:
     held = HeldInputs("held-exits-sweep", OutcomeHandlers.sweep)
-    return build_app(ServiceSpec(TOPOLOGY, api.routes, held=held), settings)
+    return build_app(ServiceSpec(TOPOLOGY, api.router, held=held), settings)
 
 
 def rebuild(settings: Settings) -> RebuildResult:

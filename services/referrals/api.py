@@ -3,6 +3,10 @@
 `partner:<agency_id>` reads and erases its own agency's referrals and is the only role that
 sees the candidate's personal data; `admin` reads and erases any referral but never sees
 personal data; every other role gets 403. The store is used from a worker thread.
+
+A route is a FastAPI function on `router`: its parameters (validated by FastAPI, a bad one
+answered by `shared.params`), `CallerDep` for who is asking, `Context` for the store, a
+`response_model` and its documented `responses=problems(...)` (see `shared.http`).
 """
 
 from __future__ import annotations
@@ -12,29 +16,28 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import anyio
+from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 from sqlalchemy import Engine
-from starlette.datastructures import QueryParams
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
 
-from shared.http import Authorizer, Role, bounded_int, partner_agency
+from shared.contract import ReferralStatus
+from shared.http import Role, allow, bearer_role, partner_agency, problems
 from shared.messaging import unit_of_work
-from shared.service import ServiceContext
+from shared.params import ASCII_DIGITS, Expected, PrintableText
+from shared.service import Context
 
 from . import domain, webhooks
-from .store import STAGES, Referral, ReferralHistory, ReferralStore, WebhookStore
+from .store import Referral, ReferralHistory, ReferralStore, Stage, WebhookStore
 
 ERASURE_REASON = "erasure_request"
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 500
 MAX_PAGE = 10_000_000  # keeps the row offset within a 64-bit integer
 
-Json = dict[str, Any]
 T = TypeVar("T")
 
 _REFERRAL_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")  # the contract's referral_id
@@ -71,34 +74,81 @@ class Caller:
         return self.agency_id == agency_id
 
 
-def caller_of(auth: Authorizer, request: Request) -> Caller:
-    """The caller if it is admin or a partner; 401 without a known token, 403 otherwise."""
-    caller = Caller(auth.role(request))
-    if not caller.is_admin and caller.agency_id is None:
-        raise HTTPException(403, "this token's role may not see referrals")
-    return caller
-
-
 # --- What they see ------------------------------------------------------------------------
 
 
-def _iso(value: date | datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
+class _Answer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
 
-def candidate(referral: Referral) -> Json:
+class Candidate(_Answer):
     """The personal data; every field is null once erased."""
-    return {
-        "first_name": referral.first_name,
-        "last_name": referral.last_name,
-        "birth_date": _iso(referral.birth_date),
-        "email": referral.email,
-        "phone": referral.phone,
-    }
+
+    first_name: str | None
+    last_name: str | None
+    birth_date: date | None
+    email: str | None
+    phone: str | None
 
 
-def summary(referral: Referral, with_candidate: bool) -> Json:
-    body: Json = {
+class ReferralSummary(_Answer):
+    referral_id: str
+    status: ReferralStatus
+    stage: Stage
+    reasons: list[str] = Field(description="the decision's reason codes")
+    trainee_id: str | None
+    duplicate_of: str | None = Field(description="the live referral of the same person")
+    agency_id: str
+    school_id: str
+    referred_on: date
+    enrolled_on: date | None
+    exited_on: date | None
+    erased: bool = Field(description="the personal data was erased")
+    candidate: Candidate | None = Field(
+        default=None,
+        description="only for the sending agency's tokens; left out for admin",
+    )
+
+
+class HistoryEntry(_Answer):
+    kind: str = Field(description="referral, resend, derogation, enrollment, exit or erasure")
+    status: str
+    reasons: list[str]
+    at: datetime
+    request_event_id: str | None = Field(description="the event that asked; null for an "
+                                         "erasure")
+
+
+class ReferralDetail(ReferralSummary):
+    history: list[HistoryEntry] = Field(description="oldest first")
+
+
+class ReferralPage(_Answer):
+    items: list[ReferralSummary] = Field(description="by last change, oldest first")
+    page: int
+    page_size: int
+    total: int
+    next_page: int | None = Field(description="null on the last page")
+
+
+class Erasure(_Answer):
+    referral_id: str
+    erased: bool = Field(description="always true: the personal data is gone")
+    already_erased: bool = Field(description="it was gone before this request")
+
+
+def candidate(referral: Referral) -> Candidate:
+    return Candidate(
+        first_name=referral.first_name,
+        last_name=referral.last_name,
+        birth_date=referral.birth_date,
+        email=referral.email,
+        phone=referral.phone,
+    )
+
+
+def _summary_fields(referral: Referral, with_candidate: bool) -> dict[str, Any]:
+    fields: dict[str, Any] = {
         "referral_id": referral.referral_id,
         "status": referral.status,
         "stage": referral.stage,
@@ -107,24 +157,28 @@ def summary(referral: Referral, with_candidate: bool) -> Json:
         "duplicate_of": referral.duplicate_of,
         "agency_id": referral.agency_id,
         "school_id": referral.school_id,
-        "referred_on": _iso(referral.referred_on),
-        "enrolled_on": _iso(referral.enrolled_on),
-        "exited_on": _iso(referral.exited_on),
+        "referred_on": referral.referred_on,
+        "enrolled_on": referral.enrolled_on,
+        "exited_on": referral.exited_on,
         "erased": referral.erased_at is not None,
     }
-    if with_candidate:
-        body["candidate"] = candidate(referral)
-    return body
+    if with_candidate:  # left unset otherwise: the routes leave unset fields out
+        fields["candidate"] = candidate(referral)
+    return fields
 
 
-def history_entry(event: ReferralHistory) -> Json:
-    return {
-        "kind": event.kind,
-        "status": event.status,
-        "reasons": _json_list(event.reasons),
-        "at": _iso(event.at),
-        "request_event_id": event.request_event_id,
-    }
+def summary(referral: Referral, with_candidate: bool) -> ReferralSummary:
+    return ReferralSummary(**_summary_fields(referral, with_candidate))
+
+
+def history_entry(event: ReferralHistory) -> HistoryEntry:
+    return HistoryEntry(
+        kind=event.kind,
+        status=event.status,
+        reasons=_json_list(event.reasons),
+        at=event.at,
+        request_event_id=event.request_event_id,
+    )
 
 
 def _json_list(raw: str) -> list[str]:
@@ -159,17 +213,17 @@ def accessible(
     return referral
 
 
-def read_referral(store: ReferralStore, referral_id: str, caller: Caller) -> Json:
+def read_referral(store: ReferralStore, referral_id: str, caller: Caller) -> ReferralDetail:
     referral = accessible(store, referral_id, caller)
-    body = summary(referral, caller.sees_personal_data(referral.agency_id))
-    body["history"] = [history_entry(event) for event in store.history(referral_id)]
-    return body
+    fields = _summary_fields(referral, caller.sees_personal_data(referral.agency_id))
+    history = [history_entry(event) for event in store.history(referral_id)]
+    return ReferralDetail(**fields, history=history)
 
 
-def erase_personal_data(store: ReferralStore, referral_id: str, caller: Caller) -> Json:
+def erase_personal_data(store: ReferralStore, referral_id: str, caller: Caller) -> Erasure:
     referral = accessible(store, referral_id, caller, for_update=True)
     erased_now = store.erase(referral, ERASURE_REASON)  # committed when the work ends
-    return {"referral_id": referral_id, "erased": True, "already_erased": not erased_now}
+    return Erasure(referral_id=referral_id, erased=True, already_erased=not erased_now)
 
 
 @dataclass(frozen=True)
@@ -181,53 +235,21 @@ class ListQuery:
     page_size: int
 
 
-def read_page(store: ReferralStore, query: ListQuery, with_candidate: bool) -> Json:
+def read_page(store: ReferralStore, query: ListQuery, with_candidate: bool) -> ReferralPage:
     found = store.page_for_agency(
         query.agency_id, query.stage, query.since, query.page, query.page_size
     )
     more = query.page * query.page_size < found.total
-    return {
-        "items": [summary(referral, with_candidate) for referral in found.items],
-        "page": query.page,
-        "page_size": query.page_size,
-        "total": found.total,
-        "next_page": query.page + 1 if more else None,
-    }
+    return ReferralPage(
+        items=[summary(referral, with_candidate) for referral in found.items],
+        page=query.page,
+        page_size=query.page_size,
+        total=found.total,
+        next_page=query.page + 1 if more else None,
+    )
 
 
 # --- Query parameters ---------------------------------------------------------------------
-
-
-def _param(params: QueryParams, name: str) -> str | None:
-    """A parameter's value; an empty value counts as not given."""
-    return params.get(name) or None
-
-
-def _invalid(name: str, expected: str) -> HTTPException:
-    """422 naming the parameter and what it takes, never the value given."""
-    return HTTPException(422, f"invalid {name}: expected {expected}")
-
-
-def agency_param(params: QueryParams, caller: Caller) -> str:
-    """The agency asked for: a partner's own by default, another one is 403."""
-    asked = _param(params, "agency_id")
-    if caller.is_admin:
-        if asked is None:
-            raise HTTPException(422, "agency_id is required for an admin token")
-        if not asked.isprintable():  # a NUL would reach PostgreSQL, which refuses it
-            raise _invalid("agency_id", "printable characters")
-        return asked
-    if asked is not None and asked != caller.agency_id:
-        raise HTTPException(403, "a partner token may only list its own agency's referrals")
-    assert caller.agency_id is not None
-    return caller.agency_id
-
-
-def stage_param(params: QueryParams) -> str | None:
-    value = _param(params, "status")
-    if value is not None and value not in STAGES:
-        raise _invalid("status", "one of " + ", ".join(STAGES))
-    return value
 
 
 def parse_since(value: str) -> datetime:
@@ -244,129 +266,185 @@ def parse_since(value: str) -> datetime:
         raise ValueError("out of range in UTC") from None
 
 
-def since_param(params: QueryParams) -> datetime | None:
-    value = _param(params, "since")
-    if value is None:
-        return None
-    try:
-        return parse_since(value)
-    except ValueError:
-        expected = "an RFC 3339 date-time with an offset or a date YYYY-MM-DD"
-        raise _invalid("since", expected) from None
+def _since(value: object) -> object:
+    return parse_since(value) if isinstance(value, str) else value
 
 
-def int_param(params: QueryParams, name: str, default: int, highest: int) -> int:
-    value = _param(params, name)
-    if value is None:
-        return default
-    number = bounded_int(value, 1, highest)
-    if number is None:
-        raise _invalid(name, f"an integer from 1 to {highest}")
-    return number
+Since = Annotated[
+    datetime,
+    BeforeValidator(_since),
+    WithJsonSchema({"anyOf": [{"type": "string", "format": "date-time"},
+                              {"type": "string", "format": "date"}]}),
+    Expected("an RFC 3339 date-time with an offset or a date YYYY-MM-DD"),
+]
 
 
-def list_query(params: QueryParams, caller: Caller) -> ListQuery:
-    return ListQuery(
-        agency_id=agency_param(params, caller),
-        stage=stage_param(params),
-        since=since_param(params),
-        page=int_param(params, "page", 1, MAX_PAGE),
-        page_size=int_param(params, "page_size", DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE),
-    )
+def caller_of(role: Annotated[str, Depends(bearer_role)]) -> Caller:
+    """The caller if it is admin or a partner; 401 without a known token, 403 otherwise."""
+    caller = Caller(role)
+    if not caller.is_admin and caller.agency_id is None:
+        raise HTTPException(403, "this token's role may not see referrals")
+    return caller
 
 
-# --- Endpoints ----------------------------------------------------------------------------
+CallerDep = Annotated[Caller, Depends(caller_of)]
 
 
-class ReferralsApi:
-    def __init__(self, engine: Engine, auth: Authorizer) -> None:
-        self.engine = engine
-        self.auth = auth
+def listed_agency(
+    caller: CallerDep,
+    agency_id: Annotated[
+        PrintableText | None,
+        Query(description="required for admin; a partner's own agency by default"),
+    ] = None,
+) -> str:
+    """The agency asked for: a partner's own by default, another one is 403."""
+    asked = agency_id or None  # an empty value counts as not given
+    if caller.is_admin:
+        if asked is None:
+            raise HTTPException(422, "agency_id is required for an admin token")
+        return asked
+    if asked is not None and asked != caller.agency_id:
+        raise HTTPException(403, "a partner token may only list its own agency's referrals")
+    assert caller.agency_id is not None
+    return caller.agency_id
 
-    async def get_referral(self, request: Request) -> Response:
-        caller = caller_of(self.auth, request)
-        referral_id = str(request.path_params["referral_id"])
-        body = await in_store(self.engine, lambda s: read_referral(s, referral_id, caller))
-        return JSONResponse(body)
 
-    async def list_referrals(self, request: Request) -> Response:
-        caller = caller_of(self.auth, request)
-        query = list_query(request.query_params, caller)
-        with_candidate = caller.sees_personal_data(query.agency_id)
-        body = await in_store(self.engine, lambda s: read_page(s, query, with_candidate))
-        return JSONResponse(body)
+# --- Routes -------------------------------------------------------------------------------
 
-    async def erase(self, request: Request) -> Response:
-        caller = caller_of(self.auth, request)
-        referral_id = str(request.path_params["referral_id"])
-        body = await in_store(self.engine, lambda s: erase_personal_data(s, referral_id, caller))
-        return JSONResponse(body)
+router = APIRouter(tags=["referrals"])
+NOT_PARTNER = "Not a partner or admin token"
+NOT_FOUND = (404, "No such referral (an id the contract does not allow names none).")
+LIST_ERRORS = problems(
+    401,
+    (403, f"{NOT_PARTNER}, or another agency's referrals."),
+    (422, "`agency_id` missing for an admin token, or a parameter is invalid (`detail` "
+     "names it and what it takes, never the value sent)."),
+)
+READ_ERRORS = problems(401, (403, f"{NOT_PARTNER}, or another agency's referral."), NOT_FOUND)
+ERASE_ERRORS = problems(401, (403, "Not the sending agency's nor an admin token."), NOT_FOUND)
 
-    def routes(self) -> list[BaseRoute]:
-        return [
-            Route("/referrals", self.list_referrals, methods=["GET"]),
-            Route("/referrals/{referral_id}", self.get_referral, methods=["GET"]),
-            Route(
-                "/referrals/{referral_id}/personal-data", self.erase, methods=["DELETE"]
-            ),
-        ]
+
+@router.get("/referrals", response_model=ReferralPage, response_model_exclude_unset=True,
+            responses=LIST_ERRORS)
+async def list_referrals(
+    ctx: Context,
+    caller: CallerDep,
+    agency_id: Annotated[str, Depends(listed_agency)],
+    status: Annotated[Stage | None, Query(description="only the referrals at this stage")]
+    = None,
+    since: Annotated[Since | None, Query(description="only those changed since then")]
+    = None,
+    page: Annotated[int, Query(ge=1, le=MAX_PAGE), ASCII_DIGITS] = 1,
+    page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE), ASCII_DIGITS] = DEFAULT_PAGE_SIZE,
+) -> ReferralPage:
+    """An agency's referrals, page by page (a partner: its own, with the personal data;
+    admin: the `agency_id` asked for, without)."""
+    stage = status.value if status is not None else None
+    query = ListQuery(agency_id, stage, since, page, page_size)
+    with_candidate = caller.sees_personal_data(agency_id)
+    return await in_store(ctx.engine, lambda s: read_page(s, query, with_candidate))
+
+
+@router.get("/referrals/{referral_id}", response_model=ReferralDetail,
+            response_model_exclude_unset=True, responses=READ_ERRORS)
+async def get_referral(ctx: Context, caller: CallerDep, referral_id: str) -> ReferralDetail:
+    """A referral's status, stage, reasons, trainee id and history; the sending agency
+    also sees the personal data."""
+    return await in_store(ctx.engine, lambda s: read_referral(s, referral_id, caller))
+
+
+@router.delete("/referrals/{referral_id}/personal-data", response_model=Erasure,
+              responses=ERASE_ERRORS)
+async def erase(ctx: Context, caller: CallerDep, referral_id: str) -> Erasure:
+    """Erases the person's names, birth date and contacts (the sending agency or admin);
+    decisions, statuses and trainee ids stay."""
+    return await in_store(ctx.engine, lambda s: erase_personal_data(s, referral_id, caller))
 
 
 # --- Admin: the agencies' webhooks ----------------------------------------------------------
 
 
-def webhook_admin_routes(engine: Engine, auth: Authorizer) -> list[BaseRoute]:
-    """`PUT /admin/webhooks/{agency_id}` `{"url": ..., "rotate_secret": false}` (201 with the
-    new `secret`, shown this once; 200 on a change, with `secret` only if rotated; 422 for
-    a URL that is not http(s)), `GET /admin/webhooks` (no secrets), `DELETE
-    /admin/webhooks/{agency_id}` (404 when it has none). Role admin. The work is in
-    `webhooks.py`: this only maps HTTP onto it."""
+class WebhookRequest(BaseModel):
+    """An agency's callback URL (http or https); `rotate_secret` makes a new signing secret."""
 
-    def run(work: Callable[[WebhookStore], T]) -> Any:
-        def in_transaction() -> T:
-            with unit_of_work(engine, WebhookStore, "referrals") as uow:
-                return work(uow.store)
+    model_config = ConfigDict(extra="forbid")
 
-        return anyio.to_thread.run_sync(in_transaction)
-
-    async def webhook(request: Request) -> Response:
-        auth.require(request)  # admin only
-        if request.method == "GET":
-            return JSONResponse({"webhooks": await run(webhooks.listing)})
-        agency_id = str(request.path_params["agency_id"])
-        if request.method == "DELETE":
-            dropped = await run(lambda store: webhooks.remove(store, agency_id))
-            if dropped is None:
-                raise HTTPException(404, "this agency has no webhook")
-            return JSONResponse({"agency_id": agency_id, "removed": True,
-                                 "deliveries_dropped": dropped})
-        raw = await request.body()
-        try:
-            body = json.loads(raw) if len(raw) <= 16 * 1024 else None
-        except ValueError:
-            body = None
-        if not isinstance(body, dict) or not isinstance(body.get("url"), str) \
-                or not isinstance(body.get("rotate_secret", False), bool):
-            raise HTTPException(422, 'expected a JSON object {"url": "https://...", '
-                                     '"rotate_secret": false} (at most 16 KiB)')
-        try:
-            done = await run(lambda store: webhooks.register(
-                store, agency_id, body["url"], body.get("rotate_secret", False)))
-        except webhooks.WebhookError as error:
-            raise HTTPException(422, str(error)) from None
-        answer: Json = {"agency_id": agency_id, "url": domain.shown_url(done.url),
-                        "created": done.created}
-        if done.secret is not None:
-            answer["secret"] = done.secret
-        return JSONResponse(answer, 201 if done.created else 200,
-                            headers={"Cache-Control": "no-store"})
-
-    return [
-        Route("/admin/webhooks", webhook, methods=["GET"]),
-        Route("/admin/webhooks/{agency_id}", webhook, methods=["PUT", "DELETE"]),
-    ]
+    url: str = Field(max_length=domain.MAX_WEBHOOK_URL_LENGTH)
+    rotate_secret: bool = False
 
 
-def routes(ctx: ServiceContext) -> list[BaseRoute]:
-    return ReferralsApi(ctx.engine, ctx.auth).routes() + webhook_admin_routes(ctx.engine,
-                                                                              ctx.auth)
+class WebhookAnswer(_Answer):
+    agency_id: str
+    url: str = Field(description="scheme, host, port and path: never the query string")
+    created: bool
+    secret: str | None = Field(
+        default=None, description="the signing secret: on creation or rotation only, shown "
+        "this once")
+
+
+class WebhookListing(_Answer):
+    agency_id: str
+    url: str
+    created_at: datetime
+    updated_at: datetime
+    pending: int
+    parked: int
+
+
+class WebhookList(_Answer):
+    webhooks: list[WebhookListing]
+
+
+class WebhookRemoval(_Answer):
+    agency_id: str
+    removed: bool
+    deliveries_dropped: int
+
+
+async def in_webhooks(engine: Engine, work: Callable[[WebhookStore], T]) -> T:
+    def run() -> T:
+        with unit_of_work(engine, WebhookStore, "referrals") as uow:
+            return work(uow.store)
+
+    return await anyio.to_thread.run_sync(run)
+
+
+ADMIN_ONLY = [allow(Role.ADMIN)]
+
+
+@router.put("/admin/webhooks/{agency_id}", response_model=WebhookAnswer,
+            response_model_exclude_none=True, dependencies=ADMIN_ONLY,
+            status_code=200, responses={201: {"model": WebhookAnswer,
+                                              "description": "created, with its secret"},
+                                        **problems(401, 403, 422)})
+async def set_webhook(ctx: Context, agency_id: str, body: WebhookRequest) -> JSONResponse:
+    """Sets an agency's callback URL (role admin). The decisions about its referrals are
+    POSTed there, signed with the secret returned on creation (and on rotation) only."""
+    try:
+        done = await in_webhooks(ctx.engine, lambda store: webhooks.register(
+            store, agency_id, body.url, body.rotate_secret))
+    except webhooks.WebhookError as error:
+        raise HTTPException(422, str(error)) from None
+    answer = WebhookAnswer(agency_id=agency_id, url=domain.shown_url(done.url),
+                           created=done.created, secret=done.secret)
+    return JSONResponse(answer.model_dump(exclude_none=True), 201 if done.created else 200,
+                        headers={"Cache-Control": "no-store"})
+
+
+@router.get("/admin/webhooks", response_model=WebhookList, dependencies=ADMIN_ONLY,
+            responses=problems(401, 403))
+async def list_webhooks(ctx: Context) -> WebhookList:
+    """The agencies' callback URLs with their queues (role admin); never a secret."""
+    listed = await in_webhooks(ctx.engine, webhooks.listing)
+    return WebhookList(webhooks=[WebhookListing.model_validate(row) for row in listed])
+
+
+@router.delete("/admin/webhooks/{agency_id}", response_model=WebhookRemoval,
+               dependencies=ADMIN_ONLY,
+               responses=problems(401, 403, (404, "This agency has no webhook.")))
+async def remove_webhook(ctx: Context, agency_id: str) -> WebhookRemoval:
+    """Removes an agency's callback URL and its queued deliveries (role admin)."""
+    dropped = await in_webhooks(ctx.engine, lambda store: webhooks.remove(store, agency_id))
+    if dropped is None:
+        raise HTTPException(404, "this agency has no webhook")
+    return WebhookRemoval(agency_id=agency_id, removed=True, deliveries_dropped=dropped)

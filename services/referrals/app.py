@@ -76,7 +76,7 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     webhooks.check_settings(settings)
     return build_app(ServiceSpec(
         topology=TOPOLOGY,
-        http_routes=api.routes,
+        router=api.router,
         periodic=[
             PeriodicJob("retention", settings.retention_interval_hours * 3600, apply_retention)
         ],

@@ -10,6 +10,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel
@@ -218,7 +219,18 @@ PERSON_KEY_SECRET = "person_key"
 CANDIDATE_SECRET = "candidate"
 _secrets: dict[str, bytes] = {}
 
-STAGES = ("accepted", "rejected", "pending_derogation", "duplicate", "enrolled", "exited")
+class Stage(StrEnum):
+    """Where a referral is: its decision, or enrolled / exited after it (`Referral.stage`)."""
+
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    PENDING_DEROGATION = "pending_derogation"
+    DUPLICATE = "duplicate"
+    ENROLLED = "enrolled"
+    EXITED = "exited"
+
+
+STAGES = tuple(stage.value for stage in Stage)
 
 
 @dataclass(frozen=True)

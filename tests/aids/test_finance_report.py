@@ -18,7 +18,7 @@ from starlette.testclient import TestClient
 
 from deploy import cli
 from services.aids import reports
-from services.aids.api import routes
+from services.aids.api import router
 from services.aids.app import TOPOLOGY
 from services.aids.domain import run_out_month
 from services.aids.handlers import AidHandlers
@@ -31,7 +31,7 @@ from shared.settings import Settings
 from tests import plumbing
 from tests.events import aid_request, budget, enrollment_decided
 from tests.http_app import app_for as http_app_for
-from tests.http_app import assert_bad_year
+from tests.http_app import assert_bad_year, assert_documented
 from tests.plumbing import engine_fixture
 
 YEAR = 2024
@@ -103,7 +103,7 @@ def filled(engine: Engine) -> Engine:
 
 
 def app_for(engine: Engine) -> Starlette:
-    return http_app_for(routes, engine, TOKENS)
+    return http_app_for(router, engine, TOKENS)
 
 
 @pytest.fixture
@@ -423,3 +423,17 @@ def test_e2c_report_finance_refuses_a_bad_year(capsys: pytest.CaptureFixture[str
 
     assert stopped.value.code == 2
     assert "2000 to 2100" in capsys.readouterr().err
+
+
+# --- The OpenAPI document tells the truth ---------------------------------------------------
+
+
+def test_the_report_and_its_errors_are_what_the_document_says(client: TestClient) -> None:
+    path = "/reports/finance"
+
+    assert_documented(client.get(path, params={"year": YEAR}, headers=FINANCE), "aids", path)
+    assert_documented(client.get(path, params={"year": 2031}, headers=FINANCE), "aids", path)
+    assert_documented(client.get(path, params={"year": YEAR}), "aids", path)
+    assert_documented(client.get(path, params={"year": YEAR},
+                                 headers={"Authorization": "Bearer tok-ops"}), "aids", path)
+    assert_documented(client.get(path, params={"year": "x"}, headers=FINANCE), "aids", path)

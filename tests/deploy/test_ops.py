@@ -33,6 +33,7 @@ from shared.ops import heartbeat_key
 from shared.settings import PROJECT_ROOT
 from tests import tokens
 from tests.events import dead_letter, exit_submitted, new_id, referral
+from tests.http_app import assert_documented
 from tests.infra import Publisher, TopicWatcher, controllable_redis, learn_trainee
 
 if TYPE_CHECKING:
@@ -162,6 +163,20 @@ async def test_the_pipeline_page_needs_the_ops_or_admin_role(stack: ServiceProce
     admin = tokens.bearer(tokens.ADMIN)
     assert httpx.get(url, headers=admin, timeout=20).status_code == 200
     assert httpx.get(url, headers=OPS, params={"limit": "x"}, timeout=20).status_code == 400
+
+
+@infra
+async def test_the_pipeline_and_health_answers_are_what_the_documents_say(
+    stack: ServiceProcesses,
+) -> None:
+    for name in SERVICES:
+        url = stack.services[name].url
+        for path, headers in [("/ops/pipeline", OPS), ("/health/ready", {}),
+                              ("/health/live", {})]:
+            answer = httpx.get(f"{url}{path}", headers=headers, timeout=20)
+            assert_documented(answer, name, path)
+        bad = httpx.get(f"{url}/ops/pipeline", headers=OPS, params={"limit": "x"}, timeout=20)
+        assert_documented(bad, name, "/ops/pipeline")
 
 
 # --- dead letters ----------------------------------------------------------------------------

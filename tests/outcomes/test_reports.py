@@ -20,7 +20,7 @@ from starlette.testclient import TestClient
 from deploy import cli
 from services.outcomes import app as outcomes_app
 from services.outcomes import domain, reports
-from services.outcomes.api import routes
+from services.outcomes.api import router
 from services.outcomes.handlers import OutcomeHandlers
 from services.outcomes.store import TABLES, OutcomeStore
 from shared import rebuild
@@ -31,7 +31,7 @@ from shared.settings import Settings
 from tests import plumbing
 from tests.events import aid_decided, enrollment_decided, exit_submitted, referral_decided
 from tests.http_app import app_for as http_app_for
-from tests.http_app import assert_bad_year
+from tests.http_app import assert_bad_year, assert_documented
 from tests.plumbing import engine_fixture, store_engine
 
 YEAR = 2024
@@ -167,7 +167,7 @@ def cohort() -> list[list[tuple[str, dict[str, Any]]]]:
 
 
 def app_for(engine: Engine) -> Starlette:
-    return http_app_for(routes, engine, TOKENS)
+    return http_app_for(router, engine, TOKENS)
 
 
 Batches = list[list[tuple[str, dict[str, Any]]]]
@@ -377,6 +377,28 @@ def test_aid_beside_outcome_counts_exits_with_and_without_each_kind(
         "childcare": {"with_aid": {"exits": 0, "solutions": 0},
                       "without_aid": {"exits": 4, "solutions": 3}},
     }}
+
+
+# --- The OpenAPI document tells the truth ---------------------------------------------------
+
+PATHS = ["/reports/outcomes", "/reports/funnel", "/reports/aids-outcomes"]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_each_canonical_body_is_what_the_document_says(client: TestClient, path: str) -> None:
+    assert_documented(get(client, path), "outcomes", path)
+    assert_documented(get(client, path, year=2031), "outcomes", path)  # nobody that year
+
+
+def test_a_partners_funnel_is_what_the_document_says(client: TestClient) -> None:
+    assert_documented(get(client, "/reports/funnel", "tok-ml"), "outcomes", "/reports/funnel")
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_the_error_answers_are_what_the_document_says(client: TestClient, path: str) -> None:
+    assert_documented(client.get(path, params={"year": YEAR}), "outcomes", path)
+    assert_documented(get(client, path, "tok-ops"), "outcomes", path)
+    assert_documented(get(client, path, year="x"), "outcomes", path)
 
 
 # --- The same bytes after a rebuild -------------------------------------------------------

@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from services.referrals.api import routes
+from services.referrals.api import router
 from services.referrals.app import TOPOLOGY
 from services.referrals.handlers import ReferralHandlers
 from services.referrals.store import TABLES, Referral, ReferralStore
@@ -25,6 +25,7 @@ from shared.schools import load_schools
 from tests import plumbing
 from tests.events import derogation, enrollment, exit_decided, new_id, referral
 from tests.http_app import app_for as http_app_for
+from tests.http_app import assert_documented
 from tests.plumbing import engine_fixture
 
 OWN = "ml-toulouse"
@@ -51,7 +52,7 @@ engine = engine_fixture(TABLES, sqlite_only=True)
 
 
 def app_for(engine: Engine, *extra: Route) -> Starlette:
-    return http_app_for(routes, engine, TOKENS, *extra)
+    return http_app_for(router, engine, TOKENS, *extra)
 
 
 @pytest.fixture
@@ -550,3 +551,34 @@ def test_an_unexpected_failure_is_a_json_500(engine: Engine) -> None:
     answer = client.get("/broken")
 
     assert (answer.status_code, answer.json()) == (500, {"detail": "internal server error"})
+
+
+# --- The OpenAPI document tells the truth ---------------------------------------------------
+
+
+@pytest.mark.parametrize("headers", [OWN_TOKEN, ADMIN_TOKEN])
+def test_the_answers_are_what_the_document_says(
+    client: TestClient, world: World, headers: dict[str, str]
+) -> None:
+    detail = client.get(f"/referrals/{world.enrolled_id}", headers=headers)
+    agency = {} if headers is OWN_TOKEN else {"agency_id": OWN}
+    page = client.get("/referrals", params=agency, headers=headers)
+    erasure = erase(client, world.rejected, headers)
+
+    assert_documented(detail, "referrals", "/referrals/{referral_id}")
+    assert_documented(page, "referrals", "/referrals")
+    assert_documented(erasure, "referrals", "/referrals/{referral_id}/personal-data", "delete")
+
+
+def test_the_error_answers_are_what_the_document_says(client: TestClient, world: World) -> None:
+    one = "/referrals/{referral_id}"
+    assert_documented(client.get(f"/referrals/{world.enrolled_id}"), "referrals", one)
+    assert_documented(client.get(f"/referrals/{world.enrolled_id}", headers=OTHER_TOKEN),
+                      "referrals", one)
+    assert_documented(client.get("/referrals/ML-TLS-nobody", headers=OWN_TOKEN),
+                      "referrals", one)
+    assert_documented(client.get("/referrals", params={"page": "x"}, headers=OWN_TOKEN),
+                      "referrals", "/referrals")
+    assert_documented(client.get("/referrals", headers=ADMIN_TOKEN), "referrals", "/referrals")
+    assert_documented(erase(client, "ML-TLS-nobody", OWN_TOKEN), "referrals",
+                      "/referrals/{referral_id}/personal-data", "delete")
