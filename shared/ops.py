@@ -523,7 +523,10 @@ class ServiceBeat(_Answer):
 
 class Pipeline(_Answer):
     """This instance's view of its pipeline; a part that could not be read is null and
-    named in `errors` (part -> error class)."""
+    named in `errors` (part -> error class). A service adds parts of its own (`ops_parts`:
+    the referrals service's `webhooks`)."""
+
+    model_config = ConfigDict(extra="allow")
 
     service: str
     instance: str
