@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import ExceptionHandler
+from starlette.types import ASGIApp, ExceptionHandler, Message, Receive, Scope, Send
 
 from shared.params import refusal
 from shared.private_files import private_dir, write_private
@@ -236,6 +236,22 @@ def allow(*roles: Role) -> DependsParam:
     return Depends(allowed)
 
 
+async def within_rate(request: Request, _role: str = Depends(bearer_role)) -> None:
+    """A route's dependency: 429 with `Retry-After` over the token's rate (after the token
+    is known: an unknown one is a 401 and takes nothing). Redis away: every request passes."""
+    limiter = getattr(app_context(request), "limiter", None)
+    if limiter is None:
+        return
+    token = request.headers.get("authorization", "").partition(" ")[2].strip()
+    verdict = await limiter.take(token)
+    if not verdict.allowed:
+        raise HTTPException(429, "too many requests for this token: try again later",
+                            headers={"Retry-After": str(verdict.retry_after_seconds)})
+
+
+RATE_LIMITED = Depends(within_rate)
+
+
 # --- Errors: one JSON shape, documented -----------------------------------------------------
 
 
@@ -253,8 +269,11 @@ PROBLEMS: dict[int, str] = {
     401: "No bearer token, or one the tokens file does not hold (`WWW-Authenticate: Bearer`).",
     403: "This token's role may not do this.",
     404: "Not found.",
+    409: "Conflict with what is already there.",
+    413: "The request body is over 1 MiB.",
     422: "A parameter is missing or invalid: `detail` names it and what it takes (never "
     "the value sent).",
+    429: "Over this token's rate: try again after `Retry-After` seconds.",
 }
 
 
@@ -317,6 +336,58 @@ def operation_id(route: APIRoute) -> str:
     return route.name
 
 
+MAX_BODY_BYTES = 1024 * 1024  # (1.1) a request body over 1 MiB is answered 413
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes is answered 413 (JSON) before any
+    route reads it, whether it declares its length or comes in chunks."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await self._too_large(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size, more = 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                await self.app(scope, _replay([message]), send)
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await self._too_large(scope, receive, send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        await self.app(scope, _replay([body]), send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        answer = JSONResponse({"detail": f"the request body is over {self.limit} bytes"}, 413)
+        await answer(scope, receive, send)
+
+
+def _replay(messages: list[Message]) -> Receive:
+    pending = list(messages)
+
+    async def receive() -> Message:
+        if pending:
+            return pending.pop(0)
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
 def json_app(
     routers: Sequence[APIRouter], title: str = "e2c", description: str = ""
 ) -> FastAPI:
@@ -341,5 +412,6 @@ def json_app(
     )
     for router in routers:
         app.include_router(router)
+    app.add_middleware(BodyLimit)
     return app
 

@@ -55,6 +55,7 @@ from shared.ops import (
     refresh_ops_metrics,
 )
 from shared.private_files import private_dir, restrict_umask
+from shared.ratelimit import RateLimiter
 from shared.schools import school_ids
 from shared.settings import Settings
 from shared.topology import ServiceTopology
@@ -130,6 +131,7 @@ class ServiceContext:
     relay: OutboxRelay
     instance_id: str
     redis: aioredis.Redis = field(init=False)
+    limiter: RateLimiter = field(init=False)  # each bearer token's requests (HTTP)
     inspector: KafkaInspector = field(init=False)
     specification: SpecificationFactory | None = None  # its AsyncAPI document
 
@@ -137,6 +139,8 @@ class ServiceContext:
         self.redis = aioredis.from_url(
             self.settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
         )
+        self.limiter = RateLimiter(self.redis, self.settings.rate_limit_per_second,
+                                   self.settings.rate_limit_burst)
         self.inspector = KafkaInspector(
             self.settings.kafka_bootstrap_servers, timeout=OPS_TIMEOUT_SECONDS
         )

@@ -24,6 +24,16 @@ class RouteContext:
     engine: Engine
     auth: Authorizer
     settings: Settings = field(default_factory=Settings)
+    handlers: Any = None  # the service's handlers, for the routes that write (intake)
+    relay: Any = field(default_factory=lambda: NoRelay())
+    limiter: Any = None  # no rate limit unless a test sets one
+
+
+class NoRelay:
+    """Routes wake the outbox relay after a write; the route tests have none."""
+
+    def wake(self) -> None:
+        pass
 
 
 def app_for(

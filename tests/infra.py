@@ -252,3 +252,15 @@ async def learn_trainee(publisher: Publisher, trainee_id: str | None = None, **f
     event = enrollment_decided(trainee_id, **fields)
     await publisher.send(Topic.ENROLLMENTS_DECIDED, event, trainee_id)
     return trainee_id
+
+
+async def poll(check: Any, timeout: float) -> Any:
+    """Polls the async `check` until it returns something truthy (TimeoutError after)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError("never happened")
+        await asyncio.sleep(0.2)

@@ -16,27 +16,40 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
+from uuid import UUID, uuid4
 
 import anyio
 from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+)
 from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
 
-from shared.contract import ReferralStatus
-from shared.http import Role, allow, bearer_role, partner_agency, problems
-from shared.messaging import unit_of_work
+from shared.contract import ReferralStatus, ReferralSubmitted, SchemaVersion, Timestamp
+from shared.http import RATE_LIMITED, Role, allow, bearer_role, partner_agency, problems
+from shared.messaging import describe_validation_error, unit_of_work
 from shared.params import ASCII_DIGITS, Expected, PrintableText
 from shared.service import Context
 
 from . import domain, webhooks
+from .handlers import ReferralHandlers, Work
 from .store import Referral, ReferralHistory, ReferralStore, Stage, WebhookStore
 
 ERASURE_REASON = "erasure_request"
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 500
 MAX_PAGE = 10_000_000  # keeps the row offset within a 64-bit integer
+MAX_WAIT_SECONDS = 10  # (1.1) POST /referrals?wait=N
+MAX_BATCH = 500  # (1.1) POST /referrals/batch
+WAIT_POLL_SECONDS = 0.1
 
 T = TypeVar("T")
 
@@ -137,6 +150,58 @@ class Erasure(_Answer):
     already_erased: bool = Field(description="it was gone before this request")
 
 
+class ReferralIn(ReferralSubmitted):
+    """The body of `POST /referrals`: an `e2c.referrals.submitted.v1` event, whose
+    `event_id`, `occurred_at` and `schema_version` the service sets when they are left out.
+    `agency.id` must be the token's agency."""
+
+    event_id: UUID | None = None  # type: ignore[assignment]
+    occurred_at: Timestamp | None = None  # type: ignore[assignment]
+    schema_version: SchemaVersion | None = None  # type: ignore[assignment]
+
+    def event(self) -> ReferralSubmitted:
+        fields = self.model_dump()
+        fields["event_id"] = self.event_id or uuid4()
+        fields["occurred_at"] = self.occurred_at or datetime.now(UTC)
+        fields["schema_version"] = 1
+        return ReferralSubmitted.model_validate(fields)
+
+
+class Accepted(_Answer):
+    """Stored: it will be published on `e2c.referrals.submitted.v1` and decided there."""
+
+    referral_id: str
+    event_id: str
+    status_url: str = Field(description="GET it: `received` until decided, then the decision")
+
+
+class ReceivedReferral(_Answer):
+    """A referral received over HTTP and not decided yet."""
+
+    referral_id: str
+    status: Literal["received"] = "received"
+    agency_id: str
+    event_id: str
+    received_at: datetime
+
+
+class BatchIn(BaseModel):
+    referrals: list[dict[str, Any]] = Field(
+        max_length=MAX_BATCH, description="each the body of `POST /referrals`")
+
+
+class BatchItem(_Answer):
+    referral_id: str | None
+    status: int = Field(description="202, or 403 (another agency), 409 or 422 (`detail`)")
+    event_id: str | None = None
+    status_url: str | None = None
+    detail: str | None = None
+
+
+class BatchAnswer(_Answer):
+    results: list[BatchItem] = Field(description="one per referral, in the order sent")
+
+
 def candidate(referral: Referral) -> Candidate:
     return Candidate(
         first_name=referral.first_name,
@@ -188,6 +253,16 @@ def _json_list(raw: str) -> list[str]:
 # --- Store work (runs in a worker thread) -------------------------------------------------
 
 
+async def in_unit(engine: Engine, work: Callable[[Work], T]) -> T:
+    """Runs `work` in its own transaction (committed if it returns), in a worker thread."""
+
+    def run() -> T:
+        with unit_of_work(engine, ReferralStore, "referrals") as uow:
+            return work(uow)
+
+    return await anyio.to_thread.run_sync(run)
+
+
 async def in_store(engine: Engine, work: Callable[[ReferralStore], T]) -> T:
     """Runs `work` with a store in its own transaction (committed if it returns), in a
     worker thread."""
@@ -213,11 +288,33 @@ def accessible(
     return referral
 
 
-def read_referral(store: ReferralStore, referral_id: str, caller: Caller) -> ReferralDetail:
+def read_referral(
+    store: ReferralStore, referral_id: str, caller: Caller
+) -> ReferralDetail | ReceivedReferral:
+    received = received_only(store, referral_id, caller)
+    if received is not None:
+        return received
     referral = accessible(store, referral_id, caller)
     fields = _summary_fields(referral, caller.sees_personal_data(referral.agency_id))
     history = [history_entry(event) for event in store.history(referral_id)]
     return ReferralDetail(**fields, history=history)
+
+
+def received_only(
+    store: ReferralStore, referral_id: str, caller: Caller
+) -> ReceivedReferral | None:
+    """A referral received over HTTP and not decided yet (None: decided, or never sent
+    over HTTP), if the caller may see it."""
+    if _REFERRAL_ID.fullmatch(referral_id) is None or store.get(referral_id) is not None:
+        return None
+    submission = store.submission(referral_id)
+    if submission is None:
+        return None
+    if not caller.may_access(submission.agency_id):
+        raise HTTPException(403, "this referral belongs to another agency")
+    return ReceivedReferral(referral_id=referral_id, status="received",
+                            agency_id=submission.agency_id,
+                            event_id=submission.event_id, received_at=submission.received_at)
 
 
 def erase_personal_data(store: ReferralStore, referral_id: str, caller: Caller) -> Erasure:
@@ -345,11 +442,13 @@ async def list_referrals(
     return await in_store(ctx.engine, lambda s: read_page(s, query, with_candidate))
 
 
-@router.get("/referrals/{referral_id}", response_model=ReferralDetail,
+@router.get("/referrals/{referral_id}", response_model=ReferralDetail | ReceivedReferral,
             response_model_exclude_unset=True, responses=READ_ERRORS)
-async def get_referral(ctx: Context, caller: CallerDep, referral_id: str) -> ReferralDetail:
+async def get_referral(
+    ctx: Context, caller: CallerDep, referral_id: str
+) -> ReferralDetail | ReceivedReferral:
     """A referral's status, stage, reasons, trainee id and history; the sending agency
-    also sees the personal data."""
+    also sees the personal data. Sent over HTTP and not decided yet: `received`."""
     return await in_store(ctx.engine, lambda s: read_referral(s, referral_id, caller))
 
 
@@ -359,6 +458,120 @@ async def erase(ctx: Context, caller: CallerDep, referral_id: str) -> Erasure:
     """Erases the person's names, birth date and contacts (the sending agency or admin);
     decisions, statuses and trainee ids stay."""
     return await in_store(ctx.engine, lambda s: erase_personal_data(s, referral_id, caller))
+
+
+# --- Intake: referrals received over HTTP (contract 1.1) -----------------------------------
+
+def submit_one(
+    handlers: ReferralHandlers, uow: Work, caller: Caller, event: ReferralSubmitted
+) -> Accepted:
+    """Stores one submission in a savepoint (403: another agency's; 409: its `referral_id`
+    is taken). Two requests storing one `referral_id` at once: the second is retried, and
+    answered as a retry or a conflict."""
+    if not caller.may_access(event.agency.id):
+        raise HTTPException(403, "agency.id is not this token's agency")
+    try:
+        with uow.session.begin_nested():
+            received = handlers.submit(uow, event)
+    except IntegrityError:
+        with uow.session.begin_nested():
+            received = handlers.submit(uow, event)
+    if received is None:
+        raise HTTPException(409, "this referral_id is already used for another candidate "
+                                 "or agency")
+    return Accepted(referral_id=received.referral_id, event_id=received.event_id,
+                    status_url=f"/referrals/{received.referral_id}")
+
+
+def decided_summary(
+    store: ReferralStore, referral_id: str, caller: Caller
+) -> ReferralSummary | None:
+    referral = store.get(referral_id)
+    if referral is None:
+        return None
+    return summary(referral, caller.sees_personal_data(referral.agency_id))
+
+
+async def decided_within(
+    engine: Engine, referral_id: str, caller: Caller, seconds: int
+) -> ReferralSummary | None:
+    """The decision if it comes within `seconds` (the store is read every 100 ms)."""
+    deadline = anyio.current_time() + seconds
+    while True:
+        found = await in_store(engine, lambda s: decided_summary(s, referral_id, caller))
+        if found is not None:
+            return found
+        if anyio.current_time() >= deadline:
+            return None
+        await anyio.sleep(WAIT_POLL_SECONDS)
+
+
+INTAKE_ERRORS = problems(
+    401,
+    (403, "Not a partner or admin token, or `agency.id` is another agency's."),
+    (409, "This `referral_id` was sent before with another candidate or agency."),
+    413,
+    (422, "The body is not a referral: `detail` names each field at fault, never its value."),
+    429,
+)
+
+
+@router.post("/referrals", status_code=202, response_model=Accepted,
+             dependencies=[RATE_LIMITED],
+             responses={200: {"model": ReferralSummary,
+                              "description": "decided within `wait` seconds"},
+                        **INTAKE_ERRORS})
+async def submit_referral(
+    ctx: Context,
+    caller: CallerDep,
+    body: ReferralIn,
+    wait: Annotated[int, Query(ge=0, le=MAX_WAIT_SECONDS,
+                               description="seconds to wait for the decision"),
+                    ASCII_DIGITS] = 0,
+) -> Any:
+    """Refers a young person (contract 1.1, "Partners over HTTP"): stored, then published
+    on `e2c.referrals.submitted.v1`, where the same pipeline as for Kafka decides it. A
+    retry with the same `referral_id` and candidate gets the same answer."""
+    event = body.event()
+    accepted = await in_unit(ctx.engine, lambda uow: submit_one(ctx.handlers, uow, caller,
+                                                                event))
+    ctx.relay.wake()
+    if wait:
+        decided = await decided_within(ctx.engine, accepted.referral_id, caller, wait)
+        if decided is not None:
+            return JSONResponse(decided.model_dump(mode="json", exclude_unset=True), 200)
+    return accepted
+
+
+@router.post("/referrals/batch", response_model=BatchAnswer, dependencies=[RATE_LIMITED],
+             responses=problems(401, (403, NOT_PARTNER), 413, 422, 429))
+async def submit_referrals(ctx: Context, caller: CallerDep, body: BatchIn) -> BatchAnswer:
+    """Up to 500 referrals at once, each answered as `POST /referrals` would (without
+    `wait`), in the order sent: one bad item never fails the others."""
+    results = await in_unit(ctx.engine, lambda uow: [submit_item(ctx.handlers, uow, caller, item)
+                                                     for item in body.referrals])
+    ctx.relay.wake()
+    return BatchAnswer(results=results)
+
+
+def submit_item(
+    handlers: ReferralHandlers, uow: Work, caller: Caller, item: dict[str, Any]
+) -> BatchItem:
+    referral_id = item.get("referral_id")
+    shown_id = referral_id if isinstance(referral_id, str) and _REFERRAL_ID.fullmatch(
+        referral_id) else None
+    try:
+        event = ReferralIn.model_validate(item).event()
+    except ValidationError as error:
+        return BatchItem(referral_id=shown_id, status=422,
+                         detail=describe_validation_error(error))
+    try:  # in its own savepoint: one item's failure never undoes the others
+        accepted = submit_one(handlers, uow, caller, event)
+    except HTTPException as refused:
+        return BatchItem(referral_id=shown_id, status=refused.status_code,
+                         detail=str(refused.detail))
+    return BatchItem(referral_id=accepted.referral_id, status=202,
+                     event_id=accepted.event_id, status_url=accepted.status_url)
 
 
 # --- Admin: the agencies' webhooks ----------------------------------------------------------

@@ -21,7 +21,7 @@ from shared.contract import Topic
 from shared.settings import Settings
 from tests import events
 from tests.events import referral
-from tests.infra import Publisher, TopicWatcher
+from tests.infra import Publisher, TopicWatcher, poll
 from tests.receiver import Receiver, receiving
 from tests.tokens import ADMIN, ML_TOULOUSE, OPS, bearer
 
@@ -242,15 +242,3 @@ async def test_a_delivery_in_flight_when_the_service_is_killed_is_sent_again(
         if service.process is None:
             await asyncio.to_thread(service.start)
         await asyncio.to_thread(twin.start)
-
-
-async def poll(check: Any, timeout: float) -> Any:
-    """Polls the async `check` until it returns something truthy (TimeoutError after)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError("never happened")
-        await asyncio.sleep(0.2)
