@@ -72,6 +72,18 @@ def _parser() -> argparse.ArgumentParser:
 
     partners = commands.add_parser("partners", help="what partner agencies receive")
     partner_commands = partners.add_subparsers(title="partners commands")
+    partner_add = partner_commands.add_parser(
+        "add", help="give an agency an HTTP token (printed once; a new one replaces the "
+        "old ones); the running services accept it at once")
+    partner_add.add_argument("agency_id")
+    partner_add.set_defaults(run=_partner_add)
+    partner_remove = partner_commands.add_parser(
+        "remove", help="revoke every HTTP token of an agency (at once, no restart)")
+    partner_remove.add_argument("agency_id")
+    partner_remove.set_defaults(run=_partner_remove)
+    partner_list = partner_commands.add_parser(
+        "list", help="the agencies holding an HTTP token (never the tokens)")
+    partner_list.set_defaults(run=_partner_list)
     webhook = partner_commands.add_parser(
         "webhook", help="agencies' callback URLs: every decision about their referrals is "
         "POSTed there, signed (see the README)"
@@ -472,7 +484,7 @@ def _stack_status(args: argparse.Namespace) -> int:
 
 
 def _demo(_args: argparse.Namespace) -> int:
-    from deploy.demo import print_rows, run_demo
+    from deploy.demo import DEMO_AGENCY, print_rows, run_demo, run_http_demo
     from deploy.stack import LocalStack
 
     bootstrap = Settings().kafka_bootstrap_servers
@@ -484,7 +496,16 @@ def _demo(_args: argparse.Namespace) -> int:
     answered = sum(row["status"] != "(no answer)" for row in rows)
     print(f"\n{answered}/{len(rows)} referrals answered; one malformed message sent to "
           "e2c.deadletter.v1")
-    return 0 if answered == len(rows) else 1
+    settings = stack.command_settings()
+    token = _partner_tokens(DEMO_AGENCY["id"], add=True)
+    assert token is not None
+    print(f"\nOver HTTP, as a partner without Kafka (`e2c partners add {DEMO_AGENCY['id']}` "
+          "gave it a token): POST :8001/referrals?wait=10")
+    http_rows = run_http_demo(f"http://127.0.0.1:{settings.port('referrals')}", token)
+    print_rows(http_rows)
+    decided = sum(row["status"] != "(no answer)" for row in http_rows)
+    print(f"\n{decided}/{len(http_rows)} referrals sent over HTTP decided by the same pipeline")
+    return 0 if answered == len(rows) and decided == len(http_rows) else 1
 
 
 def _ops_bootstrap() -> str:
@@ -505,13 +526,57 @@ def _ops_redis_url() -> str:
     return os.environ.get("REDIS_URL") or LocalStack().cache_url()
 
 
+def _tokens_path(settings: Settings):  # a Path (imported lazily)
+    return settings.tokens_file or settings.data_dir / "tokens.json"
+
+
+def _partner_tokens(agency_id: str, add: bool) -> str | None:
+    from shared.http import TokensFileError, partner_tokens_changed
+    from shared.private_files import restrict_umask
+
+    restrict_umask()
+    settings = _command_settings()
+    try:
+        return partner_tokens_changed(_tokens_path(settings), agency_id, add)
+    except TokensFileError as error:
+        raise SystemExit(f"e2c: {error}") from None
+
+
+def _partner_add(args: argparse.Namespace) -> int:
+    token = _partner_tokens(args.agency_id, add=True)
+    print(f"agency {args.agency_id}: HTTP token (shown this once, keep it secret):")
+    print(token)
+    return 0
+
+
+def _partner_remove(args: argparse.Namespace) -> int:
+    from shared.http import partner_role
+
+    before = stack_tokens(_command_settings())
+    held = sum(role == partner_role(args.agency_id) for role in before.values())
+    _partner_tokens(args.agency_id, add=False)
+    print(f"agency {args.agency_id}: {held} HTTP token(s) revoked")
+    return 0 if held else 1
+
+
+def _partner_list(args: argparse.Namespace) -> int:
+    from shared.http import partner_agency
+
+    tokens = stack_tokens(_command_settings())
+    agencies = sorted({agency for role in tokens.values()
+                       if (agency := partner_agency(role)) is not None})
+    for agency in agencies:
+        print(agency)
+    return 0
+
+
 def stack_tokens(settings: Settings) -> dict[str, str]:
     """The stack's tokens file (E2C_TOKENS_FILE, else var/tokens.json), checked as the
     services check it; a file they would refuse stops the command with the same message."""
     from shared.http import TokensFileError, load_tokens
 
     try:
-        return load_tokens(settings.tokens_file or settings.data_dir / "tokens.json")
+        return load_tokens(_tokens_path(settings))
     except TokensFileError as error:
         raise SystemExit(f"e2c: {error}") from None
 

@@ -95,8 +95,38 @@ async def _collect(event_ids: set[str], bootstrap: str, timeout: float) -> dict[
 
 
 def print_rows(rows: list[dict[str, Any]]) -> None:
-    columns = ["referral_id", "agency", "school", "case", "status", "reasons"]
+    columns = [c for c in ("referral_id", "agency", "school", "case", "http", "status",
+                           "reasons") if c in rows[0]]
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
     print("  ".join(c.ljust(widths[c]) for c in columns))
     for row in rows:
         print("  ".join(str(row[c]).ljust(widths[c]) for c in columns))
+
+
+DEMO_AGENCY = {"kind": "mission_locale", "id": "ml-demo-http", "name": "Mission Locale (demo)"}
+HTTP_PROFILES: list[tuple[str, dict[str, Any], str]] = [
+    ("toulouse", {"birth_date": born_aged(20)}, "eligible"),
+    ("nimes", {"birth_date": born_aged(27)}, "27: needs a derogation"),
+    ("ales", {"highest_qualification": "cap_bep"}, "has a diploma"),
+]
+
+
+def run_http_demo(referrals_url: str, token: str, wait: int = 10) -> list[dict[str, Any]]:
+    """A partner without Kafka: each referral POSTed with its token, `?wait` for the
+    decision (what a partner's software does in a few lines)."""
+    import httpx
+
+    rows = []
+    for school, overrides, what in HTTP_PROFILES:
+        body = demo_referral(DEMO_AGENCY["kind"], school, overrides)
+        for name in ("event_id", "occurred_at", "schema_version"):
+            body.pop(name)  # the service sets them
+        body["agency"] = DEMO_AGENCY
+        answer = httpx.post(f"{referrals_url}/referrals", params={"wait": wait}, json=body,
+                            headers={"Authorization": f"Bearer {token}"}, timeout=wait + 10)
+        decided = answer.json() if answer.status_code == 200 else {}
+        rows.append({"referral_id": body["referral_id"], "agency": DEMO_AGENCY["id"],
+                     "school": school, "case": what, "http": answer.status_code,
+                     "status": decided.get("status", "(no answer)"),
+                     "reasons": ",".join(decided.get("reasons", []))})
+    return rows

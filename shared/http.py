@@ -16,6 +16,7 @@ always allowed); `problems(...)` documents those answers; bad parameters are ans
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import stat
 from collections.abc import Sequence
@@ -36,6 +37,8 @@ from starlette.types import ASGIApp, ExceptionHandler, Message, Receive, Scope, 
 
 from shared.params import refusal
 from shared.private_files import private_dir, write_private
+
+log = logging.getLogger(__name__)
 
 
 class Role(StrEnum):
@@ -173,17 +176,64 @@ def create_tokens_file(path: Path) -> str:
 
 
 class Authorizer:
-    def __init__(self, tokens: dict[str, str]) -> None:
+    """The bearer tokens a service accepts. Given the tokens file's `path`, it reads the file
+    again when it changes (`e2c partners add` and `remove` take effect without a restart);
+    a changed file that fails the checks is refused (logged) and the tokens stay as they
+    were."""
+
+    def __init__(self, tokens: dict[str, str], path: Path | None = None) -> None:
         self.tokens = tokens
+        self.path = path
+        self._stamp = _stamp(path) if path is not None else None
+
+    def current(self) -> dict[str, str]:
+        if self.path is not None:
+            stamp = _stamp(self.path)
+            if stamp != self._stamp:
+                self._stamp = stamp
+                try:
+                    self.tokens = load_tokens(self.path)
+                    log.info("tokens file read again: %d tokens", len(self.tokens))
+                except TokensFileError as error:
+                    log.error("tokens file changed but refused, tokens kept: %s", error)
+        return self.tokens
 
     def role(self, request: Request) -> str:
         """The caller's role; 401 without a known bearer token."""
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
-        role = self.tokens.get(token.strip()) if scheme.lower() == "bearer" else None
+        role = self.current().get(token.strip()) if scheme.lower() == "bearer" else None
         if role is None:
             raise HTTPException(401, UNAUTHORIZED)
         return role
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return (found.st_mtime_ns, found.st_size, found.st_ino)
+
+
+def partner_tokens_changed(path: Path, agency_id: str, add: bool) -> str | None:
+    """Adds a new token of `partner:<agency_id>` to the tokens file (returned, to be shown
+    once), or removes every token of that role (None). The file is written whole to a new
+    0600 file renamed over the old one, so that a service never reads half of it."""
+    tokens = load_tokens(path)
+    role = partner_role(agency_id)
+    if not _known_role(role):
+        raise TokensFileError("an agency id is printable, without spaces")
+    kept = {token: held for token, held in tokens.items() if held != role}
+    new = secrets.token_urlsafe(32) if add else None
+    if new is not None:
+        kept[new] = role
+    if not kept:
+        raise TokensFileError(f"tokens file {path} would hold no token")
+    staged = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    write_private(staged, json.dumps(kept, indent=2) + "\n", exclusive=True)
+    staged.replace(path)
+    return new
 
 
 UNAUTHORIZED = "a valid bearer token is required"

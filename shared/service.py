@@ -163,7 +163,7 @@ def create_schema(engine: Engine, tables: Sequence[Table]) -> None:
 
 
 def build_context(spec: ServiceSpec, settings: Settings) -> ServiceContext:
-    auth = Authorizer(load_tokens(settings.tokens_file))  # first: a bad file stops here
+    auth = Authorizer(load_tokens(settings.tokens_file), settings.tokens_file)  # first
     school_ids(settings.schools_file)  # the reports' registry: a bad file stops here too
     if settings.data_dir.exists():
         private_dir(settings.data_dir)

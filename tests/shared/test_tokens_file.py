@@ -12,11 +12,19 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from starlette.exceptions import HTTPException
 
 from deploy import cli
-from shared.http import TokensFileError, create_tokens_file, load_tokens
+from shared.http import (
+    Authorizer,
+    TokensFileError,
+    create_tokens_file,
+    load_tokens,
+    partner_tokens_changed,
+)
 from shared.private_files import write_private
 from shared.settings import PROJECT_ROOT
 from tests.tokens import TOKENS, write_tokens_file
@@ -156,3 +164,46 @@ def test_a_service_refuses_to_start_and_says_why(tmp_path: Path, problem: str) -
     assert "Traceback" not in run.stderr
     assert secret not in run.stdout + run.stderr
     assert not (tmp_path / "data" / "stores").exists()  # refused before the store is made
+
+
+# --- Partners added and removed while the services run --------------------------------------
+
+
+def request_with(token: str) -> Any:
+    from starlette.requests import Request
+
+    return Request({"type": "http", "headers": [(b"authorization", f"Bearer {token}".encode())]})
+
+
+def test_a_partner_added_is_accepted_and_one_removed_refused_without_restart(
+    tmp_path: Path,
+) -> None:
+    path = write_tokens_file(tmp_path / "tokens.json")
+    auth = Authorizer(load_tokens(path), path)
+
+    token = partner_tokens_changed(path, "ml-nouvelle", add=True)
+    assert token is not None and len(token) >= 32
+    assert auth.role(request_with(token)) == "partner:ml-nouvelle"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_tokens(path) == {**TOKENS, token: "partner:ml-nouvelle"}
+
+    again = partner_tokens_changed(path, "ml-nouvelle", add=True)  # a new one replaces it
+    assert again != token and auth.role(request_with(again)) == "partner:ml-nouvelle"
+    with pytest.raises(HTTPException) as refused:
+        auth.role(request_with(token))
+    assert refused.value.status_code == 401
+
+    partner_tokens_changed(path, "ml-nouvelle", add=False)
+    with pytest.raises(HTTPException):
+        auth.role(request_with(again))
+    assert load_tokens(path) == TOKENS
+
+
+def test_a_changed_file_that_fails_the_checks_keeps_the_tokens(tmp_path: Path) -> None:
+    path = write_tokens_file(tmp_path / "tokens.json")
+    auth = Authorizer(load_tokens(path), path)
+    [admin] = [token for token, role in TOKENS.items() if role == "admin"]
+
+    write_private(path, json.dumps({"short": "admin"}))
+
+    assert auth.role(request_with(admin)) == "admin"
