@@ -410,7 +410,7 @@ class BodyLimit:
         while more:
             message = await receive()
             if message["type"] != "http.request":  # the client went away
-                await self.app(scope, _replay([message]), send)
+                await self.app(scope, _replay([message], receive), send)
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
@@ -420,20 +420,22 @@ class BodyLimit:
             chunks.append(chunk)
             more = message.get("more_body", False)
         body = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-        await self.app(scope, _replay([body]), send)
+        await self.app(scope, _replay([body], receive), send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         answer = JSONResponse({"detail": f"the request body is over {self.limit} bytes"}, 413)
         await answer(scope, receive, send)
 
 
-def _replay(messages: list[Message]) -> Receive:
+def _replay(messages: list[Message], then: Receive) -> Receive:
+    """The messages already read, then the client's own `receive` (a streamed answer waits
+    on it for the client to go away)."""
     pending = list(messages)
 
     async def receive() -> Message:
         if pending:
             return pending.pop(0)
-        return {"type": "http.disconnect"}
+        return await then()
 
     return receive
 

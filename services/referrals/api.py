@@ -186,8 +186,9 @@ class ReceivedReferral(_Answer):
 
 
 class BatchIn(BaseModel):
-    referrals: list[dict[str, Any]] = Field(
-        max_length=MAX_BATCH, description="each the body of `POST /referrals`")
+    referrals: list[Any] = Field(
+        max_length=MAX_BATCH, description="each the body of `POST /referrals` (an item that "
+        "is not one is answered 422 in its place)")
 
 
 class BatchItem(_Answer):
@@ -554,9 +555,9 @@ async def submit_referrals(ctx: Context, caller: CallerDep, body: BatchIn) -> Ba
     return BatchAnswer(results=results)
 
 
-def submit_item(
-    handlers: ReferralHandlers, uow: Work, caller: Caller, item: dict[str, Any]
-) -> BatchItem:
+def submit_item(handlers: ReferralHandlers, uow: Work, caller: Caller, item: Any) -> BatchItem:
+    if not isinstance(item, dict):
+        return BatchItem(referral_id=None, status=422, detail="a referral is a JSON object")
     referral_id = item.get("referral_id")
     shown_id = referral_id if isinstance(referral_id, str) and _REFERRAL_ID.fullmatch(
         referral_id) else None

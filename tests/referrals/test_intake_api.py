@@ -156,15 +156,16 @@ def test_a_batch_answers_each_referral_in_order(client: TestClient, engine: Engi
     other_agency = referral(agency={"kind": "france_travail", "id": OTHER, "name": "FT"})
     invalid = own(school_id=None)
     items = [first, other_agency, invalid,
-             {**conflicting, "candidate": own()["candidate"]}, first]
+             {**conflicting, "candidate": own()["candidate"]}, first, "not a referral"]
 
     answer = client.post("/referrals/batch", json={"referrals": items}, headers=OWN_TOKEN)
 
     assert answer.status_code == 200
     assert_documented(answer, "referrals", "/referrals/batch", "post")
     results = answer.json()["results"]
-    assert [r["status"] for r in results] == [202, 403, 422, 409, 202]
-    assert [r["referral_id"] for r in results] == [r["referral_id"] for r in items]
+    assert [r["status"] for r in results] == [202, 403, 422, 409, 202, 422]
+    assert [r["referral_id"] for r in results] == [r["referral_id"] for r in items[:-1]] + [
+        None]
     assert results[0]["event_id"] == results[4]["event_id"]  # the retry in the same batch
     assert "school_id" in results[2]["detail"]
     sent = [event["referral_id"] for event in published(engine, SUBMITTED)]
