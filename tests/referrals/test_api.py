@@ -520,7 +520,7 @@ def test_erasing_an_unknown_referral_is_404(client: TestClient, world: World) ->
 
 def test_routing_errors_are_json(client: TestClient) -> None:
     missing = client.get("/nowhere", headers=OWN_TOKEN)
-    wrong_method = client.post("/referrals", headers=OWN_TOKEN)
+    wrong_method = client.patch("/referrals", headers=OWN_TOKEN)  # POST refers (1.1)
 
     assert (missing.status_code, missing.json()) == (404, {"detail": "Not Found"})
     assert wrong_method.status_code == 405
