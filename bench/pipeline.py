@@ -38,8 +38,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from deploy.harness import Environment, ServiceProcesses
+from deploy.kafka_security import OPS, access
+from deploy.local_kafka import LocalKafka
+from deploy.writers import Writers, writer_accesses
 from shared.contract import Topic
 from shared.kafka import topic_partitions
+from shared.kafka_access import KafkaAccess
 from shared.settings import PROJECT_ROOT
 
 BENCH_DIR = PROJECT_ROOT / "var" / "bench"
@@ -78,18 +82,21 @@ def quiet(extra: dict[str, str] | None = None) -> dict[str, str]:
 # --- 1. raw -----------------------------------------------------------------------------------
 
 
-async def raw_ceiling(bootstrap: str, events: int) -> Figure:
+async def raw_ceiling(kafka: LocalKafka, events: int) -> Figure:
+    """One producer and one consumer on a topic of their own, both as the admin principal
+    (authenticated as every client is: SASL/SCRAM)."""
+    access = kafka.admin_access()
     topic = f"bench.raw.{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**access.client_options())
     await admin.start()
     await admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])
     await admin.close()
     padding = "x" * 420  # about the size of a referral
     sent: dict[str, float] = {}
     received: dict[str, float] = {}
-    consumer = await _consumer_at_end(bootstrap, [topic])
+    consumer = await _consumer_at_end(access, [topic])
     reading = asyncio.create_task(_read(consumer, received, "id", events))
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all",
+    producer = AIOKafkaProducer(**access.client_options(), linger_ms=5, acks="all",
                                 enable_idempotence=True)
     await producer.start()
     futures = []
@@ -105,11 +112,11 @@ async def raw_ceiling(bootstrap: str, events: int) -> Figure:
     return figure("raw aiokafka", sent, received)
 
 
-async def _consumer_at_end(bootstrap: str, topics: list[str]) -> AIOKafkaConsumer:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+async def _consumer_at_end(access: KafkaAccess, topics: list[str]) -> AIOKafkaConsumer:
+    consumer = AIOKafkaConsumer(**access.client_options(), group_id=None,
                                 enable_auto_commit=False)
     await consumer.start()
-    partitions = await topic_partitions(bootstrap, topics)
+    partitions = await topic_partitions(access, topics)
     consumer.assign(partitions)
     await consumer.seek_to_end(*partitions)
     for partition in partitions:
@@ -149,14 +156,14 @@ def referral(index: int, tag: str) -> dict[str, Any]:
     }
 
 
-async def referral_pipeline(bootstrap: str, events: int, name: str) -> Figure:
+async def referral_pipeline(kafka: LocalKafka, events: int, name: str) -> Figure:
     tag = uuid.uuid4().hex[:8]
     inputs = [referral(i, tag) for i in range(events)]
     sent: dict[str, float] = {}
     received: dict[str, float] = {}
-    consumer = await _consumer_at_end(bootstrap, [Topic.REFERRALS_DECIDED])
+    consumer = await _consumer_at_end(access(kafka, OPS), [Topic.REFERRALS_DECIDED])
     reading = asyncio.create_task(_read(consumer, received, "request_event_id", events))
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
+    producer = Writers(writer_accesses(kafka), linger_ms=5, acks="all")
     await producer.start()
     futures = []
     for event in inputs:
@@ -174,17 +181,17 @@ async def referral_pipeline(bootstrap: str, events: int, name: str) -> Figure:
 # --- 3. lifecycle -------------------------------------------------------------------------------
 
 
-async def lifecycle(bootstrap: str, trainees: int) -> Figure:
+async def lifecycle(kafka: LocalKafka, trainees: int) -> Figure:
     """Each young person: referral → enrollment → meals → exit, the next input published as
     soon as the previous answer arrives, all people at once."""
     tag = uuid.uuid4().hex[:8]
     sent: dict[str, float] = {}
     received: dict[str, float] = {}
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2, acks="all")
+    producer = Writers(writer_accesses(kafka), linger_ms=2, acks="all")
     await producer.start()
     topics = [Topic.REFERRALS_DECIDED, Topic.ENROLLMENTS_DECIDED, Topic.AIDS_DECIDED,
               Topic.EXITS_DECIDED]
-    consumer = await _consumer_at_end(bootstrap, topics)
+    consumer = await _consumer_at_end(access(kafka, OPS), topics)
 
     async def send(topic: str, key: str, body: dict[str, Any]) -> None:
         sent[body["event_id"]] = time.time()
@@ -261,17 +268,17 @@ def main() -> None:
     figures: list[Figure] = []
     scaling: list[Figure] = []
     try:
-        figures.append(asyncio.run(raw_ceiling(env.kafka.bootstrap, args.events)))
+        figures.append(asyncio.run(raw_ceiling(env.kafka, args.events)))
         stack = start_services(env, "default", 1, postgres=False)
         figures.append(asyncio.run(referral_pipeline(
-            env.kafka.bootstrap, args.events, "referrals (1 instance, SQLite)")))
-        figures.append(asyncio.run(lifecycle(env.kafka.bootstrap, args.trainees)))
+            env.kafka, args.events, "referrals (1 instance, SQLite)")))
+        figures.append(asyncio.run(lifecycle(env.kafka, args.trainees)))
         stack.stop_all()
         if not args.skip_scaling:
             for instances in (1, 2, 3):
                 stack = start_services(env, f"scale{instances}", instances, postgres=True)
                 scaling.append(asyncio.run(referral_pipeline(
-                    env.kafka.bootstrap, args.events,
+                    env.kafka, args.events,
                     f"referrals ({instances} instance{'s' if instances > 1 else ''}, "
                     "PostgreSQL)")))
                 stack.stop_all()

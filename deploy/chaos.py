@@ -24,14 +24,16 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 
 from deploy.harness import Environment, ServiceProcess, ServiceProcesses
 from deploy.ops import original_bytes
 from deploy.simulation.plan import YearPlan, plan_year
 from deploy.simulation.run import Endpoints, Outcome, Progress, Simulation
+from deploy.writers import Writers, writer_accesses
 from shared.contract import Topic
 from shared.kafka import topic_partitions
+from shared.kafka_access import KafkaAccess
 from shared.settings import PROJECT_ROOT
 
 CHAOS_DIR = PROJECT_ROOT / "var" / "chaos"
@@ -73,7 +75,7 @@ class Chaos:
         return [*kills[:2], "redis", *kills[2:middle], "kafka", *kills[middle:]]
 
     async def run(self) -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=self.env.kafka.bootstrap, acks="all")
+        producer = Writers(writer_accesses(self.env.kafka), acks="all")
         await producer.start()
         try:
             steps = self.schedule()
@@ -120,7 +122,7 @@ class Chaos:
         await asyncio.to_thread(self.env.redis.start)
         self.journal.note("Redis back")
 
-    async def _slip_malformed(self, producer: AIOKafkaProducer, count: int) -> None:
+    async def _slip_malformed(self, producer: Writers, count: int) -> None:
         for _ in range(count):
             marker = uuid.uuid4().hex
             topic = self.rng.choice(MALFORMED_TOPICS)
@@ -138,10 +140,10 @@ class Chaos:
             self.journal.note(f"{count} malformed messages slipped in")
 
 
-async def dead_letters(bootstrap: str) -> list[dict[str, Any]]:
+async def dead_letters(reader: KafkaAccess) -> list[dict[str, Any]]:
     """Every letter of the dead-letter topic (one per event_id)."""
-    partitions = await topic_partitions(bootstrap, [Topic.DEADLETTER])
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+    partitions = await topic_partitions(reader, [Topic.DEADLETTER])
+    consumer = AIOKafkaConsumer(**reader.client_options(), group_id=None,
                                 enable_auto_commit=False)
     await consumer.start()
     try:
@@ -160,12 +162,12 @@ async def dead_letters(bootstrap: str) -> list[dict[str, Any]]:
 
 
 async def settled_dead_letters(
-    bootstrap: str, journal: Journal, timeout: float = 60
+    reader: KafkaAccess, journal: Journal, timeout: float = 60
 ) -> list[dict[str, Any]]:
     """The dead letters once every malformed message has had the time to become one."""
     deadline = time.monotonic() + timeout
     while True:
-        letters = await dead_letters(bootstrap)
+        letters = await dead_letters(reader)
         if len(letters) >= len(journal.malformed) or time.monotonic() > deadline:
             return letters
         await asyncio.sleep(1)
@@ -206,8 +208,8 @@ async def run_chaos(trainees: int, seed: int, duration: float, malformed: int) -
         journal.note(f"replaying a year of {trainees} trainees: {plan.input_count()} inputs "
                      f"at {rate:.0f}/s over about {duration:.0f}s, {malformed} malformed "
                      "among them")
-        endpoints = Endpoints(env.kafka.bootstrap, stack.services["aids"].url,
-                              stack.services["outcomes"].url, env.admin_token)
+        endpoints = Endpoints.of(env.kafka, stack.services["aids"].url,
+                                 stack.services["outcomes"].url, env.admin_token)
         chaos = asyncio.create_task(Chaos(env, stack, journal, seed, malformed, pause).run())
 
         async def settle() -> None:
@@ -218,7 +220,7 @@ async def run_chaos(trainees: int, seed: int, duration: float, malformed: int) -
 
         outcome = await Simulation(plan, endpoints, rate, Progress(sys.stderr.isatty()),
                                    timeout=900).run(before_reports=settle)
-        letters = await settled_dead_letters(env.kafka.bootstrap, journal)
+        letters = await settled_dead_letters(endpoints.reader, journal)
         problems = [*outcome.differences, *check_dead_letters(letters, journal),
                     *check_envelopes(outcome, plan)]
         summary(journal, plan, outcome, letters, problems)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, time
 from typing import Any
 
+from shared.kafka_access import KafkaAccess
 from shared.private_files import restrict_umask
 from shared.settings import Settings
 
@@ -421,13 +422,11 @@ def _outcomes_rebuild(args: argparse.Namespace) -> int:
 
     name = TOPOLOGY.name
     stack = LocalStack()
-    bootstrap = stack.broker_bootstrap()
-    if not broker_answers(bootstrap):
-        print(f"no broker answers on {bootstrap}: `e2c stack up` first", file=sys.stderr)
+    access = stack.access(name)
+    if not broker_answers(access):
+        print(f"no broker answers on {access.bootstrap}: `e2c stack up` first", file=sys.stderr)
         return 1
-    settings = stack.command_settings().model_copy(
-        update={"kafka_bootstrap_servers": bootstrap}
-    )
+    settings = stack.command_settings().with_kafka(access)
     running = stack.service_running(name)
     if not running and not args.force and stack.service_health(name) != "down":
         print(f"an outcomes service this stack did not start answers on port "
@@ -485,13 +484,13 @@ def _stack_status(args: argparse.Namespace) -> int:
 
 def _demo(_args: argparse.Namespace) -> int:
     from deploy.demo import DEMO_AGENCY, print_rows, run_demo, run_http_demo
+    from deploy.kafka_security import OPS, ensure_partner
     from deploy.stack import LocalStack
+    from deploy.writers import TOOLS_AGENCY
 
-    bootstrap = Settings().kafka_bootstrap_servers
     stack = LocalStack()
-    if stack.kafka.is_running():
-        bootstrap = stack.kafka.bootstrap
-    rows = asyncio.run(run_demo(bootstrap))
+    partner = ensure_partner(stack.kafka, TOOLS_AGENCY)
+    rows = asyncio.run(run_demo(partner, stack.access(OPS)))
     print_rows(rows)
     answered = sum(row["status"] != "(no answer)" for row in rows)
     print(f"\n{answered}/{len(rows)} referrals answered; one malformed message sent to "
@@ -508,13 +507,17 @@ def _demo(_args: argparse.Namespace) -> int:
     return 0 if answered == len(rows) and decided == len(http_rows) else 1
 
 
-def _ops_bootstrap() -> str:
-    """KAFKA_BOOTSTRAP_SERVERS when set, else the stack's own broker."""
+def _ops_access() -> KafkaAccess:
+    """E2C_KAFKA_USERNAME's credentials when set (an operator's own), else the stack's ops
+    principal on the stack's broker."""
     import os
 
+    from deploy.kafka_security import OPS
     from deploy.stack import LocalStack
 
-    return os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or LocalStack().kafka.bootstrap
+    if os.environ.get("E2C_KAFKA_USERNAME"):
+        return Settings().kafka_access()
+    return LocalStack().access(OPS)
 
 
 def _ops_redis_url() -> str:
@@ -603,7 +606,7 @@ def _ops_status(args: argparse.Namespace) -> int:
     from deploy.ops import SERVICES, collect_status, render_status
 
     settings = Settings()
-    bootstrap = _ops_bootstrap()
+    access = _ops_access()
     redis_url = _ops_redis_url()
     urls = {name: f"http://127.0.0.1:{settings.port(name)}" for name in SERVICES}
     token = _ops_token(settings)
@@ -611,7 +614,7 @@ def _ops_status(args: argparse.Namespace) -> int:
     try:
         while True:
             status = asyncio.run(
-                collect_status(bootstrap, redis_url, urls, token, args.limit)
+                collect_status(access, redis_url, urls, token, args.limit)
             )
             code = 0 if status.healthy else 1
             if args.json:
@@ -631,7 +634,7 @@ def _deadletters_list(args: argparse.Namespace) -> int:
     from deploy.ops import format_letter, read_dead_letters
 
     count, last = asyncio.run(read_dead_letters(
-        _ops_bootstrap(), max(args.limit, 0), args.service, args.show_original
+        _ops_access(), max(args.limit, 0), args.service, args.show_original
     ))
     if args.json:
         print(json.dumps({"count": count, "last": last}, indent=2))
@@ -650,7 +653,7 @@ def _deadletters_replay(args: argparse.Namespace) -> int:
     from deploy.ops import ReplayError, replay_dead_letter
 
     try:
-        sent = asyncio.run(replay_dead_letter(_ops_bootstrap(), args.event_id))
+        sent = asyncio.run(replay_dead_letter(_ops_access(), args.event_id))
     except ReplayError as error:
         print(error, file=sys.stderr)
         return 1

@@ -11,6 +11,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from shared.contract import Topic
+from shared.kafka_access import KafkaAccess
 
 
 def born_aged(years: int) -> str:
@@ -50,9 +51,12 @@ def demo_referral(kind: str, school: str, overrides: dict[str, Any]) -> dict[str
     }
 
 
-async def run_demo(bootstrap: str, timeout: float = 60) -> list[dict[str, Any]]:
+async def run_demo(
+    partner: KafkaAccess, reader: KafkaAccess, timeout: float = 60
+) -> list[dict[str, Any]]:
+    """Refers the demo's cases as a partner's principal; reads the answers as ops."""
     sent = [(demo_referral(k, s, o), what) for k, s, o, what in DEMO_PROFILES]
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    producer = AIOKafkaProducer(**partner.client_options(), linger_ms=5)
     await producer.start()
     try:
         for event, _ in sent:
@@ -63,7 +67,7 @@ async def run_demo(bootstrap: str, timeout: float = 60) -> list[dict[str, Any]]:
         await producer.flush()
     finally:
         await producer.stop()
-    answers = await _collect({e["event_id"] for e, _ in sent}, bootstrap, timeout)
+    answers = await _collect({e["event_id"] for e, _ in sent}, reader, timeout)
     rows = []
     for event, what in sent:
         answer = answers.get(event["event_id"], {})
@@ -74,8 +78,8 @@ async def run_demo(bootstrap: str, timeout: float = 60) -> list[dict[str, Any]]:
     return rows
 
 
-async def _collect(event_ids: set[str], bootstrap: str, timeout: float) -> dict[str, Any]:
-    consumer = AIOKafkaConsumer(Topic.REFERRALS_DECIDED, bootstrap_servers=bootstrap,
+async def _collect(event_ids: set[str], reader: KafkaAccess, timeout: float) -> dict[str, Any]:
+    consumer = AIOKafkaConsumer(Topic.REFERRALS_DECIDED, **reader.client_options(),
                                 group_id=None, auto_offset_reset="earliest")
     await consumer.start()
     answers: dict[str, Any] = {}

@@ -17,14 +17,16 @@ from pathlib import Path
 
 import httpx
 
+from deploy import kafka_security
 from deploy.local_kafka import LocalKafka
 from deploy.local_postgres import LocalPostgres
 from deploy.local_postgres import ensure_installed as ensure_postgres
 from deploy.local_redis import LocalRedis
 from deploy.local_redis import ensure_installed as ensure_redis
 from shared.http import Role
+from shared.kafka_access import KafkaAccess
 from shared.private_files import new_secret, open_private_append, private_dir, write_private
-from shared.settings import PROJECT_ROOT
+from shared.settings import PROJECT_ROOT, Settings
 
 
 def free_port() -> int:
@@ -125,15 +127,27 @@ class ServiceProcesses:
     Not `deploy.stack.LocalStack`, the operator's `e2c stack`: detached processes on the
     configured ports, found again through pid files, that starts its own Kafka and Redis."""
 
-    bootstrap: str
+    kafka: LocalKafka  # provisioned: its principals and topics exist
     redis_url: str
     data_dir: Path
     services: dict[str, ServiceProcess] = field(default_factory=dict)
 
+    @property
+    def bootstrap(self) -> str:
+        return self.kafka.bootstrap
+
+    def access(self, principal: str) -> KafkaAccess:
+        """How a role's client (a partner, staff, ops, a service) connects to this broker."""
+        return kafka_security.access(self.kafka, principal)
+
     def service_env(self, name: str, port: int) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.endswith("_DATABASE_URL")}
+        env = {k: v for k, v in os.environ.items()
+               if not k.endswith("_DATABASE_URL") and not k.startswith("E2C_KAFKA_")}
+        own = self.access(name)
         env.update(
-            KAFKA_BOOTSTRAP_SERVERS=self.bootstrap,
+            KAFKA_BOOTSTRAP_SERVERS=own.bootstrap,
+            E2C_KAFKA_USERNAME=own.username,
+            E2C_KAFKA_PASSWORD=own.password.get_secret_value(),
             REDIS_URL=self.redis_url,
             E2C_DATA_DIR=str(self.data_dir),
             E2C_TOKENS_FILE=str(self.data_dir / "tokens.json"),
@@ -175,6 +189,7 @@ class Environment:
 
     def start(self) -> None:
         self.kafka.start()
+        kafka_security.provision(self.kafka, Settings().topic_partitions)
         self.redis.start()
 
     def database(self, name: str) -> str:
@@ -195,4 +210,4 @@ class Environment:
     def stack(self, label: str) -> ServiceProcesses:
         folder = private_dir(self.data / label)
         write_private(folder / "tokens.json", json.dumps({self.admin_token: Role.ADMIN}) + "\n")
-        return ServiceProcesses(self.kafka.bootstrap, self.redis.url, folder)
+        return ServiceProcesses(self.kafka, self.redis.url, folder)

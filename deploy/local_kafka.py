@@ -19,10 +19,18 @@ from typing import Any, TypeVar
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
+from pydantic import SecretStr
 
 from deploy.processes import DetachedServer, command_line, port_open, spawn, tail
 from shared.kafka import MAX_MESSAGE_BYTES
-from shared.private_files import OWNER_ONLY_UMASK, loose_bits, private_dir, write_private
+from shared.kafka_access import SCRAM_MECHANISM, KafkaAccess
+from shared.private_files import (
+    OWNER_ONLY_UMASK,
+    loose_bits,
+    private_dir,
+    read_or_create_secret,
+    write_private,
+)
 
 KAFKA_DIR = Path(__file__).resolve().parent / "kafka"
 POM_FILE = KAFKA_DIR / "pom.xml"
@@ -30,6 +38,7 @@ LOG4J_CONFIG = KAFKA_DIR / "log4j2.properties"
 COPY_DEPENDENCIES = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies"
 POM_MARKER = ".pom-sha256"
 LOG_TAIL_LINES = 40
+ADMIN_PRINCIPAL = "admin"
 
 T = TypeVar("T")
 
@@ -56,19 +65,26 @@ def _owner_only(folder: Path) -> None:
             path.chmod(stat.S_IMODE(path.stat().st_mode) & ~0o077)
 
 
-def broker_answers(bootstrap: str, timeout_ms: int = 5000) -> bool:
-    """True when a Kafka node at `bootstrap` answers an admin `describe_cluster`."""
-    if not any(port_open(port, host) for host, port in _addresses(bootstrap)):
+def broker_answers(access: KafkaAccess, timeout_ms: int = 5000) -> bool:
+    """True when a Kafka node at `access.bootstrap` lets this principal in and answers an
+    admin `describe_cluster`."""
+    if not any(port_open(port, host) for host, port in _addresses(access.bootstrap)):
         return False
     try:
-        _run_sync(_describe_cluster(bootstrap, timeout_ms))
+        _run_sync(_describe_cluster(access, timeout_ms))
     except (TimeoutError, KafkaError, OSError):
         return False
     return True
 
 
 class LocalKafka(DetachedServer):
-    """One KRaft node (broker and controller) with its state under `<data_dir>/kafka`."""
+    """One KRaft node (broker and controller) with its state under `<data_dir>/kafka`.
+
+    It accepts only SASL/SCRAM-SHA-512 clients; its own principal, `admin`, is the super
+    user, whose password is generated at the first start (`admin.password`, 0600) and
+    written into the storage at format time (KIP-900), before any client can connect. The
+    controller listener (loopback) takes SASL/PLAIN from the same principal only.
+    """
 
     name = "Kafka"
     start_timeout = 90.0
@@ -83,10 +99,18 @@ class LocalKafka(DetachedServer):
         self.server_log = self.home / "server.log"
         self.console_log = self.home / "kafka.out"
         self.cluster_id_file = self.home / "cluster.id"
+        self.admin_password_file = self.home / "admin.password"
 
     @property
     def bootstrap(self) -> str:
         return self.address
+
+    def admin_access(self) -> KafkaAccess:
+        return KafkaAccess(bootstrap=self.bootstrap, username=ADMIN_PRINCIPAL,
+                           password=SecretStr(self._admin_password()))
+
+    def _admin_password(self) -> str:
+        return read_or_create_secret(self.admin_password_file)
 
     def purge(self) -> None:
         """Stop the node and delete its data (topics, offsets), keeping the jar cache."""
@@ -98,7 +122,7 @@ class LocalKafka(DetachedServer):
         return "\n".join(text for text in tails if text)
 
     def answers(self) -> bool:
-        return broker_answers(self.bootstrap)
+        return self.admin_password_file.exists() and broker_answers(self.admin_access())
 
     def _ensure_ports_free(self) -> None:
         for port in (self.port, self.controller_port):
@@ -113,12 +137,15 @@ class LocalKafka(DetachedServer):
             self._format_storage(lib_dir)
 
     def _server_properties(self) -> str:
-        settings = server_settings(self.port, self.controller_port, self.log_dirs)
+        settings = server_settings(self.port, self.controller_port, self.log_dirs,
+                                   self._admin_password())
         return "".join(f"{key}={value}\n" for key, value in settings.items())
 
     def _format_storage(self, lib_dir: Path) -> None:
         cluster_id = _persisted_cluster_id(self.cluster_id_file)
-        args = ["format", "-t", cluster_id, "-c", str(self.properties_file), "--ignore-formatted"]
+        scram = f"{SCRAM_MECHANISM}=[name={ADMIN_PRINCIPAL},password={self._admin_password()}]"
+        args = ["format", "-t", cluster_id, "-c", str(self.properties_file), "--ignore-formatted",
+                "--add-scram", scram]
         command = self._java_command(lib_dir, "kafka.tools.StorageTool", args)
         result = subprocess.run(
             command, capture_output=True, text=True, check=False, umask=OWNER_ONLY_UMASK
@@ -148,21 +175,23 @@ class LocalKafka(DetachedServer):
         ]
 
 
-def server_settings(port: int, controller_port: int, log_dirs: Path) -> dict[str, str | int]:
+def server_settings(
+    port: int, controller_port: int, log_dirs: Path, admin_password: str
+) -> dict[str, str | int]:
     return {
         "process.roles": "broker,controller",
         "node.id": 1,
         "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
         "controller.listener.names": "CONTROLLER",
-        "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
-        "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listeners": f"CLIENTS://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        "advertised.listeners": f"CLIENTS://127.0.0.1:{port}",
+        "inter.broker.listener.name": "CLIENTS",
+        **security_settings(admin_password),
         "log.dirs": str(log_dirs),
         "num.partitions": 3,
         "default.replication.factor": 1,
         "min.insync.replicas": 1,
-        "auto.create.topics.enable": "true",
+        "auto.create.topics.enable": "false",  # topics are created by the stack, as admin
         "message.max.bytes": MAX_MESSAGE_BYTES,  # the producers' and topics' limit too
         "offsets.topic.replication.factor": 1,
         "offsets.topic.num.partitions": 10,
@@ -172,6 +201,35 @@ def server_settings(port: int, controller_port: int, log_dirs: Path) -> dict[str
         "share.coordinator.state.topic.replication.factor": 1,
         "share.coordinator.state.topic.min.isr": 1,
         "group.initial.rebalance.delay.ms": 0,
+    }
+
+
+def security_settings(admin_password: str) -> dict[str, str | int]:
+    """SASL on every listener, SCRAM-SHA-512 for clients, ACLs with nothing allowed by
+    default; `admin` (the broker's own principal) is the only super user."""
+    scram_login = (
+        "org.apache.kafka.common.security.scram.ScramLoginModule required "
+        f'username="{ADMIN_PRINCIPAL}" password="{admin_password}";'
+    )
+    # SCRAM users live in the metadata log, which controllers need before they can read
+    # it: the controller listener takes PLAIN with its one user declared here.
+    plain_login = (
+        "org.apache.kafka.common.security.plain.PlainLoginModule required "
+        f'username="{ADMIN_PRINCIPAL}" password="{admin_password}" '
+        f'user_{ADMIN_PRINCIPAL}="{admin_password}";'
+    )
+    return {
+        "listener.security.protocol.map": "CLIENTS:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT",
+        "sasl.enabled.mechanisms": SCRAM_MECHANISM,
+        "sasl.mechanism.inter.broker.protocol": SCRAM_MECHANISM,
+        "sasl.mechanism.controller.protocol": "PLAIN",
+        "listener.name.clients.sasl.enabled.mechanisms": SCRAM_MECHANISM,
+        "listener.name.clients.scram-sha-512.sasl.jaas.config": scram_login,
+        "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+        "listener.name.controller.plain.sasl.jaas.config": plain_login,
+        "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "super.users": f"User:{ADMIN_PRINCIPAL}",
+        "allow.everyone.if.no.acl.found": "false",
     }
 
 
@@ -240,8 +298,8 @@ def _java_binary() -> str:
     return java
 
 
-async def _describe_cluster(bootstrap: str, timeout_ms: int) -> dict[str, Any]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms)
+async def _describe_cluster(access: KafkaAccess, timeout_ms: int) -> dict[str, Any]:
+    admin = AIOKafkaAdminClient(**access.client_options(), request_timeout_ms=timeout_ms)
     try:
         await admin.start()
         return await admin.describe_cluster()

@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaProducer
 
 from deploy.system import TOPOLOGIES
 from shared.contract import ALL_TOPICS, Topic
+from shared.kafka_access import KafkaAccess
 from shared.ops import (
     DEAD_LETTER_SCAN_LIMIT,
     DEFAULT_TIMEOUT,
@@ -39,20 +40,20 @@ REPLAYABLE_TOPICS = frozenset(str(topic) for topic in ALL_TOPICS if topic != Top
 
 
 async def consumer_lag(
-    bootstrap: str, group: str, topics: Sequence[str] | None = None,
+    access: KafkaAccess, group: str, topics: Sequence[str] | None = None,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> list[dict[str, Any]]:
     """Lag per topic and partition of one consumer group (see KafkaInspector.lag)."""
-    async with KafkaInspector(bootstrap, timeout) as inspector:
+    async with KafkaInspector(access, timeout) as inspector:
         return await inspector.lag(group, topics)
 
 
 async def read_dead_letters(
-    bootstrap: str, limit: int = 10, service: str | None = None, show_original: bool = False,
+    access: KafkaAccess, limit: int = 10, service: str | None = None, show_original: bool = False,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> DeadLetters:
     """(count, the last `limit` letters) of the dead-letter topic."""
-    async with KafkaInspector(bootstrap, timeout) as inspector:
+    async with KafkaInspector(access, timeout) as inspector:
         return await inspector.dead_letters(limit, service, show_original)
 
 
@@ -73,10 +74,10 @@ class ReplayError(Exception):
 
 
 async def replay_dead_letter(
-    bootstrap: str, dead_letter_event_id: str, timeout: float = DEFAULT_TIMEOUT
+    access: KafkaAccess, dead_letter_event_id: str, timeout: float = DEFAULT_TIMEOUT
 ) -> dict[str, Any]:
     """Publishes the letter's `original` to its `source_topic` with the letter's key."""
-    async with KafkaInspector(bootstrap, timeout) as inspector:
+    async with KafkaInspector(access, timeout) as inspector:
         letter = await inspector.find_dead_letter(dead_letter_event_id)
     if letter is None or letter.body is None:
         raise ReplayError(f"no dead letter {dead_letter_event_id} in {Topic.DEADLETTER}")
@@ -88,7 +89,7 @@ async def replay_dead_letter(
     if original is None:
         raise ReplayError(f"dead letter {dead_letter_event_id} holds no whole original "
                           "message (none, or cut to fit the dead letter)")
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+    producer = AIOKafkaProducer(**access.client_options(), acks="all",
                                 enable_idempotence=True, client_id="e2c-ops-replay",
                                 request_timeout_ms=int(timeout * 1000))
     await producer.start()
@@ -141,7 +142,7 @@ class PipelineStatus:
 
 
 async def collect_status(
-    bootstrap: str,
+    access: KafkaAccess,
     redis_url: str,
     service_urls: dict[str, str],
     token: str | None,
@@ -163,7 +164,7 @@ async def collect_status(
         body: dict[str, Any] = response.json()
         return body
 
-    async with KafkaInspector(bootstrap, timeout) as inspector, httpx.AsyncClient(
+    async with KafkaInspector(access, timeout) as inspector, httpx.AsyncClient(
         timeout=timeout
     ) as client:
         answers = await asyncio.gather(*(fetch(client, url) for url in service_urls.values()))

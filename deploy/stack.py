@@ -17,11 +17,13 @@ from pathlib import Path
 
 import httpx
 
+from deploy import kafka_security
 from deploy.local_kafka import LocalKafka, broker_answers
 from deploy.local_postgres import LocalPostgres
 from deploy.local_redis import LocalRedis, ensure_installed, redis_answers
 from deploy.processes import DetachedProcess, command_contains, spawn
 from shared.http import create_tokens_file, load_tokens
+from shared.kafka_access import KafkaAccess
 from shared.logsafe import redact_url
 from shared.private_files import private_dir
 from shared.settings import PROJECT_ROOT, SERVICE_PORTS, Settings
@@ -62,26 +64,29 @@ class LocalStack:
         say: Say = print if echo else _quiet
         self._make_folders()
         tokens = self._ensure_tokens(say)  # first: a tokens file the services refuse stops here
-        bootstrap = self._ensure_kafka(say)
+        self._ensure_kafka(say)
         redis_url = self._ensure_redis(say)
         database_urls: dict[str, str] = {}
         if postgres or self.uses_postgres():
             database_urls = self._ensure_postgres(say)
         for name in SERVICES:
-            self._start_service(name, bootstrap, redis_url, tokens, database_urls.get(name))
+            self._start_service(name, redis_url, tokens, database_urls.get(name))
         for name in SERVICES:
             self._wait_ready(name)
             say(f"{name:<10} ready on http://127.0.0.1:{self.settings.port(name)}")
 
-    def _ensure_kafka(self, say: Say) -> str:
-        configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-        if configured and broker_answers(configured):
-            say(f"kafka      using {configured}")
-            return configured
+    def _ensure_kafka(self, say: Say) -> None:
+        """The stack's broker, with every role's user and ACLs and every topic (SASL/SCRAM
+        only: the credentials are made at its first start, `e2c stack client-config`)."""
         started = time.monotonic()
         self.kafka.start()
-        say(f"kafka      ready on {self.kafka.bootstrap} ({time.monotonic() - started:.1f}s)")
-        return self.kafka.bootstrap
+        kafka_security.provision(self.kafka, self.settings.topic_partitions)
+        say(f"kafka      ready on {self.kafka.bootstrap} ({time.monotonic() - started:.1f}s), "
+            "SASL/SCRAM-SHA-512 with ACLs")
+
+    def access(self, principal: str) -> KafkaAccess:
+        """How a role connects to the stack's broker (`e2c stack client-config`)."""
+        return kafka_security.access(self.kafka, principal)
 
     def _ensure_redis(self, say: Say) -> str:
         """REDIS_URL when a Redis answers there (and the stack's own is not running), else the
@@ -143,14 +148,17 @@ class LocalStack:
         return path
 
     def _start_service(
-        self, name: str, bootstrap: str, redis_url: str, tokens: Path, database_url: str | None
+        self, name: str, redis_url: str, tokens: Path, database_url: str | None
     ) -> None:
         service = self._service(name)
         if service.is_running():
             return
+        own = self.access(name)
         env = {
-            **os.environ,
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            **{k: v for k, v in os.environ.items() if not k.startswith("E2C_KAFKA_")},
+            "KAFKA_BOOTSTRAP_SERVERS": own.bootstrap,
+            "E2C_KAFKA_USERNAME": own.username,
+            "E2C_KAFKA_PASSWORD": own.password.get_secret_value(),
             "REDIS_URL": redis_url,
             "E2C_DATA_DIR": str(self.data_dir),
             "E2C_TOKENS_FILE": str(tokens),
@@ -208,7 +216,7 @@ class LocalStack:
                 "kafka",
                 self.kafka.pid,
                 self.kafka.port,
-                "up" if broker_answers(self.kafka.bootstrap, 3000) else "down",
+                "up" if self._kafka_answers() else "down",
             ),
             PartStatus(
                 "redis",
@@ -261,22 +269,18 @@ class LocalStack:
         database_url = None
         if self.uses_postgres() and not getattr(self.settings, f"{name}_database_url"):
             database_url = self.postgres.url(name)
+        self._ensure_kafka(_quiet)
         self._start_service(
             name,
-            self._ensure_kafka(_quiet),
             self._ensure_redis(_quiet),
             self._ensure_tokens(_quiet),
             database_url,
         )
         self._wait_ready(name)
 
-    def broker_bootstrap(self) -> str:
-        """The broker `up` gives the services: KAFKA_BOOTSTRAP_SERVERS when it answers, else
-        the stack's own Kafka (whose port is E2C_KAFKA_PORT, not always the default)."""
-        configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-        if configured and broker_answers(configured):
-            return configured
-        return self.kafka.bootstrap
+    def _kafka_answers(self) -> bool:
+        return self.kafka.admin_password_file.exists() and broker_answers(
+            self.kafka.admin_access(), 3000)
 
     # --- helpers --------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from sqlalchemy import Engine, text
 from sqlmodel import Session
 
 from shared.db import is_postgresql
+from shared.kafka_access import KafkaAccess
 from shared.logsafe import describe_error
 from shared.messaging import (
     BatchProcessor,
@@ -48,10 +49,11 @@ MAX_MESSAGE_BYTES = 1024 * 1024
 TOPIC_CONFIG = {"retention.ms": "-1", "max.message.bytes": str(MAX_MESSAGE_BYTES)}
 
 
-async def ensure_topics(bootstrap: str, topics: Sequence[str], partitions: int) -> None:
-    """Create the missing topics (a topic another service created meanwhile is fine) and
-    give the existing ones our settings where they differ (topics made by an older version)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def ensure_topics(admin_access: KafkaAccess, topics: Sequence[str], partitions: int) -> None:
+    """Create the missing topics and give the existing ones our settings where they differ
+    (topics made by an older version). Only the admin may: the stack does it, never a
+    service, and the broker creates no topic on a first write."""
+    admin = AIOKafkaAdminClient(**admin_access.client_options())
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -84,11 +86,11 @@ async def _align_topic_configs(admin: AIOKafkaAdminClient, topics: Sequence[str]
 
 
 async def topic_partitions(
-    bootstrap: str, topics: Sequence[str], wait_seconds: float = 10
+    access: KafkaAccess, topics: Sequence[str], wait_seconds: float = 10
 ) -> list[TopicPartition]:
     """Every partition of `topics`, as the broker describes them (a new topic may take a
     moment to have its partitions and leaders)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**access.client_options())
     await admin.start()
     try:
         deadline = time.monotonic() + wait_seconds
@@ -106,7 +108,8 @@ async def topic_partitions(
         await admin.close()
     missing = [topic for topic in topics if not found.get(topic)]
     if missing:
-        raise RuntimeError(f"no partitions known for {', '.join(missing)}")
+        raise RuntimeError(f"no partitions known for {', '.join(missing)} (topics are "
+                           "created by the stack, `e2c stack up`, as the broker's admin)")
     return [TopicPartition(topic, p) for topic in topics for p in sorted(found[topic])]
 
 
@@ -233,13 +236,13 @@ class OutboxRelay:
     def __init__(
         self,
         engine: Engine,
-        bootstrap: str,
+        access: KafkaAccess,
         metrics: ServiceMetrics,
         batch_size: int = 1000,
         poll_seconds: float = 0.5,
     ) -> None:
         self.engine = engine
-        self.bootstrap = bootstrap
+        self.access = access
         self.metrics = metrics
         self.batch_size = batch_size
         self.poll_seconds = poll_seconds
@@ -249,7 +252,7 @@ class OutboxRelay:
 
     def _new_producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap,
+            **self.access.client_options(),
             enable_idempotence=True,
             linger_ms=5,
             max_batch_size=512 * 1024,

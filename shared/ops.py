@@ -34,6 +34,7 @@ from starlette.requests import Request
 
 from shared.contract import Topic
 from shared.http import Role, allow, app_context, problems
+from shared.kafka_access import KafkaAccess
 from shared.logsafe import describe_error
 from shared.messaging import outbox_backlog, parked_messages, unit_of_work
 from shared.params import ASCII_DIGITS, Expected
@@ -106,8 +107,8 @@ class KafkaInspector:
     clients so that the next one reconnects.
     """
 
-    def __init__(self, bootstrap: str, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, access: KafkaAccess, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.access = access
         self.timeout = timeout
         self._consumer: AIOKafkaConsumer | None = None
         self._admin: AIOKafkaAdminClient | None = None
@@ -133,14 +134,14 @@ class KafkaInspector:
         if self._consumer is None or self._admin is None:
             timeout_ms = int(self.timeout * 1000)
             consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap,
+                **self.access.client_options(),
                 group_id=None,
                 enable_auto_commit=False,
                 request_timeout_ms=timeout_ms,
                 client_id="e2c-ops",
             )
             admin = AIOKafkaAdminClient(
-                bootstrap_servers=self.bootstrap, request_timeout_ms=timeout_ms,
+                **self.access.client_options(), request_timeout_ms=timeout_ms,
                 client_id="e2c-ops",
             )
             try:

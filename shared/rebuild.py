@@ -21,6 +21,7 @@ from sqlmodel import SQLModel, delete
 
 from shared.db import make_engine
 from shared.kafka import to_inbound, topic_partitions
+from shared.kafka_access import KafkaAccess
 from shared.messaging import (
     PLUMBING_TABLES,
     BatchProcessor,
@@ -48,17 +49,17 @@ def rebuild(topology: ServiceTopology[Any, Any], settings: Settings) -> RebuildR
     engine = make_engine(settings.database_url(topology.name))
     try:
         _refuse_unsent_outbox(engine, topology)
-        bootstrap = settings.kafka_bootstrap_servers
-        ends = asyncio.run(_end_offsets(bootstrap, replayed))
+        access = settings.kafka_access()
+        ends = asyncio.run(_end_offsets(access, replayed))
         tables = [*PLUMBING_TABLES, *topology.tables]
         SQLModel.metadata.drop_all(engine, tables=tables)
         SQLModel.metadata.create_all(engine, tables=tables)
         processor = topology.rebuild_processor(engine, handlers)
-        records = sum(asyncio.run(_replay(bootstrap, topic, ends, processor))
+        records = sum(asyncio.run(_replay(access, topic, ends, processor))
                       for topic in replayed)
         held = finish(topology, handlers, engine)
         consumed = {tp: end for tp, end in ends.items() if tp.topic in topology.inputs}
-        asyncio.run(_commit_group_offsets(bootstrap, topology.group_id, consumed))
+        asyncio.run(_commit_group_offsets(access, topology.group_id, consumed))
         return RebuildResult(records, held)
     finally:
         engine.dispose()
@@ -83,12 +84,12 @@ def _refuse_unsent_outbox(engine: Engine, topology: ServiceTopology[Any, Any]) -
                            "until its outbox is empty, then rebuild")
 
 
-async def _end_offsets(bootstrap: str, topics: tuple[str, ...]) -> dict[TopicPartition, int]:
+async def _end_offsets(access: KafkaAccess, topics: tuple[str, ...]) -> dict[TopicPartition, int]:
     """Where each replayed partition ends; refuses when its beginning is gone (retention)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    consumer = AIOKafkaConsumer(**access.client_options(), group_id=None)
     await consumer.start()
     try:
-        partitions = await topic_partitions(bootstrap, topics)
+        partitions = await topic_partitions(access, topics)
         starts = await consumer.beginning_offsets(partitions)
         lost = [f"{tp.topic}[{tp.partition}]" for tp, offset in starts.items() if offset > 0]
         if lost:
@@ -99,12 +100,12 @@ async def _end_offsets(bootstrap: str, topics: tuple[str, ...]) -> dict[TopicPar
 
 
 async def _replay(
-    bootstrap: str, topic: str, ends: dict[TopicPartition, int], processor: BatchProcessor
+    access: KafkaAccess, topic: str, ends: dict[TopicPartition, int], processor: BatchProcessor
 ) -> int:
     partitions = [tp for tp in ends if tp.topic == topic and ends[tp] > 0]
     if not partitions:
         return 0
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+    consumer = AIOKafkaConsumer(**access.client_options(), group_id=None,
                                 enable_auto_commit=False)
     await consumer.start()
     try:
@@ -130,10 +131,10 @@ async def _replay(
 
 
 async def _commit_group_offsets(
-    bootstrap: str, group_id: str, ends: dict[TopicPartition, int]
+    access: KafkaAccess, group_id: str, ends: dict[TopicPartition, int]
 ) -> None:
     """The service's group resumes after what the rebuild read."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id,
+    consumer = AIOKafkaConsumer(**access.client_options(), group_id=group_id,
                                 enable_auto_commit=False)
     await consumer.start()
     try:

@@ -34,7 +34,7 @@ from sqlmodel import SQLModel
 from starlette.types import Receive, Scope, Send
 
 from shared import docs, health, ops
-from shared.contract import ALL_TOPICS, MODELS
+from shared.contract import MODELS
 from shared.db import make_engine
 from shared.http import (
     Authorizer,
@@ -43,7 +43,7 @@ from shared.http import (
     json_app,
     load_tokens,
 )
-from shared.kafka import BatchConsumer, OutboxRelay, ensure_topics
+from shared.kafka import BatchConsumer, OutboxRelay, topic_partitions
 from shared.logsafe import describe_error
 from shared.messaging import PLUMBING_TABLES, UnitOfWork, unit_of_work
 from shared.observability import ServiceMetrics, configure_logging
@@ -61,6 +61,7 @@ from shared.settings import Settings
 from shared.topology import ServiceTopology
 
 log = logging.getLogger(__name__)
+TOPICS_WAIT_SECONDS = 60.0  # a service started with the stack waits for its topics
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ class ServiceContext:
         self.limiter = RateLimiter(self.redis, self.settings.rate_limit_per_second,
                                    self.settings.rate_limit_burst)
         self.inspector = KafkaInspector(
-            self.settings.kafka_bootstrap_servers, timeout=OPS_TIMEOUT_SECONDS
+            self.settings.kafka_access(), timeout=OPS_TIMEOUT_SECONDS
         )
 
     @property
@@ -173,14 +174,16 @@ def build_context(spec: ServiceSpec, settings: Settings) -> ServiceContext:
     registry = CollectorRegistry()
     metrics = ServiceMetrics(topology.name, registry)
     handlers = topology.handlers(settings)
+    access = settings.kafka_access()
     broker = KafkaBroker(
-        settings.kafka_bootstrap_servers,
+        access.bootstrap,
+        security=access.faststream_security(),
         client_id=topology.group_id,
         apply_types=False,  # the BatchConsumer validates each record itself
         middlewares=(KafkaPrometheusMiddleware(registry=registry,
                                                app_name=f"e2c_{topology.name}"),),
     )
-    relay = OutboxRelay(engine, settings.kafka_bootstrap_servers, metrics)
+    relay = OutboxRelay(engine, access, metrics)
     consumer = BatchConsumer(topology.processor(engine, handlers), metrics, relay.wake)
     instance_id = settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
     return ServiceContext(
@@ -250,8 +253,11 @@ def build_app(spec: ServiceSpec, settings: Settings | None = None) -> ServiceApp
     tasks: list[asyncio.Task[None]] = []
     own_tasks: list[asyncio.Task[None]] = []
 
-    async def create_topics() -> None:
-        await ensure_topics(settings.kafka_bootstrap_servers, ALL_TOPICS, settings.topic_partitions)
+    async def await_topics() -> None:
+        """The stack creates the topics (as the broker's admin): a service only waits."""
+        await topic_partitions(ctx.settings.kafka_access(), [*topology.inputs,
+                                                             *topology.outputs],
+                               wait_seconds=TOPICS_WAIT_SECONDS)
 
     async def start_background() -> None:
         await ctx.relay.start()
@@ -284,7 +290,7 @@ def build_app(spec: ServiceSpec, settings: Settings | None = None) -> ServiceApp
     stream = AsgiFastStream(  # no asyncapi_path: its page needs a CDN and shows the broker
         ctx.broker,
         specification=specification,
-        on_startup=[create_topics],
+        on_startup=[await_topics],
         after_startup=[start_background],
         on_shutdown=[stop_background],
     )

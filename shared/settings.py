@@ -5,8 +5,10 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.kafka_access import KafkaAccess, SecurityProtocol
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,6 +22,14 @@ class Settings(BaseSettings):
     kafka_bootstrap_servers: str = Field(
         default="127.0.0.1:9092", alias="KAFKA_BOOTSTRAP_SERVERS"
     )
+    # The broker accepts only SASL/SCRAM-SHA-512 clients: a principal and its password, with
+    # no default (`e2c stack client-config --role ROLE` prints a role's).
+    kafka_username: str | None = Field(default=None, alias="E2C_KAFKA_USERNAME")
+    kafka_password: SecretStr | None = Field(default=None, alias="E2C_KAFKA_PASSWORD")
+    kafka_security_protocol: SecurityProtocol = Field(
+        default="SASL_PLAINTEXT", alias="E2C_KAFKA_SECURITY_PROTOCOL"
+    )
+    kafka_ssl_cafile: Path | None = Field(default=None, alias="E2C_KAFKA_SSL_CAFILE")
     kafka_port: int = Field(default=9092, alias="E2C_KAFKA_PORT")
     kafka_controller_port: int = Field(default=9093, alias="E2C_KAFKA_CONTROLLER_PORT")
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", alias="REDIS_URL")
@@ -69,6 +79,31 @@ class Settings(BaseSettings):
         if url:
             return url
         return f"sqlite:///{self.stores_dir / f'{service}.db'}"
+
+    def kafka_access(self) -> KafkaAccess:
+        """This process's credentials on the broker; refuses to go on without them."""
+        if not self.kafka_username or self.kafka_password is None:
+            raise RuntimeError(
+                "E2C_KAFKA_USERNAME and E2C_KAFKA_PASSWORD are needed (the broker refuses "
+                "anonymous clients): `e2c stack client-config --role ROLE` prints them"
+            )
+        return KafkaAccess(
+            bootstrap=self.kafka_bootstrap_servers,
+            username=self.kafka_username,
+            password=self.kafka_password,
+            security_protocol=self.kafka_security_protocol,
+            ssl_cafile=self.kafka_ssl_cafile,
+        )
+
+    def with_kafka(self, access: KafkaAccess) -> Settings:
+        """These settings, connecting to the broker as `access` says."""
+        return self.model_copy(update={
+            "kafka_bootstrap_servers": access.bootstrap,
+            "kafka_username": access.username,
+            "kafka_password": access.password,
+            "kafka_security_protocol": access.security_protocol,
+            "kafka_ssl_cafile": access.ssl_cafile,
+        })
 
     def port(self, service: str) -> int:
         return getattr(self, f"{service}_port")

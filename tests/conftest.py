@@ -9,14 +9,16 @@ from pathlib import Path
 import pytest
 
 from deploy.harness import ServiceProcesses
+from deploy.kafka_security import OPS
+from deploy.local_kafka import LocalKafka
 from shared.contract import Topic
 from tests.infra import (
     TEST_DATA,
     Publisher,
     TopicWatcher,
-    kafka_bootstrap,
     postgres_admin_url,
     redis_url,
+    secured_kafka,
 )
 from tests.tokens import write_tokens_file
 
@@ -30,9 +32,10 @@ WATCHED_TOPICS = [
 
 
 @pytest.fixture(scope="session")
-def kafka() -> Iterator[str]:
-    with kafka_bootstrap() as bootstrap:
-        yield bootstrap
+def kafka() -> Iterator[LocalKafka]:
+    """The secured broker: `kafka_security.access(kafka, ROLE)` connects as a role."""
+    with secured_kafka() as broker:
+        yield broker
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +62,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture(scope="session")
 def stack(
-    kafka: str, redis_server: str, postgres_database: Callable[[str], str]
+    kafka: LocalKafka, redis_server: str, postgres_database: Callable[[str], str]
 ) -> Iterator[ServiceProcesses]:
     """The services as processes. Referrals and aids run two instances each in one consumer
     group on one PostgreSQL store, so that races between partitions are real; outcomes runs
@@ -96,7 +99,7 @@ def stack(
 
 @pytest.fixture(scope="session")
 async def watcher(stack: ServiceProcesses) -> AsyncIterator[TopicWatcher]:
-    topic_watcher = TopicWatcher(stack.bootstrap, [str(t) for t in WATCHED_TOPICS])
+    topic_watcher = TopicWatcher(stack.access(OPS), [str(t) for t in WATCHED_TOPICS])
     await topic_watcher.start()
     yield topic_watcher
     await topic_watcher.stop()
@@ -104,7 +107,7 @@ async def watcher(stack: ServiceProcesses) -> AsyncIterator[TopicWatcher]:
 
 @pytest.fixture(scope="session")
 async def publisher(stack: ServiceProcesses) -> AsyncIterator[Publisher]:
-    sender = Publisher(stack.bootstrap)
+    sender = Publisher(stack.kafka)
     await sender.start()
     yield sender
     await sender.stop()

@@ -16,11 +16,16 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 
+from deploy import kafka_security
 from deploy.harness import free_port
-from shared.contract import Topic
-from shared.settings import PROJECT_ROOT
+from deploy.local_kafka import LocalKafka
+from deploy.system import producer_of
+from deploy.writers import Writers, writer_accesses
+from shared.contract import ALL_TOPICS, Topic
+from shared.kafka_access import KafkaAccess
+from shared.settings import PROJECT_ROOT, Settings
 from tests.events import enrollment_decided
 
 TEST_DATA = PROJECT_ROOT / "var" / "test"
@@ -37,24 +42,28 @@ def docker_answers() -> bool:
 
 
 @contextlib.contextmanager
-def kafka_bootstrap() -> Iterator[str]:
-    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
-    elif docker_answers():
-        from testcontainers.community.kafka import KafkaContainer  # type: ignore[import-not-found]
+def secured_kafka() -> Iterator[LocalKafka]:
+    """The project's own broker, as `e2c stack up` runs it: SASL/SCRAM only, ACLs, every
+    role's principal and every topic made by the stack's provisioning. (Not testcontainers'
+    Kafka: what is tested is the broker configuration the project ships.)"""
+    broker = LocalKafka(TEST_DATA, port=free_port(), controller_port=free_port())
+    broker.purge()
+    broker.start()
+    try:
+        kafka_security.provision(broker, Settings().topic_partitions)
+        yield broker
+    finally:
+        broker.stop()
 
-        with KafkaContainer("apache/kafka:4.1.1").with_kraft() as container:
-            yield container.get_bootstrap_server()
-    else:
-        from deploy.local_kafka import LocalKafka
 
-        broker = LocalKafka(TEST_DATA, port=free_port(), controller_port=free_port())
-        broker.purge()
-        broker.start()
-        try:
-            yield broker.bootstrap
-        finally:
-            broker.stop()
+def publisher_accesses(kafka: LocalKafka) -> dict[str, KafkaAccess]:
+    """Topic -> the principal allowed to write it: the outside world's roles, and for a
+    service's outputs the service itself (tests stand in for a service upstream)."""
+    accesses = writer_accesses(kafka)
+    for topic in ALL_TOPICS:
+        producer = producer_of(topic) or "referrals"  # dead letters: any service writes them
+        accesses.setdefault(str(topic), kafka_security.access(kafka, producer))
+    return accesses
 
 
 # The Redis servers started here, by URL: a test may stop and restart them (Redis-down tests).
@@ -137,8 +146,8 @@ def _database_factory(admin_url: str) -> Callable[[str], str]:
 class TopicWatcher:
     """Reads output topics from the beginning in the background and finds messages in them."""
 
-    def __init__(self, bootstrap: str, topics: list[str]) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, reader: KafkaAccess, topics: list[str]) -> None:
+        self.reader = reader
         self.topics = topics
         self.messages: list[tuple[str, str | None, dict[str, Any] | None, bytes]] = []
         self._task: asyncio.Task[None] | None = None
@@ -148,7 +157,7 @@ class TopicWatcher:
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(
             *self.topics,
-            bootstrap_servers=self.bootstrap,
+            **self.reader.client_options(),
             group_id=None,
             auto_offset_reset="earliest",
         )
@@ -216,12 +225,14 @@ class TopicWatcher:
 
 
 class Publisher:
-    def __init__(self, bootstrap: str) -> None:
-        self.bootstrap = bootstrap
-        self._producer: AIOKafkaProducer | None = None
+    """Sends any topic of the contract, each as the principal allowed to write it."""
+
+    def __init__(self, kafka: LocalKafka) -> None:
+        self.kafka = kafka
+        self._producer: Writers | None = None
 
     async def start(self) -> None:
-        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=2)
+        self._producer = Writers(publisher_accesses(self.kafka), linger_ms=2)
         await self._producer.start()
 
     async def stop(self) -> None:
@@ -237,7 +248,7 @@ class Publisher:
     ) -> None:
         assert self._producer is not None
         raw = value if isinstance(value, bytes) else json.dumps(value).encode("utf-8")
-        await self._producer.send_and_wait(
+        await self._producer.producer(topic).send_and_wait(
             topic,
             raw,
             key=key.encode("utf-8") if key is not None else None,

@@ -18,10 +18,8 @@ def stack_endpoints(settings: Settings) -> Endpoints:
     from deploy.stack import LocalStack
 
     stack = LocalStack(settings)
-    bootstrap = stack.kafka.bootstrap if stack.kafka.is_running() else (
-        settings.kafka_bootstrap_servers)
-    return Endpoints(
-        bootstrap=bootstrap,
+    return Endpoints.of(
+        stack.kafka,
         aids_url=f"http://127.0.0.1:{settings.port('aids')}",
         outcomes_url=f"http://127.0.0.1:{settings.port('outcomes')}",
         token=admin_token(stack_tokens(settings)),

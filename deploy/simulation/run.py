@@ -9,15 +9,19 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 
+from deploy.kafka_security import OPS, access
+from deploy.local_kafka import LocalKafka
+from deploy.writers import Writers, writer_accesses
 from shared.contract import AidKind, Topic
 from shared.kafka import topic_partitions
+from shared.kafka_access import KafkaAccess
 
 from .plan import Aid, YearPlan
 
@@ -28,10 +32,16 @@ Message = tuple[str, str | None, dict[str, Any]]  # topic, key, value
 
 @dataclass
 class Endpoints:
-    bootstrap: str
+    writers: Mapping[str, KafkaAccess]  # topic -> the role that writes it (`deploy.writers`)
+    reader: KafkaAccess  # reads the answers (ops)
     aids_url: str
     outcomes_url: str
     token: str
+
+    @classmethod
+    def of(cls, kafka: LocalKafka, aids_url: str, outcomes_url: str, token: str) -> Endpoints:
+        """The stack's broker as the outside world uses it, and the services' URLs."""
+        return cls(writer_accesses(kafka), access(kafka, OPS), aids_url, outcomes_url, token)
 
 
 @dataclass
@@ -57,18 +67,18 @@ class Progress:
 class Answers:
     """Reads the decided topics from their current end and files answers by request."""
 
-    def __init__(self, bootstrap: str) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, reader: KafkaAccess) -> None:
+        self.reader = reader
         self.by_request: dict[str, dict[str, Any]] = {}
         self.event_ids: dict[str, set[str]] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
+        self._consumer = AIOKafkaConsumer(**self.reader.client_options(), group_id=None,
                                           enable_auto_commit=False)
         await self._consumer.start()
-        partitions = await topic_partitions(self.bootstrap, ANSWER_TOPICS)
+        partitions = await topic_partitions(self.reader, ANSWER_TOPICS)
         self._consumer.assign(partitions)
         await self._consumer.seek_to_end(*partitions)
         for partition in partitions:  # settle the positions before anything is published
@@ -103,9 +113,11 @@ class Answers:
             await asyncio.sleep(0.25)
 
 
-async def publish(bootstrap: str, messages: Iterable[Message], rate: float) -> None:
-    """Sends in order; `rate` > 0 caps the events per second."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
+async def publish(
+    writers: Mapping[str, KafkaAccess], messages: Iterable[Message], rate: float
+) -> None:
+    """Sends in order, each topic as its role; `rate` > 0 caps the events per second."""
+    producer = Writers(writers, linger_ms=5, acks="all")
     await producer.start()
     try:
         started = time.monotonic()
@@ -149,7 +161,7 @@ class Simulation:
         self.rate = rate
         self.progress = progress or Progress()
         self.timeout = timeout
-        self.answers = Answers(endpoints.bootstrap)
+        self.answers = Answers(endpoints.reader)
         self.trainee_ids: dict[str, str] = {}
 
     async def run(self, before_reports: Callable[[], Awaitable[None]] | None = None) -> Outcome:
@@ -161,7 +173,7 @@ class Simulation:
         try:
             for phase in self._phases():
                 messages = phase.messages()
-                await publish(self.endpoints.bootstrap, messages, self.rate)
+                await publish(self.endpoints.writers, messages, self.rate)
                 answered = [m[2]["event_id"] for m in messages
                             if m[0] != Topic.BUDGETS_SUBMITTED]
                 await self.answers.wait_for(answered, phase.name, self.progress, self.timeout)

@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
-from deploy import cli
+from deploy import cli, kafka_security
 from deploy.ops import (
     REDIS_DOWN,
     SERVICES,
@@ -28,6 +28,7 @@ from deploy.ops import (
 from deploy.processes import command_line
 from deploy.system import TOPOLOGIES
 from shared.contract import Topic
+from shared.kafka_access import KafkaAccess
 from shared.observability import ServiceMetrics
 from shared.ops import heartbeat_key
 from shared.settings import PROJECT_ROOT
@@ -45,8 +46,8 @@ OPS = tokens.bearer(tokens.OPS)
 EXITS = str(Topic.EXITS_SUBMITTED)
 
 
-async def exits_lag(bootstrap: str) -> int:
-    rows = await consumer_lag(bootstrap, "e2c-outcomes", [EXITS])
+async def exits_lag(reader: KafkaAccess) -> int:
+    rows = await consumer_lag(reader, "e2c-outcomes", [EXITS])
     assert rows and {row["topic"] for row in rows} == {EXITS}
     return sum(row["lag"] for row in rows)
 
@@ -63,13 +64,20 @@ async def eventually(check: Any, timeout: float, pause: float = 0.3) -> Any:
         await asyncio.sleep(pause)
 
 
+def ops_access(stack: ServiceProcesses) -> KafkaAccess:
+    return stack.access(kafka_security.OPS)
+
+
 def service_urls(stack: ServiceProcesses) -> dict[str, str]:
     return {name: stack.services[name].url for name in SERVICES}
 
 
 async def run_cli(monkeypatch: pytest.MonkeyPatch, stack: ServiceProcesses, *argv: str) -> int:
     """`e2c ...` against the test stack (the first instance of each service)."""
-    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", stack.bootstrap)
+    ops = ops_access(stack)  # the CLI connects as its operator does
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", ops.bootstrap)
+    monkeypatch.setenv("E2C_KAFKA_USERNAME", ops.username)
+    monkeypatch.setenv("E2C_KAFKA_PASSWORD", ops.password.get_secret_value())
     monkeypatch.setenv("REDIS_URL", stack.redis_url)
     monkeypatch.setenv("E2C_TOKENS_FILE", str(stack.data_dir / "tokens.json"))
     for name in SERVICES:
@@ -88,15 +96,15 @@ async def test_a_stopped_consumer_lags_by_what_was_published_then_catches_up(
     outcomes = stack.services["outcomes"]
     outcomes.stop()
     try:
-        before = await exits_lag(stack.bootstrap)
+        before = await exits_lag(ops_access(stack))
         sent = [exit_submitted(f"T-lag-{uuid.uuid4().hex[:10]}") for _ in range(7)]
         for event in sent:
             await publisher.send(EXITS, event, key=event["trainee_id"])
-        assert await exits_lag(stack.bootstrap) == before + len(sent)
+        assert await exits_lag(ops_access(stack)) == before + len(sent)
 
         # The aggregated view: outcomes is down (no HTTP, its heartbeat removed at its stop),
         # its lag is read from Kafka all the same; the exit code says something is down.
-        status = await collect_status(stack.bootstrap, stack.redis_url, service_urls(stack),
+        status = await collect_status(ops_access(stack), stack.redis_url, service_urls(stack),
                                       tokens.OPS)
         view = {service["service"]: service for service in status.services}
         assert view["outcomes"]["status"] == "down"
@@ -111,7 +119,7 @@ async def test_a_stopped_consumer_lags_by_what_was_published_then_catches_up(
     finally:
         outcomes.start()
 
-    assert await eventually(lambda: _zero(exits_lag(stack.bootstrap)), timeout=30)
+    assert await eventually(lambda: _zero(exits_lag(ops_access(stack))), timeout=30)
     for event in sent:  # unknown trainees: held 3 s, then refused
         await watcher.wait_for(Topic.EXITS_DECIDED, request_event_id=event["event_id"])
 
@@ -201,13 +209,13 @@ async def test_a_letter_whose_cause_is_not_fixed_is_dead_lettered_again_on_repla
     [first] = letters_about(watcher, bad["event_id"])
     assert first["source_topic"] == EXITS and "outcome" in first["error"]
 
-    count, last = await read_dead_letters(stack.bootstrap, limit=1000, service="outcomes")
+    count, last = await read_dead_letters(ops_access(stack), limit=1000, service="outcomes")
     listed = {letter["event_id"]: letter for letter in last}
     assert count >= 1 and first["event_id"] in listed
     entry = listed[first["event_id"]]
     assert "original" not in entry and "key" not in entry  # it may hold personal data
     assert entry["source_topic"] == EXITS and entry["offset"] == first["offset"]
-    _, shown = await read_dead_letters(stack.bootstrap, limit=1000, service="outcomes",
+    _, shown = await read_dead_letters(ops_access(stack), limit=1000, service="outcomes",
                                        show_original=True)
     assert {letter["event_id"]: letter for letter in shown}[first["event_id"]]["original"] \
         == first["original"]
@@ -246,7 +254,7 @@ async def test_a_letter_whose_cause_is_fixed_is_decided_once_however_often_repla
                          error="handler error: RuntimeError: the bug since fixed")
     await publisher.send(Topic.DEADLETTER, letter, trainee_id)
 
-    sent = await replay_dead_letter(stack.bootstrap, letter["event_id"])
+    sent = await replay_dead_letter(ops_access(stack), letter["event_id"])
     assert sent["source_topic"] == EXITS and sent["key"] == trainee_id
     [decision] = await watcher.wait_for(Topic.EXITS_DECIDED,
                                         request_event_id=original["event_id"])
@@ -254,7 +262,7 @@ async def test_a_letter_whose_cause_is_fixed_is_decided_once_however_often_repla
 
     outcomes = stack.services["outcomes"]
     duplicates = outcomes.metric("e2c_events_consumed_total", topic=EXITS, result="duplicate")
-    await replay_dead_letter(stack.bootstrap, letter["event_id"])
+    await replay_dead_letter(ops_access(stack), letter["event_id"])
     # A later exit of the same trainee (same key, same partition) is answered only once the
     # replay before it was read: then the replay has had all the effect it will ever have.
     later = exit_submitted(trainee_id, exited_on="2024-10-01")
@@ -302,7 +310,7 @@ async def test_with_redis_stopped_the_services_decide_and_the_heartbeats_come_ba
         page = httpx.get(f"{referrals.url}/ops/pipeline", headers=OPS, timeout=20).json()
         assert {beat["status"] for beat in page["heartbeats"]} == {REDIS_DOWN}
         assert page["lag"] is not None and page["outbox_backlog"] is not None
-        status = await collect_status(stack.bootstrap, stack.redis_url, service_urls(stack),
+        status = await collect_status(ops_access(stack), stack.redis_url, service_urls(stack),
                                       tokens.OPS)
         assert status.redis == "down" and not status.healthy
         assert await eventually(

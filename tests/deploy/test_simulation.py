@@ -186,8 +186,8 @@ async def test_a_small_2021_year_checks_out_through_the_pipeline(stack: ServiceP
     early_meals = [a for t in plan.trainees for a in t.aids if a.expected_reason
                    == "invalid_period"]
     assert early_meals  # this seed has meals asked before the scheme: the rule is exercised
-    endpoints = Endpoints(stack.bootstrap, stack.services["aids"].url,
-                          stack.services["outcomes"].url, tokens.ADMIN)
+    endpoints = Endpoints.of(stack.kafka, stack.services["aids"].url,
+                             stack.services["outcomes"].url, tokens.ADMIN)
 
     outcome = await Simulation(plan, endpoints, progress=Progress(live=False),
                                timeout=120).run()

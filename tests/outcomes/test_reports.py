@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 from starlette.applications import Starlette
@@ -25,6 +26,7 @@ from services.outcomes.handlers import OutcomeHandlers
 from services.outcomes.store import TABLES, OutcomeStore
 from shared import rebuild
 from shared.contract import Topic
+from shared.kafka_access import KafkaAccess
 from shared.messaging import OutboxMessage
 from shared.schools import load_schools
 from shared.settings import Settings
@@ -590,8 +592,9 @@ class FakeStack:
     def __call__(self) -> FakeStack:  # stands for the LocalStack class
         return self
 
-    def broker_bootstrap(self) -> str:
-        return "127.0.0.1:19092"
+    def access(self, principal: str) -> KafkaAccess:
+        return KafkaAccess(bootstrap="127.0.0.1:19092", username=principal,
+                           password=SecretStr("not-a-real-password"))
 
     def command_settings(self) -> Settings:
         return Settings(OUTCOMES_DATABASE_URL="sqlite:///unused.db")
@@ -625,7 +628,7 @@ def rebuild_with(monkeypatch: pytest.MonkeyPatch, stack: FakeStack,
         return outcomes_app.RebuildResult(records=42, held_again=1)
 
     monkeypatch.setattr(deploy.stack, "LocalStack", stack)
-    monkeypatch.setattr(deploy.local_kafka, "broker_answers", lambda _bootstrap: True)
+    monkeypatch.setattr(deploy.local_kafka, "broker_answers", lambda _access: True)
     monkeypatch.setattr(outcomes_app, "rebuild", fake_rebuild)
     return seen
 
@@ -640,6 +643,7 @@ def test_e2c_outcomes_rebuild_stops_rebuilds_and_restarts(
 
     assert stack.calls == ["stop outcomes", "rebuild", "start outcomes"]
     assert seen[0].kafka_bootstrap_servers == "127.0.0.1:19092"  # the stack's broker
+    assert seen[0].kafka_username == "outcomes"  # as the outcomes service's principal
     assert seen[0].outcomes_database_url == "sqlite:///unused.db"  # the stack's store
     out = capsys.readouterr().out
     assert "42 records replayed, 1 exits held again" in out

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from deploy import cli
+from deploy import cli, kafka_security
 from deploy.harness import ServiceProcesses
 from deploy.ops import SERVICES, collect_status, render_status
 from shared.contract import Topic
@@ -175,7 +175,7 @@ async def test_a_partner_down_is_parked_shown_to_operations_and_replayed(
     assert sum(stack.services[name].metric("e2c_webhook_parked_total")
                for name in ("referrals", "referrals-2")) >= 1
     urls = {name: stack.services[name].url for name in SERVICES}
-    status = await collect_status(stack.bootstrap, stack.redis_url, urls, OPS)
+    status = await collect_status(stack.access(kafka_security.OPS), stack.redis_url, urls, OPS)
     table = render_status(status)  # what `e2c ops status` prints
     assert "webhooks of referrals" in table and "ConnectError" in table
 

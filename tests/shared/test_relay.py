@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from deploy.local_kafka import server_settings
+from deploy.local_kafka import LocalKafka, server_settings
 from shared.kafka import MAX_MESSAGE_BYTES, OutboxRelay, ensure_topics
 from shared.messaging import outbox_backlog, parked_messages, write_outbox
 from shared.observability import ServiceMetrics
@@ -28,9 +28,9 @@ pytestmark = pytest.mark.infra
 engine = engine_fixture([])  # the plumbing's tables only
 
 
-async def new_topic(bootstrap: str, **config: str) -> str:
+async def new_topic(kafka: LocalKafka, **config: str) -> str:
     name = f"e2c.test.relay.{uuid.uuid4().hex[:10]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**kafka.admin_access().client_options())
     await admin.start()
     try:
         await admin.create_topics([NewTopic(name, 1, 1, topic_configs=config)])
@@ -48,16 +48,16 @@ def fill_outbox(engine: Engine, topic: str, payloads: list[str]) -> None:
 
 
 @pytest.fixture
-async def relay(engine: Engine, kafka: str) -> AsyncIterator[OutboxRelay]:
+async def relay(engine: Engine, kafka: LocalKafka) -> AsyncIterator[OutboxRelay]:
     metrics = ServiceMetrics("relay-test", CollectorRegistry())
-    running = OutboxRelay(engine, kafka, metrics, poll_seconds=0.1)
+    running = OutboxRelay(engine, kafka.admin_access(), metrics, poll_seconds=0.1)
     await running.start()
     yield running
     await running.stop()
 
 
-async def read(bootstrap: str, topic: str, count: int, timeout: float = 30) -> list[bytes]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
+async def read(kafka: LocalKafka, topic: str, count: int, timeout: float = 30) -> list[bytes]:
+    consumer = AIOKafkaConsumer(topic, **kafka.admin_access().client_options(), group_id=None,
                                 auto_offset_reset="earliest")
     await consumer.start()
     values: list[bytes] = []
@@ -84,7 +84,7 @@ async def wait_settled(engine: Engine, parked: int, timeout: float = 30) -> list
 
 
 async def test_a_row_over_the_producer_limit_is_parked_and_the_next_go_out(
-    engine: Engine, kafka: str, relay: OutboxRelay
+    engine: Engine, kafka: LocalKafka, relay: OutboxRelay
 ) -> None:
     topic = await new_topic(kafka, **{"max.message.bytes": str(MAX_MESSAGE_BYTES)})
     fill_outbox(engine, topic, ['{"n": 1}', "x" * (MAX_MESSAGE_BYTES + 1), '{"n": 2}'])
@@ -99,7 +99,7 @@ async def test_a_row_over_the_producer_limit_is_parked_and_the_next_go_out(
 
 
 async def test_a_row_the_broker_refuses_is_tried_alone_then_parked(
-    engine: Engine, kafka: str, relay: OutboxRelay
+    engine: Engine, kafka: LocalKafka, relay: OutboxRelay
 ) -> None:
     topic = await new_topic(kafka, **{"max.message.bytes": "2000"})
     fill_outbox(engine, topic, ['{"n": 1}', "y" * 5000, '{"n": 2}', '{"n": 3}'])
@@ -111,10 +111,10 @@ async def test_a_row_the_broker_refuses_is_tried_alone_then_parked(
     assert parked["bytes"] == 5000
 
 
-async def topic_config(bootstrap: str, topic: str) -> dict[str, str]:
+async def topic_config(kafka: LocalKafka, topic: str) -> dict[str, str]:
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**kafka.admin_access().client_options())
     await admin.start()
     try:
         [response] = await admin.describe_configs(
@@ -126,17 +126,18 @@ async def topic_config(bootstrap: str, topic: str) -> dict[str, str]:
 
 
 async def test_one_record_limit_for_producer_broker_and_topics(
-    kafka: str, engine: Engine
+    kafka: LocalKafka, engine: Engine
 ) -> None:
     old = await new_topic(kafka)  # made before the limit was set: the broker's default
     fresh = f"e2c.test.limits.{uuid.uuid4().hex[:10]}"
 
-    await ensure_topics(kafka, [old, fresh], partitions=1)
+    await ensure_topics(kafka.admin_access(), [old, fresh], partitions=1)
 
     for topic in (old, fresh):
         config = await topic_config(kafka, topic)
         assert config["max.message.bytes"] == str(MAX_MESSAGE_BYTES)
         assert config["retention.ms"] == "-1"
-    assert server_settings(9092, 9093, Path("/tmp"))["message.max.bytes"] == MAX_MESSAGE_BYTES
-    relay = OutboxRelay(engine, kafka, ServiceMetrics("x", CollectorRegistry()))
+    settings = server_settings(9092, 9093, Path("/tmp"), "unused")
+    assert settings["message.max.bytes"] == MAX_MESSAGE_BYTES
+    relay = OutboxRelay(engine, kafka.admin_access(), ServiceMetrics("x", CollectorRegistry()))
     assert relay._new_producer()._max_request_size == MAX_MESSAGE_BYTES
