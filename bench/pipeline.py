@@ -34,16 +34,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from deploy.harness import Environment, ServiceProcesses
+from deploy.harness import Environment, ServiceProcesses, free_port
 from deploy.kafka_security import OPS, access
 from deploy.local_kafka import LocalKafka
 from deploy.writers import Writers, writer_accesses
 from shared.contract import Topic
 from shared.kafka import topic_partitions
-from shared.kafka_access import KafkaAccess
 from shared.settings import PROJECT_ROOT
 
 BENCH_DIR = PROJECT_ROOT / "var" / "bench"
@@ -84,19 +83,35 @@ def quiet(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 async def raw_ceiling(kafka: LocalKafka, events: int) -> Figure:
     """One producer and one consumer on a topic of their own, both as the admin principal
-    (authenticated as every client is: SASL/SCRAM)."""
-    access = kafka.admin_access()
+    (authenticated as every client is: SASL/SCRAM, with the ACLs checked)."""
+    return await _raw(kafka.admin_access().client_options(), events, "raw aiokafka")
+
+
+async def raw_without_authentication(events: int) -> Figure:
+    """The same on a broker of the same build without SASL nor ACLs: what they cost."""
+    broker = LocalKafka(BENCH_DIR / "open", port=free_port(), controller_port=free_port(),
+                        authenticated=False)
+    broker.purge()
+    broker.start()
+    try:
+        return await _raw({"bootstrap_servers": broker.bootstrap}, events,
+                          "raw aiokafka, no authentication")
+    finally:
+        broker.purge()
+
+
+async def _raw(options: dict[str, Any], events: int, name: str) -> Figure:
     topic = f"bench.raw.{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(**access.client_options())
+    admin = AIOKafkaAdminClient(**options)
     await admin.start()
     await admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])
     await admin.close()
     padding = "x" * 420  # about the size of a referral
     sent: dict[str, float] = {}
     received: dict[str, float] = {}
-    consumer = await _consumer_at_end(access, [topic])
+    consumer = await _consumer_at_end(options, [TopicPartition(topic, p) for p in range(3)])
     reading = asyncio.create_task(_read(consumer, received, "id", events))
-    producer = AIOKafkaProducer(**access.client_options(), linger_ms=5, acks="all",
+    producer = AIOKafkaProducer(**options, linger_ms=5, acks="all",
                                 enable_idempotence=True)
     await producer.start()
     futures = []
@@ -109,19 +124,25 @@ async def raw_ceiling(kafka: LocalKafka, events: int) -> Figure:
     await producer.stop()
     await reading
     await consumer.stop()
-    return figure("raw aiokafka", sent, received)
+    return figure(name, sent, received)
 
 
-async def _consumer_at_end(access: KafkaAccess, topics: list[str]) -> AIOKafkaConsumer:
-    consumer = AIOKafkaConsumer(**access.client_options(), group_id=None,
-                                enable_auto_commit=False)
+async def _consumer_at_end(
+    options: dict[str, Any], partitions: list[TopicPartition]
+) -> AIOKafkaConsumer:
+    consumer = AIOKafkaConsumer(**options, group_id=None, enable_auto_commit=False)
     await consumer.start()
-    partitions = await topic_partitions(access, topics)
     consumer.assign(partitions)
     await consumer.seek_to_end(*partitions)
     for partition in partitions:
         await consumer.position(partition)
     return consumer
+
+
+async def _answers_at_end(kafka: LocalKafka, topics: list[Topic]) -> AIOKafkaConsumer:
+    """A consumer of the services' answers, as ops (who may read every topic)."""
+    ops = access(kafka, OPS)
+    return await _consumer_at_end(ops.client_options(), await topic_partitions(ops, topics))
 
 
 async def _read(consumer: AIOKafkaConsumer, received: dict[str, float], field: str,
@@ -161,7 +182,7 @@ async def referral_pipeline(kafka: LocalKafka, events: int, name: str) -> Figure
     inputs = [referral(i, tag) for i in range(events)]
     sent: dict[str, float] = {}
     received: dict[str, float] = {}
-    consumer = await _consumer_at_end(access(kafka, OPS), [Topic.REFERRALS_DECIDED])
+    consumer = await _answers_at_end(kafka, [Topic.REFERRALS_DECIDED])
     reading = asyncio.create_task(_read(consumer, received, "request_event_id", events))
     producer = Writers(writer_accesses(kafka), linger_ms=5, acks="all")
     await producer.start()
@@ -191,7 +212,7 @@ async def lifecycle(kafka: LocalKafka, trainees: int) -> Figure:
     await producer.start()
     topics = [Topic.REFERRALS_DECIDED, Topic.ENROLLMENTS_DECIDED, Topic.AIDS_DECIDED,
               Topic.EXITS_DECIDED]
-    consumer = await _consumer_at_end(access(kafka, OPS), topics)
+    consumer = await _answers_at_end(kafka, topics)
 
     async def send(topic: str, key: str, body: dict[str, Any]) -> None:
         sent[body["event_id"]] = time.time()
@@ -268,6 +289,7 @@ def main() -> None:
     figures: list[Figure] = []
     scaling: list[Figure] = []
     try:
+        open_raw = asyncio.run(raw_without_authentication(args.events))
         figures.append(asyncio.run(raw_ceiling(env.kafka, args.events)))
         stack = start_services(env, "default", 1, postgres=False)
         figures.append(asyncio.run(referral_pipeline(
@@ -284,22 +306,29 @@ def main() -> None:
                 stack.stop_all()
     finally:
         env.stop()
-    report(figures, scaling)
+    report(figures, scaling, open_raw)
 
 
-def report(figures: list[Figure], scaling: list[Figure]) -> None:
+def report(figures: list[Figure], scaling: list[Figure], open_raw: Figure) -> None:
     print(f"{'run':<40}{'events':>8}{'events/s':>11}{'p50 ms':>9}{'p99 ms':>9}")
-    for line in [*figures, *scaling]:
+    for line in [open_raw, *figures, *scaling]:
         print(f"{line.name:<40}{line.events:>8}{line.per_second:>11.0f}"
               f"{line.p50_ms:>9.1f}{line.p99_ms:>9.1f}")
     ratio = figures[1].per_second / figures[0].per_second
     print(f"ratio {ratio:.2f}   (referral pipeline / raw aiokafka; the goal is 0.25 or more)")
+    open_ratio = figures[1].per_second / open_raw.per_second
+    print(f"ratio {open_ratio:.2f}   (the same pipeline / raw aiokafka on a broker without "
+          "SASL nor ACLs)")
+    cost = 1 - figures[0].per_second / open_raw.per_second
+    print(f"authentication and ACLs cost raw aiokafka {cost:.0%} of its rate in this run")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({
         "machine": machine(),
         "figures": [{**asdict(f), "per_second": f.per_second} for f in figures],
         "scaling": [{**asdict(f), "per_second": f.per_second} for f in scaling],
         "ratio": ratio,
+        "raw_without_authentication": {**asdict(open_raw), "per_second": open_raw.per_second},
+        "ratio_to_raw_without_authentication": open_ratio,
     }, indent=2))
     print(f"figures written to {RESULTS}")
 

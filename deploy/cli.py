@@ -49,6 +49,17 @@ def _parser() -> argparse.ArgumentParser:
     status = stack_commands.add_parser("status", help="each part with pid, port and health")
     status.add_argument("--json", action="store_true")
     status.set_defaults(run=_stack_status)
+    client_config = stack_commands.add_parser(
+        "client-config",
+        help="what a client of ROLE needs to connect to the running stack's broker "
+        "(bootstrap servers, security protocol, mechanism, username, password)",
+    )
+    client_config.add_argument(
+        "--role", required=True,
+        help="admin, referrals, aids, outcomes, staff, finance, ops, or partner-AGENCY",
+    )
+    client_config.add_argument("--json", action="store_true", help="print it as JSON")
+    client_config.set_defaults(run=_stack_client_config)
 
     demo = commands.add_parser("demo", help="send a small batch of referrals, show decisions")
     demo.set_defaults(run=_demo)
@@ -74,12 +85,12 @@ def _parser() -> argparse.ArgumentParser:
     partners = commands.add_parser("partners", help="what partner agencies receive")
     partner_commands = partners.add_subparsers(title="partners commands")
     partner_add = partner_commands.add_parser(
-        "add", help="give an agency an HTTP token (printed once; a new one replaces the "
-        "old ones); the running services accept it at once")
+        "add", help="give an agency an HTTP token and Kafka credentials (printed once; new "
+        "ones replace the old); the running services and broker accept them at once")
     partner_add.add_argument("agency_id")
     partner_add.set_defaults(run=_partner_add)
     partner_remove = partner_commands.add_parser(
-        "remove", help="revoke every HTTP token of an agency (at once, no restart)")
+        "remove", help="revoke an agency's HTTP tokens and Kafka credentials (at once)")
     partner_remove.add_argument("agency_id")
     partner_remove.set_defaults(run=_partner_remove)
     partner_list = partner_commands.add_parser(
@@ -517,7 +528,11 @@ def _ops_access() -> KafkaAccess:
 
     if os.environ.get("E2C_KAFKA_USERNAME"):
         return Settings().kafka_access()
-    return LocalStack().access(OPS)
+    try:
+        return LocalStack().access(OPS)
+    except (KeyError, OSError):
+        raise SystemExit("e2c: no credentials for the broker: `e2c stack up` makes the "
+                         "stack's, or set E2C_KAFKA_USERNAME and E2C_KAFKA_PASSWORD") from None
 
 
 def _ops_redis_url() -> str:
@@ -546,20 +561,75 @@ def _partner_tokens(agency_id: str, add: bool) -> str | None:
 
 
 def _partner_add(args: argparse.Namespace) -> int:
+    from deploy.kafka_security import add_partner
+
+    kafka = _running_kafka()
+    access = add_partner(kafka, args.agency_id)  # first: an agency id the broker refuses stops
     token = _partner_tokens(args.agency_id, add=True)
-    print(f"agency {args.agency_id}: HTTP token (shown this once, keep it secret):")
-    print(token)
+    print(f"agency {args.agency_id}: shown this once, keep them secret")
+    print(f"HTTP token: {token}")
+    print("Kafka (writes e2c.referrals.submitted.v1 only):")
+    print(_render_client_config(_client_config(access)))
     return 0
 
 
 def _partner_remove(args: argparse.Namespace) -> int:
+    from deploy.kafka_security import remove_partner
     from shared.http import partner_role
 
+    kafka = _running_kafka()
     before = stack_tokens(_command_settings())
     held = sum(role == partner_role(args.agency_id) for role in before.values())
     _partner_tokens(args.agency_id, add=False)
-    print(f"agency {args.agency_id}: {held} HTTP token(s) revoked")
-    return 0 if held else 1
+    on_kafka = remove_partner(kafka, args.agency_id)
+    print(f"agency {args.agency_id}: {held} HTTP token(s) revoked; Kafka credentials "
+          f"{'revoked' if on_kafka else 'none'}")
+    return 0 if held or on_kafka else 1
+
+
+def _running_kafka() -> Any:
+    """The stack's broker, refusing to go on when it does not answer (users and ACLs are
+    kept by the broker itself)."""
+    from deploy.stack import LocalStack
+
+    stack = LocalStack()
+    if not stack.kafka.answers():
+        raise SystemExit("e2c: the stack's broker does not answer: `e2c stack up` first")
+    return stack.kafka
+
+
+def _stack_client_config(args: argparse.Namespace) -> int:
+    from deploy.stack import LocalStack
+
+    try:
+        access = LocalStack().access(args.role)
+    except (KeyError, OSError) as error:
+        print(f"e2c: {error.args[0] if error.args else error}: `e2c stack up` makes the "
+              "roles' credentials, `e2c partners add` a partner's", file=sys.stderr)
+        return 1
+    config = _client_config(access)
+    print(json.dumps(config, indent=2) if args.json else _render_client_config(config))
+    return 0
+
+
+def _client_config(access: KafkaAccess) -> dict[str, str]:
+    from shared.kafka_access import SCRAM_MECHANISM
+
+    config = {
+        "bootstrap_servers": access.bootstrap,
+        "security_protocol": access.security_protocol,
+        "sasl_mechanism": SCRAM_MECHANISM,
+        "username": access.username,
+        "password": access.password.get_secret_value(),
+    }
+    if access.ssl_cafile is not None:
+        config["ssl_cafile"] = str(access.ssl_cafile)
+    return config
+
+
+def _render_client_config(config: dict[str, str]) -> str:
+    width = max(len(key) for key in config)
+    return "\n".join(f"  {key:<{width}}  {value}" for key, value in config.items())
 
 
 def _partner_list(args: argparse.Namespace) -> int:
@@ -606,10 +676,10 @@ def _ops_status(args: argparse.Namespace) -> int:
     from deploy.ops import SERVICES, collect_status, render_status
 
     settings = Settings()
+    token = _ops_token(settings)  # first: a tokens file the services would refuse stops here
     access = _ops_access()
     redis_url = _ops_redis_url()
     urls = {name: f"http://127.0.0.1:{settings.port(name)}" for name in SERVICES}
-    token = _ops_token(settings)
     code = 1
     try:
         while True:

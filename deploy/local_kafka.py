@@ -29,6 +29,7 @@ from shared.private_files import (
     loose_bits,
     private_dir,
     read_or_create_secret,
+    read_secret,
     write_private,
 )
 
@@ -71,7 +72,7 @@ def broker_answers(access: KafkaAccess, timeout_ms: int = 5000) -> bool:
     if not any(port_open(port, host) for host, port in _addresses(access.bootstrap)):
         return False
     try:
-        _run_sync(_describe_cluster(access, timeout_ms))
+        run_sync(_describe_cluster(access, timeout_ms))
     except (TimeoutError, KafkaError, OSError):
         return False
     return True
@@ -91,9 +92,15 @@ class LocalKafka(DetachedServer):
     stop_timeout = 30.0
     ready_poll = 0.5
 
-    def __init__(self, data_dir: Path, port: int = 9092, controller_port: int = 9093) -> None:
+    def __init__(
+        self, data_dir: Path, port: int = 9092, controller_port: int = 9093,
+        authenticated: bool = True,
+    ) -> None:
         super().__init__(data_dir, "kafka", port, _is_kafka_process)
         self.controller_port = controller_port
+        # False only for `make bench`'s reference broker, which measures what SASL costs:
+        # nothing of the project connects to an open broker.
+        self.authenticated = authenticated
         self.log_dirs = self.home / "logs"
         self.properties_file = self.home / "server.properties"
         self.server_log = self.home / "server.log"
@@ -106,8 +113,9 @@ class LocalKafka(DetachedServer):
         return self.address
 
     def admin_access(self) -> KafkaAccess:
+        """The super user's credentials (made at the first start: none before it)."""
         return KafkaAccess(bootstrap=self.bootstrap, username=ADMIN_PRINCIPAL,
-                           password=SecretStr(self._admin_password()))
+                           password=SecretStr(read_secret(self.admin_password_file)))
 
     def _admin_password(self) -> str:
         return read_or_create_secret(self.admin_password_file)
@@ -122,6 +130,8 @@ class LocalKafka(DetachedServer):
         return "\n".join(text for text in tails if text)
 
     def answers(self) -> bool:
+        if not self.authenticated:
+            return open_broker_answers(self.bootstrap)
         return self.admin_password_file.exists() and broker_answers(self.admin_access())
 
     def _ensure_ports_free(self) -> None:
@@ -137,15 +147,19 @@ class LocalKafka(DetachedServer):
             self._format_storage(lib_dir)
 
     def _server_properties(self) -> str:
-        settings = server_settings(self.port, self.controller_port, self.log_dirs,
-                                   self._admin_password())
+        if not self.authenticated:
+            settings = open_server_settings(self.port, self.controller_port, self.log_dirs)
+        else:
+            settings = server_settings(self.port, self.controller_port, self.log_dirs,
+                                       self._admin_password())
         return "".join(f"{key}={value}\n" for key, value in settings.items())
 
     def _format_storage(self, lib_dir: Path) -> None:
         cluster_id = _persisted_cluster_id(self.cluster_id_file)
-        scram = f"{SCRAM_MECHANISM}=[name={ADMIN_PRINCIPAL},password={self._admin_password()}]"
-        args = ["format", "-t", cluster_id, "-c", str(self.properties_file), "--ignore-formatted",
-                "--add-scram", scram]
+        args = ["format", "-t", cluster_id, "-c", str(self.properties_file), "--ignore-formatted"]
+        if self.authenticated:
+            user = f"name={ADMIN_PRINCIPAL},password={self._admin_password()}"
+            args += ["--add-scram", f"{SCRAM_MECHANISM}=[{user}]"]
         command = self._java_command(lib_dir, "kafka.tools.StorageTool", args)
         result = subprocess.run(
             command, capture_output=True, text=True, check=False, umask=OWNER_ONLY_UMASK
@@ -202,6 +216,36 @@ def server_settings(
         "share.coordinator.state.topic.min.isr": 1,
         "group.initial.rebalance.delay.ms": 0,
     }
+
+
+def open_server_settings(
+    port: int, controller_port: int, log_dirs: Path
+) -> dict[str, str | int]:
+    """The same broker without authentication: the benchmark's reference only."""
+    settings = server_settings(port, controller_port, log_dirs, "unused")
+    for key in security_settings("unused"):
+        settings.pop(key)
+    settings["listener.security.protocol.map"] = "CLIENTS:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    return settings
+
+
+def open_broker_answers(bootstrap: str) -> bool:
+    if not any(port_open(port, host) for host, port in _addresses(bootstrap)):
+        return False
+    try:
+        run_sync(_describe_open_cluster(bootstrap))
+    except (TimeoutError, KafkaError, OSError):
+        return False
+    return True
+
+
+async def _describe_open_cluster(bootstrap: str) -> dict[str, Any]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    try:
+        await admin.start()
+        return await admin.describe_cluster()
+    finally:
+        await admin.close()
 
 
 def security_settings(admin_password: str) -> dict[str, str | int]:
@@ -307,7 +351,7 @@ async def _describe_cluster(access: KafkaAccess, timeout_ms: int) -> dict[str, A
         await admin.close()
 
 
-def _run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
+def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine to completion, also when called from inside a running event loop."""
     try:
         asyncio.get_running_loop()

@@ -35,6 +35,7 @@ DOCS = "/docs/asyncapi"
 def settings_in(folder: Path) -> Settings:
     tokens_file = tokens.write_tokens_file(folder / "tokens.json")
     return Settings(E2C_DATA_DIR=folder, KAFKA_BOOTSTRAP_SERVERS=BOOTSTRAP,
+                    E2C_KAFKA_USERNAME="referrals", E2C_KAFKA_PASSWORD="never-connects",
                     E2C_TOKENS_FILE=tokens_file)
 
 
