@@ -43,7 +43,7 @@ from confluent_kafka.admin import (
 from pydantic import SecretStr
 
 from deploy.local_kafka import LocalKafka
-from deploy.system import TOPOLOGIES, producer_of
+from deploy.system import TOPOLOGIES
 from shared.contract import ALL_TOPICS, Topic
 from shared.kafka import ensure_topics
 from shared.kafka_access import KafkaAccess
@@ -151,11 +151,12 @@ def acl_table() -> list[tuple[str, str]]:
 
 
 def outside_writers(topic: Topic) -> list[str]:
-    """The roles allowed to write `topic` besides the service that decides it."""
-    roles = [role for role in (STAFF, FINANCE, f"{PARTNER_PREFIX}<agency>")
-             if any(g.resource == "topic" and g.operation == "write" and g.name == topic
-                    for g in grants(role))]
-    return roles if producer_of(topic) is None else []
+    """The roles allowed to write `topic` besides the service that decides it (and ops,
+    which only replays dead letters). Read from the grants alone: a topic a service also
+    publishes (the referrals taken over HTTP) still has its outside writers."""
+    return [role for role in (STAFF, FINANCE, f"{PARTNER_PREFIX}<agency>")
+            if any(g.resource == "topic" and g.operation == "write" and g.name == topic
+                   for g in grants(role))]
 
 
 # --- credentials kept by the stack --------------------------------------------------------
