@@ -239,7 +239,11 @@ def provision(kafka: LocalKafka, partitions: int) -> None:
 
 
 def add_partner(kafka: LocalKafka, agency: str) -> KafkaAccess:
-    """A new password for the agency's principal (replacing any earlier one), its ACLs."""
+    """A new password for the agency's principal (replacing any earlier one), its ACLs.
+
+    The broker does not re-authenticate a live session (`connections.max.reauth.ms` is not
+    set): a client still connected with an earlier password keeps writing as the principal.
+    Only `remove_partner` (its ACLs gone) stops such a client."""
     principal = partner_principal(agency)
     password = new_password()
     security = BrokerSecurity(kafka.admin_access())
@@ -261,6 +265,8 @@ def remove_partner(kafka: LocalKafka, agency: str) -> bool:
     """Revokes the agency's principal: its ACLs, its SCRAM user and its kept password."""
     principal = partner_principal(agency)
     security = BrokerSecurity(kafka.admin_access())
+    # The ACLs first, and they are what matters to a client already connected: the broker
+    # checks them on every request, while deleting the user only refuses new logins.
     security.revoke(principal)
     found = security.delete_user(principal)
     return credentials_of(kafka).remove(principal) or found
