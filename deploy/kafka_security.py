@@ -16,7 +16,6 @@ Users and ACLs go through confluent-kafka's admin client: aiokafka's has no such
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
@@ -42,7 +41,7 @@ from confluent_kafka.admin import (
 )
 from pydantic import SecretStr
 
-from deploy.local_kafka import LocalKafka
+from deploy.local_kafka import LocalKafka, run_sync
 from deploy.system import TOPOLOGIES
 from shared.contract import ALL_TOPICS, Topic
 from shared.kafka import ensure_topics
@@ -235,7 +234,9 @@ def provision(kafka: LocalKafka, partitions: int) -> None:
     the first start creates them, each later start puts them back as the code says."""
     passwords = credentials_of(kafka).ensure(role for role in FIXED_ROLES if role != ADMIN)
     BrokerSecurity(kafka.admin_access()).secure(passwords)
-    asyncio.run(ensure_topics(kafka.admin_access(), ALL_TOPICS, partitions))
+    # Also from a coroutine (`deploy.chaos` starts its environment in one), as LocalKafka's
+    # own start does.
+    run_sync(ensure_topics(kafka.admin_access(), ALL_TOPICS, partitions))
 
 
 def add_partner(kafka: LocalKafka, agency: str) -> KafkaAccess:

@@ -71,7 +71,7 @@ def broker_answers(access: KafkaAccess, timeout_ms: int = 5000) -> bool:
     if not any(port_open(port, host) for host, port in _addresses(access.bootstrap)):
         return False
     try:
-        _run_sync(_describe_cluster(access, timeout_ms))
+        run_sync(_describe_cluster(access, timeout_ms))
     except (TimeoutError, KafkaError, OSError):
         return False
     return True
@@ -307,7 +307,7 @@ async def _describe_cluster(access: KafkaAccess, timeout_ms: int) -> dict[str, A
         await admin.close()
 
 
-def _run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
+def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine to completion, also when called from inside a running event loop."""
     try:
         asyncio.get_running_loop()

@@ -40,6 +40,7 @@ from deploy.kafka_security import ADMIN, FINANCE, OPS, STAFF, Grant
 from shared.contract import ALL_TOPICS, Topic
 from shared.kafka import topic_partitions
 from shared.kafka_access import SCRAM_MECHANISM, KafkaAccess
+from shared.settings import Settings
 from tests.events import (
     aid_request,
     budget,
@@ -218,6 +219,18 @@ async def test_a_wrong_password_or_an_unknown_user_is_refused(kafka: LocalKafka)
     assert str(bad_password.value) == str(unknown_user.value)
 
     await scram_handshake(kafka, STAFF, staff.password.get_secret_value())  # the right one
+
+
+@infra
+async def test_provisioning_again_from_a_coroutine_keeps_every_role_working(
+    kafka: LocalKafka,
+) -> None:
+    """What a restart does (`deploy.chaos` does it from a coroutine): users, ACLs and topics
+    put back as the code says, the passwords unchanged."""
+    kafka_security.provision(kafka, Settings().topic_partitions)  # inside the test's loop
+    async with producer(kafka_security.access(kafka, STAFF)) as staff:
+        assert await bounded(staff.partitions_for(EXITS))
+    await read_refused(kafka_security.access(kafka, STAFF), EXITS)
 
 
 # --- what a partner may do -----------------------------------------------------------------
