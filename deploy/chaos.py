@@ -195,10 +195,10 @@ def check_envelopes(outcome: Outcome, plan: YearPlan) -> list[str]:
 
 async def run_chaos(trainees: int, seed: int, duration: float, malformed: int) -> int:
     env = Environment(CHAOS_DIR)
-    env.start()
     stack = env.stack("services")
     journal = Journal()
     try:
+        env.start()  # inside: a start that fails halfway still stops what it started
         for name in SERVICES:
             stack.add(name, "", {"E2C_LOG_LEVEL": "WARNING"}).start(timeout=120)
         plan = plan_year(2024, trainees, seed)

@@ -42,7 +42,7 @@ from confluent_kafka.admin import (
 from pydantic import SecretStr
 
 from deploy.local_kafka import LocalKafka, run_sync
-from deploy.system import TOPOLOGIES, producer_of
+from deploy.system import TOPOLOGIES
 from shared.contract import ALL_TOPICS, Topic
 from shared.kafka import ensure_topics
 from shared.kafka_access import KafkaAccess
@@ -150,11 +150,12 @@ def acl_table() -> list[tuple[str, str]]:
 
 
 def outside_writers(topic: Topic) -> list[str]:
-    """The roles allowed to write `topic` besides the service that decides it."""
-    roles = [role for role in (STAFF, FINANCE, f"{PARTNER_PREFIX}<agency>")
-             if any(g.resource == "topic" and g.operation == "write" and g.name == topic
-                    for g in grants(role))]
-    return roles if producer_of(topic) is None else []
+    """The roles allowed to write `topic` besides the service that decides it (and ops,
+    which only replays dead letters). Read from the grants alone: a topic a service also
+    publishes (the referrals taken over HTTP) still has its outside writers."""
+    return [role for role in (STAFF, FINANCE, f"{PARTNER_PREFIX}<agency>")
+            if any(g.resource == "topic" and g.operation == "write" and g.name == topic
+                   for g in grants(role))]
 
 
 # --- credentials kept by the stack --------------------------------------------------------
@@ -233,11 +234,17 @@ def provision(kafka: LocalKafka, partitions: int) -> None:
     the first start creates them, each later start puts them back as the code says."""
     passwords = credentials_of(kafka).ensure(role for role in FIXED_ROLES if role != ADMIN)
     BrokerSecurity(kafka.admin_access()).secure(passwords)
+    # Also from a coroutine (`deploy.chaos` starts its environment in one), as LocalKafka's
+    # own start does.
     run_sync(ensure_topics(kafka.admin_access(), ALL_TOPICS, partitions))
 
 
 def add_partner(kafka: LocalKafka, agency: str) -> KafkaAccess:
-    """A new password for the agency's principal (replacing any earlier one), its ACLs."""
+    """A new password for the agency's principal (replacing any earlier one), its ACLs.
+
+    The broker does not re-authenticate a live session (`connections.max.reauth.ms` is not
+    set): a client still connected with an earlier password keeps writing as the principal.
+    Only `remove_partner` (its ACLs gone) stops such a client."""
     principal = partner_principal(agency)
     password = new_password()
     security = BrokerSecurity(kafka.admin_access())
@@ -259,6 +266,8 @@ def remove_partner(kafka: LocalKafka, agency: str) -> bool:
     """Revokes the agency's principal: its ACLs, its SCRAM user and its kept password."""
     principal = partner_principal(agency)
     security = BrokerSecurity(kafka.admin_access())
+    # The ACLs first, and they are what matters to a client already connected: the broker
+    # checks them on every request, while deleting the user only refuses new logins.
     security.revoke(principal)
     found = security.delete_user(principal)
     return credentials_of(kafka).remove(principal) or found
