@@ -613,18 +613,11 @@ def _stack_client_config(args: argparse.Namespace) -> int:
 
 
 def _client_config(access: KafkaAccess) -> dict[str, str]:
-    from shared.kafka_access import SCRAM_MECHANISM
-
-    config = {
-        "bootstrap_servers": access.bootstrap,
-        "security_protocol": access.security_protocol,
-        "sasl_mechanism": SCRAM_MECHANISM,
-        "username": access.username,
-        "password": access.password.get_secret_value(),
-    }
-    if access.ssl_cafile is not None:
-        config["ssl_cafile"] = str(access.ssl_cafile)
-    return config
+    """What `e2c stack client-config` prints: librdkafka's settings under our names."""
+    names = {"bootstrap.servers": "bootstrap_servers", "security.protocol": "security_protocol",
+             "sasl.mechanism": "sasl_mechanism", "sasl.username": "username",
+             "sasl.password": "password", "ssl.ca.location": "ssl_cafile"}
+    return {names[key]: value for key, value in access.librdkafka_config().items()}
 
 
 def _render_client_config(config: dict[str, str]) -> str:
