@@ -24,6 +24,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 from aiokafka import AIOKafkaConsumer
 
 from deploy.harness import Environment, ServiceProcess, ServiceProcesses
@@ -142,6 +143,19 @@ class Chaos:
 
 async def dead_letters(reader: KafkaAccess) -> list[dict[str, Any]]:
     """Every letter of the dead-letter topic (one per event_id)."""
+    letters, _ends = await _read_dead_letters(reader)
+    return letters
+
+
+async def dead_letter_ends(reader: KafkaAccess) -> dict[int, int]:
+    """The dead-letter topic's end offset per partition (what a failed check reports)."""
+    _letters, ends = await _read_dead_letters(reader)
+    return ends
+
+
+async def _read_dead_letters(
+    reader: KafkaAccess,
+) -> tuple[list[dict[str, Any]], dict[int, int]]:
     partitions = await topic_partitions(reader, [Topic.DEADLETTER])
     consumer = AIOKafkaConsumer(**reader.client_options(), group_id=None,
                                 enable_auto_commit=False)
@@ -156,7 +170,7 @@ async def dead_letters(reader: KafkaAccess) -> list[dict[str, Any]]:
                 for record in records:
                     letter = json.loads(record.value)
                     letters[letter["event_id"]] = letter
-        return list(letters.values())
+        return list(letters.values()), {tp.partition: end for tp, end in ends.items()}
     finally:
         await consumer.stop()
 
@@ -181,6 +195,21 @@ def check_dead_letters(letters: list[dict[str, Any]], journal: Journal) -> list[
     extra = len([o for o in originals if o not in journal.malformed.values()])
     return [f"dead letters: {len(originals)} letters for {len(expected)} malformed messages "
             f"({extra} that were not malformed)"]
+
+
+def dead_letter_counters(stack: ServiceProcesses) -> dict[str, list[str]]:
+    """What each service's /metrics says of its dead letters and parked outbox rows (since
+    its last restart): where a missing dead letter stopped."""
+    wanted = ("e2c_dead_letters_total", "e2c_outbox_parked_total", "e2c_outbox_relay_failures")
+    counters: dict[str, list[str]] = {}
+    for name, service in stack.services.items():
+        try:
+            text = httpx.get(f"{service.url}/metrics", timeout=5).text
+        except httpx.HTTPError as error:
+            counters[name] = [f"unreachable: {type(error).__name__}"]
+            continue
+        counters[name] = [line for line in text.splitlines() if line.startswith(wanted)]
+    return counters
 
 
 def check_envelopes(outcome: Outcome, plan: YearPlan) -> list[str]:
@@ -223,6 +252,10 @@ async def run_chaos(trainees: int, seed: int, duration: float, malformed: int) -
         letters = await settled_dead_letters(endpoints.reader, journal)
         problems = [*outcome.differences, *check_dead_letters(letters, journal),
                     *check_envelopes(outcome, plan)]
+        if len(letters) != len(journal.malformed):
+            problems.append(f"{Topic.DEADLETTER} end offsets by partition: "
+                            f"{await dead_letter_ends(endpoints.reader)}; services' counters: "
+                            f"{dead_letter_counters(stack)}")
         summary(journal, plan, outcome, letters, problems)
         return 1 if problems else 0
     finally:
