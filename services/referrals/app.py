@@ -21,7 +21,7 @@ from shared.topology import ServiceTopology
 
 from . import api, webhooks
 from .handlers import ReferralHandlers, erase_due
-from .store import TABLES, ReferralStore, now
+from .store import OPERATOR, TABLES, ReferralStore, now
 
 TOPOLOGY = ServiceTopology(
     name="referrals",
@@ -55,7 +55,9 @@ def erase_referral(settings: Settings, referral_id: str) -> bool | None:
     try:
         with unit_of_work(engine, ReferralStore, TOPOLOGY.name) as uow:
             referral = uow.store.get(referral_id, for_update=True)
-            return uow.store.erase(referral, "erasure_request") if referral else None
+            if referral is None:
+                return None
+            return uow.store.erase(referral, "erasure_request", OPERATOR)
     finally:
         engine.dispose()
 

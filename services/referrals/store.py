@@ -14,7 +14,7 @@ from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import Index, func, or_, update
+from sqlalchemy import DDL, Index, event, func, or_, update
 from sqlmodel import Field, SQLModel, col, delete, select
 
 from shared.contract import ReferralStatus
@@ -206,6 +206,70 @@ class Outgoing:
     secret: str
 
 
+class AuditEntry(SQLModel, table=True):
+    """One access to, or erasure of, personal data: who (role, agency), when, which referral
+    and what was done. Append-only (triggers refuse UPDATE, DELETE and, on PostgreSQL,
+    TRUNCATE); it holds no personal data itself: `detail` is a JSON list of codes."""
+
+    __tablename__ = "access_audit"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(index=True, sa_type=UtcDateTime)
+    action: str = Field(max_length=40)
+    role: str = Field(max_length=16)  # partner, admin, ops, operator, system
+    agency_id: str | None = Field(default=None, max_length=200)  # a partner's only
+    referral_id: str | None = Field(default=None, index=True, max_length=64)
+    detail: str = "[]"
+
+    @property
+    def detail_codes(self) -> list[str]:
+        return [str(code) for code in json.loads(self.detail)]
+
+
+_REFUSED = "access_audit is append-only"
+_APPEND_ONLY = {
+    "sqlite": [
+        f"CREATE TRIGGER access_audit_no_{verb.lower()} BEFORE {verb} ON access_audit "
+        f"BEGIN SELECT RAISE(ABORT, '{_REFUSED}'); END"
+        for verb in ("UPDATE", "DELETE")
+    ],
+    "postgresql": [
+        "CREATE OR REPLACE FUNCTION access_audit_append_only() RETURNS trigger "
+        f"LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION '{_REFUSED}'; END $$",
+        "CREATE TRIGGER access_audit_append_only BEFORE UPDATE OR DELETE OR TRUNCATE "
+        "ON access_audit FOR EACH STATEMENT EXECUTE FUNCTION access_audit_append_only()",
+    ],
+}
+for _dialect, _statements in _APPEND_ONLY.items():
+    for _statement in _statements:
+        event.listen(AuditEntry.__table__, "after_create",
+                     DDL(_statement).execute_if(dialect=_dialect))
+
+
+class AuditAction(StrEnum):
+    """What an audit row records."""
+
+    READ_PERSONAL_DATA = "read_personal_data"  # GET /referrals/{id}/personal-data
+    READ_REFERRAL = "read_referral"  # a partner's GET of its referral (with the candidate)
+    LIST_REFERRALS = "list_referrals"  # a partner's listing: one row per referral shown
+    SHOW_DEAD_LETTER_ORIGINAL = "show_dead_letter_original"  # e2c deadletters --show-original
+    EXPORT = "export"
+    ERASURE = "erasure"
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who reads or erases: a token's role (`partner` with its agency, `admin`, `ops`), the
+    `operator` running a command on the host, or the service itself (`system`)."""
+
+    role: str
+    agency_id: str | None = None
+
+
+SYSTEM = Actor("system")
+OPERATOR = Actor("operator")
+
+
 TABLES = (
     Referral.__table__,
     ReferralSubmission.__table__,
@@ -214,6 +278,7 @@ TABLES = (
     ReferralHistory.__table__,
     WebhookEndpoint.__table__,
     WebhookDelivery.__table__,
+    AuditEntry.__table__,
 )
 PERSON_KEY_SECRET = "person_key"
 CANDIDATE_SECRET = "candidate"
@@ -236,6 +301,12 @@ STAGES = tuple(stage.value for stage in Stage)
 @dataclass(frozen=True)
 class Page:
     items: list[Referral]
+    total: int
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    items: list[AuditEntry]
     total: int
 
 
@@ -467,8 +538,9 @@ class ReferralStore(Store):
         )
         return list(self.session.exec(query).all())
 
-    def erase(self, referral: Referral, why: str) -> bool:
-        """Deletes the person's data; the pseudonymous decisions stay. False if already done."""
+    def erase(self, referral: Referral, why: str, actor: Actor = SYSTEM) -> bool:
+        """Deletes the person's data; the pseudonymous decisions stay. False if already done.
+        The erasure is audited (as `actor`: retention and other callers are `system`)."""
         if referral.erased_at is not None:
             return False
         self.release_claim(referral)
@@ -477,7 +549,39 @@ class ReferralStore(Store):
         referral.erased_at = now()
         self.touch(referral)
         self.log(referral.referral_id, "erasure", referral.status, [why], None)
+        self.audit(actor, AuditAction.ERASURE, [referral.referral_id], [why])
         return True
+
+    def audit(self, actor: Actor, action: AuditAction, referral_ids: Sequence[str | None],
+              detail: Sequence[str] = ()) -> None:
+        """Appends one audit row per referral (None: an access naming no referral), in the
+        transaction of the access. `detail` holds codes, never personal data."""
+        moment = now()
+        for referral_id in referral_ids:
+            row = {"at": moment, "action": action.value, "role": actor.role,
+                   "agency_id": actor.agency_id, "referral_id": referral_id,
+                   "detail": json.dumps(list(detail))}
+            if self.batch is not None:
+                self.batch.insert(AuditEntry.__table__, row)  # type: ignore[arg-type]
+            else:
+                self.session.add(AuditEntry(**row))
+
+    def audit_page(self, referral_id: str | None, since: datetime | None, page: int,
+                   page_size: int) -> AuditPage:
+        """The audit rows (of `referral_id`, at or after `since`), oldest first."""
+        conditions = []
+        if referral_id is not None:
+            conditions.append(col(AuditEntry.referral_id) == referral_id)
+        if since is not None:
+            conditions.append(col(AuditEntry.at) >= since)
+        total = self.session.exec(
+            select(func.count()).select_from(AuditEntry).where(*conditions)
+        ).one()
+        query = (
+            select(AuditEntry).where(*conditions).order_by(col(AuditEntry.id))
+            .offset((page - 1) * page_size).limit(page_size)
+        )
+        return AuditPage(items=list(self.session.exec(query).all()), total=int(total))
 
     def erasure_candidates(self, cutoff: datetime) -> list[Referral]:
         settled = col(Referral.status).in_(
