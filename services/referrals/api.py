@@ -1,8 +1,14 @@
 """Referrals HTTP: partner access to referrals (status, history, personal data, erasure).
 
 `partner:<agency_id>` reads and erases its own agency's referrals and is the only role that
-sees the candidate's personal data; `admin` reads and erases any referral but never sees
-personal data; every other role gets 403. The store is used from a worker thread.
+sees the candidate's personal data in them; `admin` reads and erases any referral but never
+sees personal data there; every other role gets 403. The right of access
+(`GET /referrals/{id}/personal-data`) answers the sending agency and admin.
+
+Every read of personal data and every erasure appends a row to the access trail
+(`store.AuditEntry`) in the transaction of the read: one row per referral shown (a partner's
+listing: one row per referral of the page). `GET /audit` shows it to admin. The store is
+used from a worker thread.
 
 A route is a FastAPI function on `router`: its parameters (validated by FastAPI, a bad one
 answered by `shared.params`), `CallerDep` for who is asking, `Context` for the store, a
@@ -33,7 +39,13 @@ from pydantic import (
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
-from shared.contract import ReferralStatus, ReferralSubmitted, SchemaVersion, Timestamp
+from shared.contract import (
+    ReferralStatus,
+    ReferralSubmitted,
+    SchemaVersion,
+    Timestamp,
+    Topic,
+)
 from shared.http import RATE_LIMITED, Role, allow, bearer_role, partner_agency, problems
 from shared.messaging import describe_validation_error, unit_of_work
 from shared.params import ASCII_DIGITS, Expected, PrintableText
@@ -41,7 +53,16 @@ from shared.service import Context
 
 from . import domain, webhooks
 from .handlers import ReferralHandlers, Work
-from .store import Referral, ReferralHistory, ReferralStore, Stage, WebhookStore
+from .store import (
+    Actor,
+    AuditAction,
+    AuditEntry,
+    Referral,
+    ReferralHistory,
+    ReferralStore,
+    Stage,
+    WebhookStore,
+)
 
 ERASURE_REASON = "erasure_request"
 DEFAULT_PAGE_SIZE = 100
@@ -85,6 +106,16 @@ class Caller:
     def sees_personal_data(self, agency_id: str) -> bool:
         """Only the sending agency, never admin."""
         return self.agency_id == agency_id
+
+    @property
+    def actor(self) -> Actor:
+        return actor_of(self.role)
+
+
+def actor_of(role: str) -> Actor:
+    """The audit trail's actor of a token's role: a partner with its agency, else the role."""
+    agency_id = partner_agency(role)
+    return Actor("partner", agency_id) if agency_id is not None else Actor(role)
 
 
 # --- What they see ------------------------------------------------------------------------
@@ -296,7 +327,10 @@ def read_referral(
     if received is not None:
         return received
     referral = accessible(store, referral_id, caller)
-    fields = _summary_fields(referral, caller.sees_personal_data(referral.agency_id))
+    with_candidate = caller.sees_personal_data(referral.agency_id)
+    if with_candidate:
+        store.audit(caller.actor, AuditAction.READ_REFERRAL, [referral_id])
+    fields = _summary_fields(referral, with_candidate)
     history = [history_entry(event) for event in store.history(referral_id)]
     return ReferralDetail(**fields, history=history)
 
@@ -320,7 +354,7 @@ def received_only(
 
 def erase_personal_data(store: ReferralStore, referral_id: str, caller: Caller) -> Erasure:
     referral = accessible(store, referral_id, caller, for_update=True)
-    erased_now = store.erase(referral, ERASURE_REASON)  # committed when the work ends
+    erased_now = store.erase(referral, ERASURE_REASON, caller.actor)  # committed at the end
     return Erasure(referral_id=referral_id, erased=True, already_erased=not erased_now)
 
 
@@ -333,10 +367,14 @@ class ListQuery:
     page_size: int
 
 
-def read_page(store: ReferralStore, query: ListQuery, with_candidate: bool) -> ReferralPage:
+def read_page(store: ReferralStore, query: ListQuery, caller: Caller) -> ReferralPage:
     found = store.page_for_agency(
         query.agency_id, query.stage, query.since, query.page, query.page_size
     )
+    with_candidate = caller.sees_personal_data(query.agency_id)
+    if with_candidate:
+        store.audit(caller.actor, AuditAction.LIST_REFERRALS,
+                    [referral.referral_id for referral in found.items])
     more = query.page * query.page_size < found.total
     return ReferralPage(
         items=[summary(referral, with_candidate) for referral in found.items],
@@ -439,8 +477,7 @@ async def list_referrals(
     admin: the `agency_id` asked for, without)."""
     stage = status.value if status is not None else None
     query = ListQuery(agency_id, stage, since, page, page_size)
-    with_candidate = caller.sees_personal_data(agency_id)
-    return await in_store(ctx.engine, lambda s: read_page(s, query, with_candidate))
+    return await in_store(ctx.engine, lambda s: read_page(s, query, caller))
 
 
 @router.get("/referrals/{referral_id}", response_model=ReferralDetail | ReceivedReferral,
@@ -490,7 +527,10 @@ def decided_summary(
     referral = store.get(referral_id)
     if referral is None:
         return None
-    return summary(referral, caller.sees_personal_data(referral.agency_id))
+    with_candidate = caller.sees_personal_data(referral.agency_id)
+    if with_candidate:
+        store.audit(caller.actor, AuditAction.READ_REFERRAL, [referral_id], ["submit_wait"])
+    return summary(referral, with_candidate)
 
 
 async def decided_within(
@@ -662,3 +702,201 @@ async def remove_webhook(ctx: Context, agency_id: str) -> WebhookRemoval:
     if dropped is None:
         raise HTTPException(404, "this agency has no webhook")
     return WebhookRemoval(agency_id=agency_id, removed=True, deliveries_dropped=dropped)
+
+
+# --- Right of access and access trail --------------------------------------------------------
+
+
+class Profile(_Answer):
+    """The minimised profile kept after erasure (not personal data on its own)."""
+
+    highest_qualification: str
+    in_school: bool
+    has_work_experience: bool
+    rqth: bool
+    qpv_resident: bool
+    age_at_entry: int | None = Field(description="completed years on `enrolled_on`")
+
+
+class SubmissionRecord(_Answer):
+    """The referral was received over HTTP (contract 1.1): when, and as which event."""
+
+    event_id: str
+    agency_id: str
+    received_at: datetime
+
+
+class PersonalData(_Answer):
+    """Everything the referrals service holds about the person of one referral. Once erased,
+    the candidate's fields are null and `erased_at` says when."""
+
+    referral_id: str
+    agency_id: str
+    agency_kind: str
+    school_id: str
+    referred_on: date
+    candidate: Candidate
+    profile: Profile
+    status: ReferralStatus
+    stage: Stage
+    reasons: list[str] = Field(description="the decision's reason codes")
+    trainee_id: str | None = Field(description="the pseudonym given to the other services")
+    duplicate_of: str | None
+    enrolled_on: date | None
+    enrolled_school_id: str | None
+    exited_on: date | None
+    history: list[HistoryEntry] = Field(description="every decision, oldest first")
+    submission: SubmissionRecord | None = Field(description="null unless sent over HTTP")
+    created_at: datetime
+    updated_at: datetime
+    erased_at: datetime | None = Field(description="when the personal data was erased")
+
+
+def personal_data(store: ReferralStore, referral_id: str, caller: Caller) -> PersonalData:
+    """The right of access (the sending agency or admin), audited in the same transaction."""
+    referral = accessible(store, referral_id, caller)
+    erased = ["erased"] if referral.erased_at is not None else []
+    store.audit(caller.actor, AuditAction.READ_PERSONAL_DATA, [referral_id], erased)
+    submission = store.submission(referral_id)
+    return PersonalData(
+        referral_id=referral.referral_id, agency_id=referral.agency_id,
+        agency_kind=referral.agency_kind, school_id=referral.school_id,
+        referred_on=referral.referred_on, candidate=candidate(referral),
+        profile=Profile(
+            highest_qualification=referral.highest_qualification,
+            in_school=referral.in_school, has_work_experience=referral.has_work_experience,
+            rqth=referral.rqth, qpv_resident=referral.qpv_resident,
+            age_at_entry=referral.age_at_entry),
+        status=ReferralStatus(referral.status), stage=Stage(referral.stage),
+        reasons=referral.reason_codes, trainee_id=referral.trainee_id,
+        duplicate_of=referral.duplicate_of, enrolled_on=referral.enrolled_on,
+        enrolled_school_id=referral.enrolled_school_id, exited_on=referral.exited_on,
+        history=[history_entry(event) for event in store.history(referral_id)],
+        submission=None if submission is None else SubmissionRecord(
+            event_id=submission.event_id, agency_id=submission.agency_id,
+            received_at=submission.received_at),
+        created_at=referral.created_at, updated_at=referral.updated_at,
+        erased_at=referral.erased_at,
+    )
+
+
+@router.get("/referrals/{referral_id}/personal-data", response_model=PersonalData,
+            responses=problems(401, (403, "Not the sending agency's nor an admin token."),
+                               (404, "No such referral, or one received over HTTP and not "
+                                "decided yet.")))
+async def get_personal_data(ctx: Context, caller: CallerDep, referral_id: str) -> PersonalData:
+    """The right of access: everything held about the person of this referral, in one
+    document (the sending agency or admin). Every call is recorded in the access trail."""
+    return await in_store(ctx.engine, lambda s: personal_data(s, referral_id, caller))
+
+
+class AuditRow(_Answer):
+    id: int
+    at: datetime
+    action: AuditAction
+    role: str = Field(description="partner, admin, ops, operator (a command on the host) or "
+                      "system (retention)")
+    agency_id: str | None = Field(description="a partner's agency; null for other roles")
+    referral_id: str | None
+    detail: list[str] = Field(description="codes, never personal data")
+
+
+class AuditListing(_Answer):
+    items: list[AuditRow] = Field(description="oldest first")
+    page: int
+    page_size: int
+    total: int
+    next_page: int | None = Field(description="null on the last page")
+
+
+def audit_row(entry: AuditEntry) -> AuditRow:
+    assert entry.id is not None
+    return AuditRow(id=entry.id, at=entry.at, action=AuditAction(entry.action),
+                    role=entry.role, agency_id=entry.agency_id,
+                    referral_id=entry.referral_id, detail=entry.detail_codes)
+
+
+def read_audit(store: ReferralStore, referral_id: str | None, since: datetime | None,
+               page: int, page_size: int) -> AuditListing:
+    found = store.audit_page(referral_id, since, page, page_size)
+    return AuditListing(
+        items=[audit_row(entry) for entry in found.items], page=page, page_size=page_size,
+        total=found.total, next_page=page + 1 if page * page_size < found.total else None,
+    )
+
+
+@router.get("/audit", response_model=AuditListing, tags=["audit"], dependencies=ADMIN_ONLY,
+            responses=problems(401, 403, (422, "A parameter is invalid (`detail` names it "
+                                          "and what it takes, never the value sent).")))
+async def list_audit(
+    ctx: Context,
+    referral_id: Annotated[PrintableText | None, Query(description="only this referral's")]
+    = None,
+    since: Annotated[Since | None, Query(description="only the rows at or after then")] = None,
+    page: Annotated[int, Query(ge=1, le=MAX_PAGE), ASCII_DIGITS] = 1,
+    page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE), ASCII_DIGITS] = DEFAULT_PAGE_SIZE,
+) -> AuditListing:
+    """The access trail (role admin): every read of personal data and every erasure, oldest
+    first, page by page."""
+    asked = referral_id or None
+    return await in_store(ctx.engine, lambda s: read_audit(s, asked, since, page, page_size))
+
+
+MAX_ACCESSED = 10_000
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+KNOWN_TOPICS = frozenset(str(topic) for topic in Topic)
+
+
+class ShownDeadLetter(BaseModel):
+    """A dead letter whose original is about to be shown, as the dead-letter topic has it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    event_id: str | None = Field(default=None, max_length=100)
+    source_topic: str | None = Field(default=None, max_length=300)
+    key: str | None = Field(default=None, max_length=100_000,
+                            description="the letter's key (the referral_id on "
+                            "`e2c.referrals.submitted.v1`)")
+
+
+class AccessIn(BaseModel):
+    """An access made outside the service, recorded before the data is shown."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["show_dead_letter_original"]
+    dead_letters: list[ShownDeadLetter] = Field(max_length=MAX_ACCESSED)
+
+
+class AccessRecorded(_Answer):
+    recorded: int = Field(description="audit rows appended, one per dead letter")
+
+
+def dead_letter_detail(letter: ShownDeadLetter) -> tuple[str | None, list[str]]:
+    """(referral_id, detail codes) of a shown dead letter: its key names the referral only on
+    the submitted topic; a value that is not a known code (topic, UUID) is not kept."""
+    topic = letter.source_topic if letter.source_topic in KNOWN_TOPICS else "other"
+    event_id = letter.event_id if letter.event_id and _UUID.fullmatch(letter.event_id) else None
+    referral_id = letter.key if (
+        topic == Topic.REFERRALS_SUBMITTED and letter.key
+        and _REFERRAL_ID.fullmatch(letter.key)) else None
+    return referral_id, [f"dead_letter={event_id or 'unknown'}", f"source_topic={topic}"]
+
+
+def record_access(store: ReferralStore, actor: Actor, body: AccessIn) -> int:
+    for letter in body.dead_letters:
+        referral_id, detail = dead_letter_detail(letter)
+        store.audit(actor, AuditAction.SHOW_DEAD_LETTER_ORIGINAL, [referral_id], detail)
+    return len(body.dead_letters)
+
+
+@router.post("/audit/access", response_model=AccessRecorded, tags=["audit"],
+             responses=problems(401, 403, 413, 422))
+async def post_access(
+    ctx: Context, role: Annotated[str, allow(Role.OPS)], body: AccessIn
+) -> AccessRecorded:
+    """Records an access to personal data made outside the service (roles ops and admin):
+    `e2c deadletters list --show-original` calls it before it prints the originals, and
+    shows none when it fails."""
+    recorded = await in_store(ctx.engine, lambda s: record_access(s, actor_of(role), body))
+    return AccessRecorded(recorded=recorded)
