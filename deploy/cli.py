@@ -81,6 +81,17 @@ def _parser() -> argparse.ArgumentParser:
         "--as-of", type=_date, help="reference date (YYYY-MM-DD), default: now"
     )
     retention.set_defaults(run=_referrals_retention)
+    audit = referral_commands.add_parser(
+        "audit",
+        help="the access trail: every read of personal data and every erasure, oldest first "
+        "(from the running referrals service, as admin: E2C_TOKEN or the stack's admin token)",
+    )
+    audit.add_argument("--referral-id", metavar="ID", help="only this referral's rows")
+    audit.add_argument("--since", metavar="ISO",
+                       help="only the rows at or after then (YYYY-MM-DD or an RFC 3339 "
+                       "date-time with an offset)")
+    audit.add_argument("--json", action="store_true", help="print the rows as JSON")
+    audit.set_defaults(run=_referrals_audit)
 
     partners = commands.add_parser("partners", help="what partner agencies receive")
     partner_commands = partners.add_subparsers(title="partners commands")
@@ -207,7 +218,8 @@ def _parser() -> argparse.ArgumentParser:
     dl_list.add_argument("--service", help="only the letters of this service")
     dl_list.add_argument(
         "--show-original", action="store_true",
-        help="also print each original message and key (may hold personal data)",
+        help="also print each original message and key (may hold personal data): recorded "
+        "first in the referrals service's access trail, not shown if it cannot be",
     )
     dl_list.add_argument("--json", action="store_true", help="print them as JSON")
     dl_list.set_defaults(run=_deadletters_list)
@@ -278,6 +290,41 @@ def _referrals_retention(args: argparse.Namespace) -> int:
     )
     erased = run_retention(settings, months, as_of)
     print(f"retention {months} months as of {as_of:%Y-%m-%d}: {erased} referrals erased")
+    return 0
+
+
+def _referrals_url(settings: Settings) -> str:
+    return f"http://127.0.0.1:{settings.port('referrals')}"
+
+
+def _admin_token(settings: Settings) -> str | None:
+    """E2C_TOKEN, else an admin token of the stack's tokens file."""
+    import os
+
+    from shared.http import Role
+
+    if os.environ.get("E2C_TOKEN"):
+        return os.environ["E2C_TOKEN"]
+    tokens = stack_tokens(settings)
+    return next((token for token, role in tokens.items() if role == Role.ADMIN), None)
+
+
+def _referrals_audit(args: argparse.Namespace) -> int:
+    from deploy.audit import AuditUnavailable, audit_rows, render_row
+
+    settings = Settings()
+    try:
+        rows = list(audit_rows(_referrals_url(settings), _admin_token(settings),
+                               args.referral_id, args.since))
+    except AuditUnavailable as error:
+        print(f"e2c: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        print(render_row(row))
+    print(f"{len(rows)} rows")
     return 0
 
 
@@ -699,6 +746,8 @@ def _deadletters_list(args: argparse.Namespace) -> int:
     count, last = asyncio.run(read_dead_letters(
         _ops_access(), max(args.limit, 0), args.service, args.show_original
     ))
+    if args.show_original and not _originals_recorded(last):
+        return 1
     if args.json:
         print(json.dumps({"count": count, "last": last}, indent=2))
         return 0
@@ -710,6 +759,21 @@ def _deadletters_list(args: argparse.Namespace) -> int:
         if args.show_original:
             print(f"    key: {letter.get('key')}\n    original: {letter.get('original')}")
     return 0
+
+
+def _originals_recorded(letters: list[dict[str, Any]]) -> bool:
+    """Records the originals about to be shown in the referrals service's access trail;
+    False (and why, on stderr) when it cannot: then none is shown."""
+    from deploy.audit import AuditUnavailable, record_shown_originals
+
+    settings = Settings()
+    try:
+        record_shown_originals(_referrals_url(settings), _ops_token(settings), letters)
+    except AuditUnavailable as error:
+        print(f"e2c: originals not shown: their reading could not be recorded in the access "
+              f"trail ({error})", file=sys.stderr)
+        return False
+    return True
 
 
 def _deadletters_replay(args: argparse.Namespace) -> int:
