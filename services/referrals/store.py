@@ -292,7 +292,10 @@ class ReferralStore(Store):
         cache = BatchCache()
         cache.referrals = dict.fromkeys(referral_ids)
         if referral_ids:
-            found = select(Referral).where(col(Referral.referral_id).in_(referral_ids))
+            # Locked (PostgreSQL), in the expiry job's order: an enrollment read before an
+            # expiry commits would otherwise enroll a referral that has just expired.
+            found = (select(Referral).where(col(Referral.referral_id).in_(referral_ids))
+                     .order_by(col(Referral.referral_id)).with_for_update())
             cache.referrals.update({r.referral_id: r for r in self.session.exec(found).all()})
         cache.by_trainee = dict.fromkeys(trainee_ids)
         if trainee_ids:
@@ -531,7 +534,7 @@ class ReferralStore(Store):
             .where(col(Referral.status).in_([s.value for s in domain.EXPIRABLE_STATUSES]),
                    col(Referral.enrolled_on).is_(None),
                    col(Referral.status_changed_at) < deadline)
-            .order_by(col(Referral.status_changed_at), col(Referral.referral_id))
+            .order_by(col(Referral.referral_id))  # the consumers' lock order (load_batch)
             .with_for_update()
         )
         return list(self.session.exec(query).all())

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlmodel import Session, select
 
 from services.referrals.app import TOPOLOGY
@@ -19,6 +20,7 @@ from services.referrals.handlers import erase_due, expire_due
 from services.referrals.store import (
     TABLES,
     PersonClaim,
+    Referral,
     ReferralStore,
     WebhookDelivery,
     WebhookStore,
@@ -241,3 +243,43 @@ def test_a_retention_run_is_skipped_while_another_holds_it(engine: Engine) -> No
         first.commit()  # the lock ends with its transaction
         second.rollback()
         assert ReferralStore(second).lock_job("retention")
+
+
+def wait_for_a_blocked_lock(engine: Engine, deadline_seconds: float = 30) -> None:
+    """Until another PostgreSQL session waits for a lock (the racing enrollment)."""
+    deadline = time.monotonic() + deadline_seconds
+    with engine.connect() as connection:
+        while time.monotonic() < deadline:
+            waiting = connection.execute(
+                text("SELECT count(*) FROM pg_locks WHERE NOT granted")).scalar_one()
+            if waiting:
+                return
+            connection.rollback()
+            time.sleep(0.01)
+    raise AssertionError("the racing enrollment never waited for the expiry's lock")
+
+
+def test_an_enrollment_racing_the_expiry_is_refused(engine: Engine) -> None:
+    """On PostgreSQL an enrollment read while the expiry job holds the referral waits for it,
+    then reads it expired (its batch locks the rows it reads, in the job's order); without
+    that it would enroll a referral that has just expired. SQLite runs the two one after the
+    other (the racer waits for the write lock): the same answer, without a race to see."""
+    racing = referral()
+    feed(engine, Topic.REFERRALS_SUBMITTED, racing)
+    enrollment = events.enrollment(racing["referral_id"])
+
+    with unit_of_work(engine, ReferralStore, TOPOLOGY.name) as uow:
+        assert expire_due(uow, EXPIRY_DAYS, datetime.now(UTC) + LATER) == 1
+        racer = threading.Thread(
+            target=feed, args=(engine, Topic.ENROLLMENTS_SUBMITTED, enrollment))
+        racer.start()
+        if engine.dialect.name == "postgresql":
+            wait_for_a_blocked_lock(engine)
+    racer.join(timeout=60)
+
+    [answer] = answers_to(engine, Topic.ENROLLMENTS_DECIDED, enrollment)
+    assert (answer["status"], answer["reasons"]) == ("rejected", ["referral_not_accepted"])
+    with Session(engine) as session:
+        row = session.exec(select(Referral).where(
+            Referral.referral_id == racing["referral_id"])).one()
+    assert (row.status, row.enrolled_on) == ("expired", None)
