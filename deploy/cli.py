@@ -73,8 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     erase.set_defaults(run=_referrals_erase)
     retention = referral_commands.add_parser(
         "retention",
-        help="erase personal data of referrals rejected or exited longer ago than the "
-        "retention period (run it from cron; the service also runs it daily)",
+        help="erase personal data of referrals rejected, duplicate, expired or exited longer "
+        "ago than the retention period, or enrolled longer ago than "
+        "E2C_ENROLLED_RETENTION_MONTHS (run it from cron; the service also runs it daily)",
     )
     retention.add_argument("--months", type=int, help="default: E2C_RETENTION_MONTHS (24)")
     retention.add_argument(
@@ -289,6 +290,9 @@ def _referrals_retention(args: argparse.Namespace) -> int:
         datetime.combine(args.as_of, time(), tzinfo=UTC) if args.as_of else datetime.now(UTC)
     )
     erased = run_retention(settings, months, as_of)
+    if erased is None:
+        print("retention is running in a service right now: nothing done", file=sys.stderr)
+        return 1
     print(f"retention {months} months as of {as_of:%Y-%m-%d}: {erased} referrals erased")
     return 0
 

@@ -100,7 +100,8 @@ def topology() -> tuple[Party, ...]:
 
 PURPOSE: dict[Topic, str] = {
     Topic.REFERRALS_SUBMITTED: "A partner agency refers a young person to a school.",
-    Topic.REFERRALS_DECIDED: "The decision on a referral, or on a derogation for it.",
+    Topic.REFERRALS_DECIDED: "The decision on a referral, or on a derogation for it; "
+    "(1.1) or its expiry, not enrolled in time (`expired`, `request_event_id` null).",
     Topic.DEROGATIONS_SUBMITTED: "School staff grant or refuse the derogation a 26 to 29 "
     "year old needs.",
     Topic.ENROLLMENTS_SUBMITTED: "School staff enroll an accepted referral.",

@@ -27,6 +27,7 @@ from pydantic import (
     Field,
     StrictBool,
     StrictInt,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -123,6 +124,7 @@ class ReferralStatus(StrEnum):
     REJECTED = "rejected"
     PENDING_DEROGATION = "pending_derogation"
     DUPLICATE = "duplicate"
+    EXPIRED = "expired"  # (1.1) accepted or pending, never enrolled in time
 
 
 class ReferralReason(StrEnum):
@@ -339,8 +341,10 @@ class ReferralSubmitted(Event):
 
 
 class ReferralDecided(Decided):
-    """`e2c.referrals.decided.v1`, answering a referral or a derogation."""
+    """`e2c.referrals.decided.v1`, answering a referral or a derogation; (1.1) or telling
+    that a referral expired, which answers no input: `request_event_id` null."""
 
+    request_event_id: UUID | None  # type: ignore[assignment]
     referral_id: ReferralId
     agency_id: str
     school_id: str
@@ -348,6 +352,14 @@ class ReferralDecided(Decided):
     reasons: list[ReferralReason] = Field(default_factory=list)
     trainee_id: str | None = None
     duplicate_of: str | None = None
+
+    @model_validator(mode="after")
+    def _null_request_only_for_expiry(self) -> ReferralDecided:
+        # A re-sent referral_id of an expired referral is answered `expired` with its
+        # request_event_id, so only the other way round is a rule.
+        if self.request_event_id is None and self.status is not ReferralStatus.EXPIRED:
+            raise ValueError("request_event_id may be null only when status is expired")
+        return self
 
 
 class DerogationSubmitted(Event):

@@ -49,6 +49,16 @@ class Settings(BaseSettings):
     retention_interval_hours: float = Field(
         default=24, gt=0, alias="E2C_RETENTION_INTERVAL_HOURS"
     )
+    # (1.1) Enrolled and never exited: personal data erased this long after the enrollment
+    # (a fraction counts 30-day months, so a test can shorten it to seconds).
+    enrolled_retention_months: float = Field(
+        default=36, gt=0, alias="E2C_ENROLLED_RETENTION_MONTHS"
+    )
+    # (1.1) Accepted or pending and not enrolled this many days after the decision: expired.
+    referral_expiry_days: float = Field(default=90, gt=0, alias="E2C_REFERRAL_EXPIRY_DAYS")
+    expiry_interval_seconds: float = Field(
+        default=3600, gt=0, alias="E2C_EXPIRY_INTERVAL_SECONDS"
+    )
     aid_rules_file: Path | None = Field(default=None, alias="E2C_AID_RULES_FILE")
     hold_seconds: float = Field(default=24 * 3600, gt=0, alias="E2C_HOLD_SECONDS")
     hold_sweep_seconds: float = Field(default=60, gt=0, alias="E2C_HOLD_SWEEP_SECONDS")

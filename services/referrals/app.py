@@ -1,4 +1,4 @@
-"""Wiring of the referrals service: its topology, retention and erasure commands."""
+"""Wiring of the referrals service: its topology, expiry, retention and erasure commands."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from shared.settings import Settings
 from shared.topology import ServiceTopology
 
 from . import api, webhooks
-from .handlers import ReferralHandlers, erase_due
+from .handlers import ReferralHandlers, erase_due, expire_due
 from .store import OPERATOR, TABLES, ReferralStore, now
 
 TOPOLOGY = ServiceTopology(
@@ -42,10 +42,20 @@ TOPOLOGY = ServiceTopology(
 )
 
 
-def apply_retention(ctx: ServiceContext) -> int:
-    """Erases the personal data that the retention period no longer allows to keep."""
+def apply_expiry(ctx: ServiceContext) -> int | None:
+    """(1.1) Expires the referrals not enrolled in time (None: another instance runs it)."""
     with unit_of_work(ctx.engine, ReferralStore, TOPOLOGY.name) as uow:
-        return erase_due(uow.store, ctx.settings.retention_months, now())
+        return expire_due(uow, ctx.settings.referral_expiry_days, now())
+
+
+def apply_retention(ctx: ServiceContext) -> int | None:
+    """Erases the personal data that the retention period no longer allows to keep (None:
+    another instance runs it)."""
+    with unit_of_work(ctx.engine, ReferralStore, TOPOLOGY.name) as uow:
+        if not uow.store.lock_job("retention"):
+            return None
+        return erase_due(uow.store, ctx.settings.retention_months, now(),
+                         ctx.settings.enrolled_retention_months)
 
 
 def erase_referral(settings: Settings, referral_id: str) -> bool | None:
@@ -62,13 +72,16 @@ def erase_referral(settings: Settings, referral_id: str) -> bool | None:
         engine.dispose()
 
 
-def run_retention(settings: Settings, months: int, as_of: datetime) -> int:
-    """The retention job as a command (for cron): erases what is past `months`."""
+def run_retention(settings: Settings, months: int, as_of: datetime) -> int | None:
+    """The retention job as a command (for cron): erases what is past `months` (and past
+    `E2C_ENROLLED_RETENTION_MONTHS` for the enrolled). None: a service runs it right now."""
     engine = make_engine(settings.database_url(TOPOLOGY.name))
     create_schema(engine, TABLES)
     try:
         with unit_of_work(engine, ReferralStore, TOPOLOGY.name) as uow:
-            return erase_due(uow.store, months, as_of)
+            if not uow.store.lock_job("retention"):
+                return None
+            return erase_due(uow.store, months, as_of, settings.enrolled_retention_months)
     finally:
         engine.dispose()
 
@@ -80,7 +93,8 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
         topology=TOPOLOGY,
         router=api.router,
         periodic=[
-            PeriodicJob("retention", settings.retention_interval_hours * 3600, apply_retention)
+            PeriodicJob("expiry", settings.expiry_interval_seconds, apply_expiry),
+            PeriodicJob("retention", settings.retention_interval_hours * 3600, apply_retention),
         ],
         background=[BackgroundTask("webhook-deliveries", webhooks.delivery_task)],
         ops_parts={"webhooks": webhooks.ops_state},

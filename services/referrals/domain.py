@@ -31,7 +31,12 @@ QUALIFYING_DIPLOMAS = frozenset(
 # A person has a live referral while it is accepted or pending (enrolled ones are accepted)
 # and not exited: a new referral of that person is then a duplicate.
 LIVE_STATUSES = frozenset({ReferralStatus.ACCEPTED, ReferralStatus.PENDING_DEROGATION})
-SETTLED_STATUSES = frozenset({ReferralStatus.REJECTED, ReferralStatus.DUPLICATE})
+# (1.1) A live referral not enrolled in time expires; an expired one is settled like a refusal.
+EXPIRABLE_STATUSES = LIVE_STATUSES
+SETTLED_STATUSES = frozenset(
+    {ReferralStatus.REJECTED, ReferralStatus.DUPLICATE, ReferralStatus.EXPIRED}
+)
+DAYS_PER_MONTH = 30  # a fraction of a retention month counts 30-day months (short test bounds)
 
 
 @dataclass(frozen=True)
@@ -165,16 +170,36 @@ def _days_in_month(year: int, month: int) -> int:
     return (first_next - timedelta(days=1)).day
 
 
+def retention_cutoff(reference: datetime, months: float) -> datetime:
+    """`reference` less `months`: whole calendar months, then any fraction as 30-day months
+    (so that a test or an operator can shorten a bound to seconds)."""
+    whole = int(months)
+    return months_before(reference, whole) - timedelta(days=(months - whole) * DAYS_PER_MONTH)
+
+
 def due_for_erasure(
     status: ReferralStatus,
     settled_at: datetime,
     exited_on: date | None,
     cutoff: datetime,
+    enrolled_at: datetime | None = None,
+    enrolled_cutoff: datetime | None = None,
 ) -> bool:
-    """Personal data goes once a referral was refused, a duplicate, or exited before `cutoff`."""
+    """Personal data goes once a referral was refused, a duplicate, expired or exited before
+    `cutoff`, or (1.1) was enrolled before `enrolled_cutoff` and never exited. `settled_at`
+    and `enrolled_at` are the service's own clock (when it decided, when it enrolled)."""
     if exited_on is not None:
         return exited_on < cutoff.date()
+    if enrolled_at is not None:
+        return enrolled_cutoff is not None and enrolled_at < enrolled_cutoff
     return status in SETTLED_STATUSES and settled_at < cutoff
+
+
+def expires(status: ReferralStatus, enrolled: bool, decided_at: datetime,
+            deadline: datetime) -> bool:
+    """(1.1) An accepted or pending referral, not enrolled, decided (on the service's clock)
+    before `deadline` (now less `E2C_REFERRAL_EXPIRY_DAYS`), expires."""
+    return status in EXPIRABLE_STATUSES and not enrolled and decided_at < deadline
 
 
 # --- Webhooks: the decisions pushed to an agency's callback URL ------------------------------
@@ -191,9 +216,10 @@ class WebhookKind:
 
 
 # Every decision about an agency's referrals, by the topic of the event that carries it.
-# `referral.decided` covers accepted, rejected, pending_derogation, duplicate and the answers
-# to derogations (and will cover contract 1.1's `expired`, a status of the same topic). A new
-# kind is one line here, plus `enqueue_webhook` where its event is emitted or learnt.
+# `referral.decided` covers accepted, rejected, pending_derogation, duplicate, the answers to
+# derogations and contract 1.1's `expired` (a status of the same topic, `request_event_id`
+# null: the README promised partners this shape). A new kind is one line here, plus
+# `enqueue_webhook` where its event is emitted or learnt.
 WEBHOOK_KINDS: dict[str, WebhookKind] = {
     Topic.REFERRALS_DECIDED: WebhookKind("referral.decided", (
         "request_event_id", "agency_id", "school_id", "status", "reasons", "trainee_id",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
@@ -256,12 +256,13 @@ def new_trainee_id() -> str:
 
 def referral_decided(
     referral: Referral | NewReferral,
-    request_event_id: uuid.UUID,
+    request_event_id: uuid.UUID | None,
     status: str | None = None,
     reasons: list[str] | None = None,
 ) -> ReferralDecided:
     """The referral's decision; `status`/`reasons` override it for an answer that changes
-    nothing (a derogation on a referral that is not pending)."""
+    nothing (a derogation on a referral that is not pending). No `request_event_id`: (1.1)
+    its expiry, which answers no input."""
     status = status or referral.status
     return ReferralDecided(
         **new_event_fields(),
@@ -316,8 +317,11 @@ def enrolled(referral: Referral, event: EnrollmentSubmitted) -> EnrollmentDecide
     )
 
 
-def erase_due(store: ReferralStore, retention_months: int, reference: datetime) -> int:
-    """Erases personal data of referrals settled or exited `retention_months` before `reference`."""
+def erase_due(store: ReferralStore, retention_months: int, reference: datetime,
+              enrolled_retention_months: float = 36) -> int:
+    """Erases personal data of referrals settled (refused, duplicate, expired) or exited
+    `retention_months` before `reference`, and of those enrolled and never exited
+    `enrolled_retention_months` before it."""
     cutoff = domain.months_before(reference, retention_months)
     erased = 0
     for referral in store.erasure_candidates(cutoff):
@@ -325,4 +329,31 @@ def erase_due(store: ReferralStore, retention_months: int, reference: datetime) 
             ReferralStatus(referral.status), referral.status_changed_at, referral.exited_on, cutoff
         ) and store.erase(referral, "retention"):
             erased += 1
+    enrolled_cutoff = domain.retention_cutoff(reference, enrolled_retention_months)
+    for referral, enrolled_at in store.enrolled_erasure_candidates(enrolled_cutoff):
+        if domain.due_for_erasure(
+            ReferralStatus(referral.status), referral.status_changed_at, referral.exited_on,
+            cutoff, enrolled_at=enrolled_at, enrolled_cutoff=enrolled_cutoff,
+        ) and store.erase(referral, "retention"):
+            erased += 1
     return erased
+
+
+def expire_due(uow: Work, expiry_days: float, reference: datetime) -> int | None:
+    """(1.1) Expires the referrals accepted or pending and not enrolled `expiry_days` after
+    the service decided them (`reference`: the service's clock): one `expired` decision each,
+    published and queued for the agency's webhook in this transaction. None: another
+    instance is running it (nothing done)."""
+    store = uow.store
+    if not store.lock_job("expiry"):
+        return None
+    deadline = reference - timedelta(days=expiry_days)
+    expired = 0
+    for referral in store.expiry_candidates(deadline):
+        if not domain.expires(ReferralStatus(referral.status), referral.enrolled_on is not None,
+                              referral.status_changed_at, deadline):
+            continue
+        store.expire(referral)
+        answer(uow, referral, Topic.REFERRALS_DECIDED, referral_decided(referral, None))
+        expired += 1
+    return expired

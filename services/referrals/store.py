@@ -130,7 +130,8 @@ class ReferralHistory(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     referral_id: str = Field(index=True, max_length=64)
-    kind: str = Field(max_length=32)  # referral, resend, derogation, enrollment, exit, erasure
+    # referral, resend, derogation, enrollment, exit, erasure, expiry
+    kind: str = Field(max_length=32)
     request_event_id: str | None = Field(default=None, max_length=36)
     status: str = Field(max_length=32)
     reasons: str = "[]"
@@ -280,6 +281,9 @@ TABLES = (
     WebhookDelivery.__table__,
     AuditEntry.__table__,
 )
+# The periodic jobs that several instances must never run at once: each one's PostgreSQL
+# advisory lock key (any fixed 64-bit numbers, unique in the database).
+JOB_LOCKS = {"expiry": 0x6532_6365_7870_0001, "retention": 0x6532_6365_7870_0002}
 PERSON_KEY_SECRET = "person_key"
 CANDIDATE_SECRET = "candidate"
 _secrets: dict[str, bytes] = {}
@@ -291,6 +295,7 @@ class Stage(StrEnum):
     REJECTED = "rejected"
     PENDING_DEROGATION = "pending_derogation"
     DUPLICATE = "duplicate"
+    EXPIRED = "expired"
     ENROLLED = "enrolled"
     EXITED = "exited"
 
@@ -358,7 +363,10 @@ class ReferralStore(Store):
         cache = BatchCache()
         cache.referrals = dict.fromkeys(referral_ids)
         if referral_ids:
-            found = select(Referral).where(col(Referral.referral_id).in_(referral_ids))
+            # Locked (PostgreSQL), in the expiry job's order: an enrollment read before an
+            # expiry commits would otherwise enroll a referral that has just expired.
+            found = (select(Referral).where(col(Referral.referral_id).in_(referral_ids))
+                     .order_by(col(Referral.referral_id)).with_for_update())
             cache.referrals.update({r.referral_id: r for r in self.session.exec(found).all()})
         cache.by_trainee = dict.fromkeys(trainee_ids)
         if trainee_ids:
@@ -584,9 +592,7 @@ class ReferralStore(Store):
         return AuditPage(items=list(self.session.exec(query).all()), total=int(total))
 
     def erasure_candidates(self, cutoff: datetime) -> list[Referral]:
-        settled = col(Referral.status).in_(
-            [ReferralStatus.REJECTED.value, ReferralStatus.DUPLICATE.value]
-        )
+        settled = col(Referral.status).in_([status.value for status in domain.SETTLED_STATUSES])
         not_exited = col(Referral.exited_on).is_(None)
         settled_before = settled & (col(Referral.status_changed_at) < cutoff) & not_exited
         query = select(Referral).where(
@@ -594,6 +600,54 @@ class ReferralStore(Store):
             or_(col(Referral.exited_on) < cutoff.date(), settled_before),
         )
         return list(self.session.exec(query).all())
+
+    def enrolled_erasure_candidates(self, cutoff: datetime) -> list[tuple[Referral, datetime]]:
+        """(1.1) Referrals enrolled (on the service's clock: its history) before `cutoff`,
+        never exited and not erased, with the moment of their enrollment."""
+        enrolled = (
+            select(ReferralHistory.referral_id, func.min(ReferralHistory.at).label("at"))
+            .where(col(ReferralHistory.kind) == "enrollment",
+                   col(ReferralHistory.status) == "enrolled",
+                   col(ReferralHistory.at) < cutoff)
+            .group_by(col(ReferralHistory.referral_id))
+            .subquery()
+        )
+        query = (
+            select(Referral, enrolled.c.at)
+            .join(enrolled, enrolled.c.referral_id == col(Referral.referral_id))
+            .where(col(Referral.erased_at).is_(None), col(Referral.enrolled_on).is_not(None),
+                   col(Referral.exited_on).is_(None))
+        )
+        return [(referral, at) for referral, at in self.session.exec(query).all()]
+
+    def lock_job(self, job: str) -> bool:
+        """Whether this transaction may run `job` (see `JOB_LOCKS`): several instances never
+        run it at once. PostgreSQL: a transaction-scoped advisory lock, False when another
+        instance holds it (skip this run). SQLite: True; the transaction holds the write lock
+        from its BEGIN IMMEDIATE, so another instance's run waits for this one to commit."""
+        if not is_postgresql(self.session.get_bind()):  # type: ignore[arg-type]
+            return True
+        lock = select(func.pg_try_advisory_xact_lock(JOB_LOCKS[job]))
+        return bool(self.session.exec(lock).one())
+
+    def expiry_candidates(self, deadline: datetime) -> list[Referral]:
+        """(1.1) Accepted or pending referrals, not enrolled, decided before `deadline`,
+        locked (PostgreSQL) so that an enrollment committed meanwhile takes them out."""
+        query = (
+            select(Referral)
+            .where(col(Referral.status).in_([s.value for s in domain.EXPIRABLE_STATUSES]),
+                   col(Referral.enrolled_on).is_(None),
+                   col(Referral.status_changed_at) < deadline)
+            .order_by(col(Referral.referral_id))  # the consumers' lock order (load_batch)
+            .with_for_update()
+        )
+        return list(self.session.exec(query).all())
+
+    def expire(self, referral: Referral) -> None:
+        """(1.1) The referral expired: the person is free for a new referral."""
+        self.set_status(referral, ReferralStatus.EXPIRED.value, [])
+        self.release_claim(referral)
+        self.log(referral.referral_id, "expiry", ReferralStatus.EXPIRED.value, [], None)
 
     def page_for_agency(
         self,

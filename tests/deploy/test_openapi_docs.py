@@ -182,5 +182,5 @@ def test_the_parameters_carry_the_codes_bounds() -> None:
     assert (year["name"], year["required"]) == ("year", True)
     assert (year["schema"]["minimum"], year["schema"]["maximum"]) == (2000, 2100)
     stages = referrals["components"]["schemas"]["Stage"]["enum"]
-    assert stages == ["accepted", "rejected", "pending_derogation", "duplicate", "enrolled",
-                      "exited"]
+    assert stages == ["accepted", "rejected", "pending_derogation", "duplicate", "expired",
+                      "enrolled", "exited"]

@@ -360,7 +360,7 @@ def test_a_partner_may_not_list_another_agency(client: TestClient, world: World)
 
 
 EXPECTED = {
-    "status": "one of accepted, rejected, pending_derogation, duplicate, enrolled, exited",
+    "status": "one of accepted, rejected, pending_derogation, duplicate, expired, enrolled, exited",
     "since": "an RFC 3339 date-time with an offset or a date YYYY-MM-DD",
     "page": "an integer from 1 to 10000000",
     "page_size": "an integer from 1 to 500",

@@ -15,8 +15,10 @@ from services.referrals.domain import (
     decide_referral,
     due_for_erasure,
     enrollment_refusal,
+    expires,
     months_before,
     person_key,
+    retention_cutoff,
 )
 from shared.contract import EnrollmentReason, Qualification, ReferralReason, ReferralStatus
 from shared.schools import load_schools
@@ -247,9 +249,81 @@ CUTOFF = datetime(2024, 11, 26, tzinfo=UTC)
         (ReferralStatus.PENDING_DEROGATION, CUTOFF - timedelta(days=900), None, False),
         (ReferralStatus.ACCEPTED, CUTOFF, date(2024, 11, 25), True),
         (ReferralStatus.ACCEPTED, CUTOFF, date(2024, 11, 26), False),
+        (ReferralStatus.EXPIRED, CUTOFF - timedelta(seconds=1), None, True),  # (1.1)
+        (ReferralStatus.EXPIRED, CUTOFF, None, False),
     ],
 )
 def test_due_for_erasure(
     status: ReferralStatus, settled_at: datetime, exited_on: date | None, due: bool
 ) -> None:
     assert due_for_erasure(status, settled_at, exited_on, CUTOFF) is due
+
+
+# --- (1.1) expiry, and the retention of the enrolled who never exit --------------------------
+
+ENROLLED_CUTOFF = datetime(2023, 11, 26, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("enrolled_at", "exited_on", "due"),
+    [
+        (ENROLLED_CUTOFF - timedelta(seconds=1), None, True),
+        (ENROLLED_CUTOFF, None, False),
+        (ENROLLED_CUTOFF + timedelta(days=300), None, False),
+        # An exit counts from the exit, under the shorter bound, whenever the enrollment was.
+        (ENROLLED_CUTOFF - timedelta(days=300), date(2024, 11, 26), False),
+        (ENROLLED_CUTOFF + timedelta(days=300), date(2024, 11, 25), True),
+    ],
+)
+def test_enrolled_and_never_exited_is_erased_after_its_own_bound(
+    enrolled_at: datetime, exited_on: date | None, due: bool
+) -> None:
+    assert due_for_erasure(ReferralStatus.ACCEPTED, CUTOFF - timedelta(days=900), exited_on,
+                           CUTOFF, enrolled_at=enrolled_at,
+                           enrolled_cutoff=ENROLLED_CUTOFF) is due
+
+
+@pytest.mark.parametrize(
+    ("months", "expected"),
+    [
+        (24, datetime(2024, 11, 26, 12, tzinfo=UTC)),
+        (36.0, datetime(2023, 11, 26, 12, tzinfo=UTC)),
+        (0.5, datetime(2026, 11, 11, 12, tzinfo=UTC)),  # half of a 30-day month
+        (1.5, datetime(2026, 10, 11, 12, tzinfo=UTC)),
+        (2 / (30 * 24 * 3600), datetime(2026, 11, 26, 11, 59, 58, tzinfo=UTC)),  # 2 s
+    ],
+)
+def test_retention_cutoff_counts_whole_months_then_30_day_fractions(
+    months: float, expected: datetime
+) -> None:
+    cutoff = retention_cutoff(datetime(2026, 11, 26, 12, tzinfo=UTC), months)
+    assert abs(cutoff - expected) < timedelta(milliseconds=1)
+
+
+DEADLINE = datetime(2024, 11, 26, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("status", "enrolled", "decided_at", "expired"),
+    [
+        (ReferralStatus.ACCEPTED, False, DEADLINE - timedelta(seconds=1), True),
+        (ReferralStatus.PENDING_DEROGATION, False, DEADLINE - timedelta(days=1), True),
+        (ReferralStatus.ACCEPTED, False, DEADLINE, False),  # not yet
+        (ReferralStatus.ACCEPTED, True, DEADLINE - timedelta(days=400), False),  # enrolled
+        (ReferralStatus.REJECTED, False, DEADLINE - timedelta(days=400), False),
+        (ReferralStatus.DUPLICATE, False, DEADLINE - timedelta(days=400), False),
+        (ReferralStatus.EXPIRED, False, DEADLINE - timedelta(days=400), False),  # once only
+    ],
+)
+def test_expiry(status: ReferralStatus, enrolled: bool, decided_at: datetime,
+                expired: bool) -> None:
+    assert expires(status, enrolled, decided_at, DEADLINE) is expired
+
+
+def test_an_expired_referral_cannot_be_enrolled_nor_derogated() -> None:
+    state = ReferralState(ReferralStatus.EXPIRED, enrolled=False, erased=False)
+    assert enrollment_refusal(state) is EnrollmentReason.REFERRAL_NOT_ACCEPTED
+    for granted in (True, False):
+        refusal = decide_derogation(ReferralStatus.EXPIRED, granted)
+        assert (refusal.status, refusal.reasons) == (
+            ReferralStatus.REJECTED, (ReferralReason.NOT_PENDING,))

@@ -7,6 +7,7 @@ import asyncio
 import os
 import subprocess
 import sys
+from datetime import date, timedelta
 from typing import Any
 
 import httpx
@@ -313,7 +314,9 @@ async def test_retention_command_erases_old_refusals_and_keeps_live_referrals(
     live = await refer(publisher, watcher)
     env = {**os.environ, **stack.services["referrals"].env}
     done = subprocess.run(
-        [sys.executable, "-m", "deploy.cli", "referrals", "retention", "--as-of", "2099-01-01"],
+        # 25 months on: refusals of today are due, enrollments of today (36 months) not.
+        [sys.executable, "-m", "deploy.cli", "referrals", "retention", "--as-of",
+         (date.today() + timedelta(days=25 * 31)).isoformat()],
         env=env, capture_output=True, text=True, timeout=60, check=False,
     )
 

@@ -190,13 +190,16 @@ async def test_every_service_reports_ready_with_health_and_metrics(stack: Servic
 
 def test_every_answer_so_far_was_published_once(watcher: TopicWatcher) -> None:
     """Two instances per service share each outbox: no decision may leave twice as two
-    different events (a republished one would keep its event_id, which consumers drop)."""
+    different events (a republished one would keep its event_id, which consumers drop).
+    (1.1) An expiry answers no input: one per referral, whichever instance's timer ran."""
     events_by_request: dict[tuple[str, str], set[str]] = {}
     for topic, _key, body, _raw in watcher.messages:
-        if body is not None and "request_event_id" in body:
-            events_by_request.setdefault((topic, body["request_event_id"]), set()).add(
-                body["event_id"]
-            )
+        if body is None or "request_event_id" not in body:
+            continue
+        request = body["request_event_id"]
+        if request is None and body.get("status") == "expired":
+            request = f"expiry of {body['referral_id']}"
+        events_by_request.setdefault((topic, request), set()).add(body["event_id"])
     assert events_by_request
     repeated = {request: ids for request, ids in events_by_request.items() if len(ids) > 1}
     assert repeated == {}
