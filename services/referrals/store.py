@@ -17,9 +17,9 @@ from pydantic import BaseModel
 from sqlalchemy import Index, func, or_, update
 from sqlmodel import Field, SQLModel, col, delete, select
 
-from shared.contract import ReferralStatus
+from shared.contract import ReferralStatus, Topic
 from shared.db import UtcDateTime, is_postgresql
-from shared.messaging import Store
+from shared.messaging import Store, write_tombstone
 
 from . import domain
 
@@ -477,6 +477,8 @@ class ReferralStore(Store):
         referral.erased_at = now()
         self.touch(referral)
         self.log(referral.referral_id, "erasure", referral.status, [why], None)
+        # (1.1) Its submission leaves the topic too: compaction drops it behind this tombstone.
+        write_tombstone(self.session, Topic.REFERRALS_SUBMITTED, referral.referral_id)
         return True
 
     def erasure_candidates(self, cutoff: datetime) -> list[Referral]:
