@@ -177,12 +177,13 @@ class Environment:
     """A broker, a cache and (on demand) PostgreSQL of its own, on free ports under `data`
     (emptied first): for the benchmark and the chaos run."""
 
-    def __init__(self, data: Path) -> None:
+    def __init__(self, data: Path, erasure_max_days: float | None = None) -> None:
         shutil.rmtree(data, ignore_errors=True)
         self.data = private_dir(data)
         # The admin token of every stack made here (written to each one's tokens file).
         self.admin_token = new_secret()
-        self.kafka = LocalKafka(self.data, port=free_port(), controller_port=free_port())
+        self.kafka = LocalKafka(self.data, port=free_port(), controller_port=free_port(),
+                                erasure_max_days=erasure_max_days)
         ensure_redis()
         self.redis = LocalRedis(self.data, port=free_port())
         self.postgres: LocalPostgres | None = None

@@ -236,7 +236,7 @@ def provision(kafka: LocalKafka, partitions: int) -> None:
     BrokerSecurity(kafka.admin_access()).secure(passwords)
     # Also from a coroutine (`deploy.chaos` starts its environment in one), as LocalKafka's
     # own start does.
-    run_sync(ensure_topics(kafka.admin_access(), ALL_TOPICS, partitions))
+    run_sync(ensure_topics(kafka.admin_access(), ALL_TOPICS, partitions, kafka.erasure))
 
 
 def add_partner(kafka: LocalKafka, agency: str) -> KafkaAccess:

@@ -39,6 +39,7 @@ from deploy.kafka_security import (
     partner_principal,
 )
 from shared.contract import ALL_TOPICS
+from shared.erasure import ErasureBound
 from shared.kafka import ensure_topics
 from shared.kafka_access import KafkaAccess
 from shared.settings import Settings
@@ -90,7 +91,8 @@ def admin_access(settings: Settings) -> KafkaAccess:
 
 
 def provision(
-    admin: KafkaAccess, passwords: Mapping[str, str | None], partitions: int, say: Say = print
+    admin: KafkaAccess, passwords: Mapping[str, str | None], partitions: int, say: Say = print,
+    bound: ErasureBound | None = None,
 ) -> None:
     """Every role's user and ACLs as `passwords` says, each partner's ACLs as the code says,
     and every topic with its settings (a later run puts them back; nothing else changes)."""
@@ -112,7 +114,7 @@ def provision(
         security.grant(partner, grants(partner))
     if partners:
         say(f"partners   {len(partners)}, their ACLs checked")
-    asyncio.run(ensure_topics(admin, ALL_TOPICS, partitions))
+    asyncio.run(ensure_topics(admin, ALL_TOPICS, partitions, bound))
     say(f"topics     {len(ALL_TOPICS)}, {partitions} partitions when created")
 
 
@@ -156,7 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         admin = admin_access(settings)
         if args.command == "provision":
-            provision(admin, role_passwords(env), settings.topic_partitions)
+            provision(admin, role_passwords(env), settings.topic_partitions,
+                      bound=ErasureBound(settings.erasure_max_days))
         elif args.command == "partner-add":
             bootstrap = env.get(EXTERNAL_BOOTSTRAP) or admin.bootstrap
             access = add_partner(admin, args.agency_id, bootstrap)

@@ -22,6 +22,7 @@ from aiokafka.errors import KafkaError
 from pydantic import SecretStr
 
 from deploy.processes import DetachedServer, command_line, port_open, spawn, tail
+from shared.erasure import ErasureBound
 from shared.kafka import MAX_MESSAGE_BYTES
 from shared.kafka_access import SCRAM_MECHANISM, KafkaAccess
 from shared.private_files import (
@@ -32,6 +33,7 @@ from shared.private_files import (
     read_secret,
     write_private,
 )
+from shared.settings import Settings
 
 KAFKA_DIR = Path(__file__).resolve().parent / "kafka"
 POM_FILE = KAFKA_DIR / "pom.xml"
@@ -94,10 +96,12 @@ class LocalKafka(DetachedServer):
 
     def __init__(
         self, data_dir: Path, port: int = 9092, controller_port: int = 9093,
-        authenticated: bool = True,
+        authenticated: bool = True, erasure_max_days: float | None = None,
     ) -> None:
         super().__init__(data_dir, "kafka", port, _is_kafka_process)
         self.controller_port = controller_port
+        # The cleaner's and the retention check's pace follow the erasure bound.
+        self.erasure = ErasureBound(erasure_max_days or Settings().erasure_max_days)
         # False only for `make bench`'s reference broker, which measures what SASL costs:
         # nothing of the project connects to an open broker.
         self.authenticated = authenticated
@@ -152,6 +156,7 @@ class LocalKafka(DetachedServer):
         else:
             settings = server_settings(self.port, self.controller_port, self.log_dirs,
                                        self._admin_password())
+        settings.update(self.erasure.broker_settings())
         return "".join(f"{key}={value}\n" for key, value in settings.items())
 
     def _format_storage(self, lib_dir: Path) -> None:

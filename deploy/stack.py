@@ -50,7 +50,8 @@ class LocalStack:
         self.run_dir = self.data_dir / "run"
         self.log_dir = self.data_dir / "logs"
         self.kafka = LocalKafka(
-            self.data_dir, self.settings.kafka_port, self.settings.kafka_controller_port
+            self.data_dir, self.settings.kafka_port, self.settings.kafka_controller_port,
+            erasure_max_days=self.settings.erasure_max_days,
         )
         self.redis = LocalRedis(self.data_dir, _port_of(self.settings.redis_url, 6379))
         self.postgres_marker = self.run_dir / "postgres.port"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,25 @@ def _sqlite_engine(url: str) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def truncate_wal(engine: Engine, attempts: int = 20, pause_seconds: float = 0.25) -> bool:
+    """SQLite: copies the WAL into the database and empties the file, so that no old frame
+    (a row before its erasure, an outbox row before its deletion) stays on disk. Busy while
+    a reader holds a snapshot: tried again. False when it never got through (or not SQLite)."""
+    if engine.dialect.name != "sqlite":
+        return False
+    for attempt in range(attempts):
+        connection = engine.raw_connection()  # no BEGIN: a checkpoint runs outside one
+        try:
+            busy, *_ = connection.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            connection.close()
+        if not busy:
+            return True
+        if attempt + 1 < attempts:
+            time.sleep(pause_seconds)
+    return False
 
 
 class UtcDateTime(TypeDecorator[datetime]):

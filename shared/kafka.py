@@ -21,10 +21,13 @@ from pydantic import BaseModel
 from sqlalchemy import Engine, text
 from sqlmodel import Session
 
+from shared.contract import Topic
 from shared.db import is_postgresql
+from shared.erasure import ErasureBound
 from shared.kafka_access import KafkaAccess
 from shared.logsafe import describe_error
 from shared.messaging import (
+    TOMBSTONE_PAYLOAD,
     BatchProcessor,
     Inbound,
     delete_outbox,
@@ -33,6 +36,7 @@ from shared.messaging import (
     pending_outbox_rows,
 )
 from shared.observability import ServiceMetrics
+from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +49,31 @@ Row = tuple[int, str, str | None, str]
 # its header included). A dead letter (512 KiB at most) and its key fit in it.
 MAX_MESSAGE_BYTES = 1024 * 1024
 
-# The topics are the system of record the views are rebuilt from: they are kept forever.
+# The topics are the system of record the views are rebuilt from: they are kept forever,
+# but for the two that may hold personal data (`topic_config`).
 TOPIC_CONFIG = {"retention.ms": "-1", "max.message.bytes": str(MAX_MESSAGE_BYTES)}
 
 
-async def ensure_topics(admin_access: KafkaAccess, topics: Sequence[str], partitions: int) -> None:
+def topic_config(topic: str, bound: ErasureBound) -> dict[str, str]:
+    """A topic's settings: the submitted referrals are compacted (an erasure's tombstone
+    removes the person's record) and the dead letters expire, both within the bound."""
+    if topic == Topic.REFERRALS_SUBMITTED:
+        return {**TOPIC_CONFIG, **bound.compacted_topic_config()}
+    if topic == Topic.DEADLETTER:
+        return {**TOPIC_CONFIG, **bound.dead_letter_topic_config()}
+    return TOPIC_CONFIG
+
+
+async def ensure_topics(
+    admin_access: KafkaAccess,
+    topics: Sequence[str],
+    partitions: int,
+    bound: ErasureBound | None = None,
+) -> None:
     """Create the missing topics and give the existing ones our settings where they differ
-    (topics made by an older version). Only the admin may: the stack does it, never a
-    service, and the broker creates no topic on a first write."""
+    (topics made by an older version, or a bound changed since). Only the admin may: the
+    stack does it, never a service, and the broker creates no topic on a first write."""
+    bound = bound or ErasureBound(Settings().erasure_max_days)
     admin = AIOKafkaAdminClient(**admin_access.client_options())
     await admin.start()
     try:
@@ -60,15 +81,19 @@ async def ensure_topics(admin_access: KafkaAccess, topics: Sequence[str], partit
         missing = [t for t in topics if t not in existing]
         if missing:
             new = [NewTopic(t, num_partitions=partitions, replication_factor=1,
-                            topic_configs=TOPIC_CONFIG) for t in missing]
+                            topic_configs=topic_config(t, bound)) for t in missing]
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(new)
-        await _align_topic_configs(admin, [t for t in topics if t in existing])
+        await _align_topic_configs(admin, [t for t in topics if t in existing], bound)
     finally:
         await admin.close()
 
 
-async def _align_topic_configs(admin: AIOKafkaAdminClient, topics: Sequence[str]) -> None:
+async def _align_topic_configs(
+    admin: AIOKafkaAdminClient, topics: Sequence[str], bound: ErasureBound
+) -> None:
+    """Sets again the whole configuration of each topic that differs (AlterConfigs sets
+    the given keys and resets the others: each topic's whole set is given)."""
     if not topics:
         return
     resources = [ConfigResource(ConfigResourceType.TOPIC, topic) for topic in topics]
@@ -76,12 +101,14 @@ async def _align_topic_configs(admin: AIOKafkaAdminClient, topics: Sequence[str]
     for response in await admin.describe_configs(resources):
         for _code, _message, _type, name, entries, *_ in response.resources:
             values = {entry[0]: entry[1] for entry in entries}
-            if any(values.get(key) != value for key, value in TOPIC_CONFIG.items()):
+            wanted = topic_config(name, bound)
+            if any(values.get(key) != value for key, value in wanted.items()):
                 stale.append(name)
     if stale:
         log.info("topic settings set again on %s", ", ".join(stale))
         await admin.alter_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, topic, TOPIC_CONFIG) for topic in stale]
+            [ConfigResource(ConfigResourceType.TOPIC, topic, topic_config(topic, bound))
+             for topic in stale]
         )
 
 
@@ -353,7 +380,7 @@ class OutboxRelay:
         try:
             return await self._producer.send(
                 topic,
-                value=payload.encode("utf-8"),
+                value=None if payload == TOMBSTONE_PAYLOAD else payload.encode("utf-8"),
                 key=key.encode("utf-8") if key is not None else None,
             )
         except KafkaError as error:

@@ -46,8 +46,14 @@ class InboxEvent(SQLModel, table=True):
     processed_at: datetime = Field(sa_type=UtcDateTime)
 
 
+# The payload of an outbox row that is published as a tombstone (a null value): no event is
+# an empty string, and old stores keep their NOT NULL payload column.
+TOMBSTONE_PAYLOAD = ""
+
+
 class OutboxMessage(SQLModel, table=True):
-    """An event committed with the state change that caused it, waiting to be published."""
+    """An event committed with the state change that caused it, waiting to be published
+    (`TOMBSTONE_PAYLOAD`: a record with a null value)."""
 
     __tablename__ = "outbox_message"
 
@@ -73,7 +79,23 @@ class ParkedMessage(SQLModel, table=True):
     parked_at: datetime = Field(sa_type=UtcDateTime)
 
 
-PLUMBING_TABLES = (InboxEvent.__table__, OutboxMessage.__table__, ParkedMessage.__table__)
+class TombstoneSent(SQLModel, table=True):
+    """(1.1) A tombstone written for erasure, kept while it is younger than the erasure
+    bound so that it is published again (see `shared.erasure`). Append-only; no personal
+    data (a topic and a key)."""
+
+    __tablename__ = "tombstone_sent"
+
+    id: int | None = Field(default=None, primary_key=True)
+    topic: str = Field(max_length=200)
+    key: str
+    at: datetime = Field(sa_type=UtcDateTime, index=True)
+
+
+PLUMBING_TABLES = (InboxEvent.__table__, OutboxMessage.__table__, ParkedMessage.__table__,
+                   TombstoneSent.__table__)
+# The topics compacted for erasure: a dead letter of one of them also removes its original.
+ERASABLE_TOPICS = frozenset({Topic.REFERRALS_SUBMITTED.value})
 
 
 @dataclass(frozen=True)
@@ -426,6 +448,14 @@ class BatchProcessor:
             write_dead_letter(batch.session, row)
         else:
             batch.outbox.append(row)
+        if inbound.topic in ERASABLE_TOPICS and inbound.key is not None:
+            # The original may hold personal data: its tombstone removes it from the topic.
+            tomb, sent = tombstone_rows(inbound.topic, inbound.key)
+            batch.scope.insert(TombstoneSent.__table__, sent)  # type: ignore[arg-type]
+            if batch.isolated:
+                write_outbox(batch.session, [tomb])
+            else:
+                batch.outbox.append(tomb)
         batch.record(inbound.dead_letter_key, inbound.topic)
         batch.result.count(batch.result.dead_letters, inbound.topic)
         log.warning("dead letter from %s[%s]@%s: %s", inbound.topic, inbound.partition,
@@ -450,6 +480,35 @@ def outbox_row(topic: str, event: BaseModel, key: str | None) -> dict[str, Any]:
         "payload": event.model_dump_json(),
         "created_at": datetime.now(UTC),
     }
+
+
+def tombstone_rows(topic: str, key: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The outbox row of a tombstone of `key` on `topic`, and its `TombstoneSent` row."""
+    moment = datetime.now(UTC)
+    outbox = {"topic": topic, "key": key, "payload": TOMBSTONE_PAYLOAD, "created_at": moment}
+    return outbox, {"topic": topic, "key": key, "at": moment}
+
+
+def write_tombstone(session: Session, topic: str, key: str) -> None:
+    """(1.1) Erasure: a tombstone of `key` on `topic`, in the session's transaction."""
+    outbox, sent = tombstone_rows(topic, key)
+    write_outbox(session, [outbox])
+    session.exec(insert(TombstoneSent.__table__), params=[sent])  # type: ignore[call-overload,arg-type]
+
+
+def republish_tombstones(session: Session, since: datetime) -> int:
+    """Writes again the tombstones written since `since` (each key once) and forgets the
+    older ones: each publish appends to the key's partition, which rolls its segment and
+    lets the cleaner remove the erased records on a quiet topic too."""
+    table = TombstoneSent.__table__  # type: ignore[attr-defined]
+    session.exec(delete(table).where(table.c.at < since))  # type: ignore[call-overload]
+    young = session.exec(
+        select(table.c.topic, table.c.key).where(table.c.at >= since).distinct()
+    ).all()
+    moment = datetime.now(UTC)
+    write_outbox(session, [{"topic": topic, "key": key, "payload": TOMBSTONE_PAYLOAD,
+                            "created_at": moment} for topic, key in young])
+    return len(young)
 
 
 def build_dead_letter(service: str, inbound: Inbound, error: str) -> DeadLetter:

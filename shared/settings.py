@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     aids_port: int = Field(default=SERVICE_PORTS["aids"], alias="AIDS_PORT")
     outcomes_port: int = Field(default=SERVICE_PORTS["outcomes"], alias="OUTCOMES_PORT")
     consumer_batch_size: int = Field(default=500, ge=1, alias="E2C_CONSUMER_BATCH_SIZE")
+    # (1.1) Erased personal data leaves every copy within this many days (a float: a test
+    # or an operator proving it shortens it to seconds); `shared.erasure` derives the rest.
+    erasure_max_days: float = Field(default=7, gt=0, alias="E2C_ERASURE_MAX_DAYS")
     retention_months: int = Field(default=24, ge=1, alias="E2C_RETENTION_MONTHS")
     retention_interval_hours: float = Field(
         default=24, gt=0, alias="E2C_RETENTION_INTERVAL_HOURS"

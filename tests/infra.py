@@ -185,7 +185,7 @@ class TopicWatcher:
         async for record in self._consumer:
             key = record.key.decode() if record.key is not None else None
             try:
-                body = json.loads(record.value)
+                body = json.loads(record.value) if record.value is not None else None
             except ValueError:
                 body = None
             self.messages.append((record.topic, key, body, record.value))

@@ -15,7 +15,14 @@ from sqlalchemy import Engine, Table
 from sqlmodel import Session, col, select
 
 from shared.db import make_engine
-from shared.messaging import BatchProcessor, BatchResult, Inbound, OutboxMessage, Route
+from shared.messaging import (
+    TOMBSTONE_PAYLOAD,
+    BatchProcessor,
+    BatchResult,
+    Inbound,
+    OutboxMessage,
+    Route,
+)
 from shared.service import create_schema
 from shared.settings import Settings
 from shared.topology import ServiceTopology
@@ -108,9 +115,17 @@ def pending_outbox(session: Session, limit: int = 10_000) -> list[OutboxMessage]
 
 
 def outbox(engine: Engine) -> list[OutboxMessage]:
-    """The outbox rows of the store not yet published, oldest first."""
+    """The events in the outbox of the store not yet published, oldest first (the erasure
+    tombstones apart: `tombstones`)."""
     with Session(engine) as session:
-        return pending_outbox(session)
+        return [row for row in pending_outbox(session) if row.payload != TOMBSTONE_PAYLOAD]
+
+
+def tombstones(engine: Engine) -> list[tuple[str, str | None]]:
+    """(topic, key) of the tombstones in the outbox not yet published, oldest first."""
+    with Session(engine) as session:
+        return [(row.topic, row.key) for row in pending_outbox(session)
+                if row.payload == TOMBSTONE_PAYLOAD]
 
 
 def published(engine: Engine, topic: str) -> list[dict[str, Any]]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import logging
+from datetime import datetime, timedelta
 
 from shared.contract import Topic
-from shared.db import make_engine
-from shared.messaging import unit_of_work
+from shared.db import make_engine, truncate_wal
+from shared.erasure import ErasureBound
+from shared.messaging import republish_tombstones, unit_of_work
 from shared.service import (
     BackgroundTask,
     PeriodicJob,
@@ -22,6 +24,8 @@ from shared.topology import ServiceTopology
 from . import api, webhooks
 from .handlers import ReferralHandlers, erase_due, expire_due
 from .store import OPERATOR, TABLES, ReferralStore, now
+
+log = logging.getLogger(__name__)
 
 TOPOLOGY = ServiceTopology(
     name="referrals",
@@ -56,6 +60,19 @@ def apply_retention(ctx: ServiceContext) -> int | None:
             return None
         return erase_due(uow.store, ctx.settings.retention_months, now(),
                          ctx.settings.enrolled_retention_months)
+
+
+def apply_erasure_bound(ctx: ServiceContext) -> int:
+    """(1.1) Keeps erasures within `E2C_ERASURE_MAX_DAYS`: publishes again the tombstones
+    younger than the bound (their segments roll and get cleaned, see `shared.erasure`), and
+    empties SQLite's WAL, where erased values linger in old frames."""
+    bound = ErasureBound(ctx.settings.erasure_max_days)
+    since = now() - timedelta(milliseconds=bound.total_ms)
+    with unit_of_work(ctx.engine, ReferralStore, TOPOLOGY.name) as uow:
+        republished = republish_tombstones(uow.session, since)
+    if not truncate_wal(ctx.engine) and ctx.engine.dialect.name == "sqlite":
+        log.warning("the store's WAL stayed busy: emptied at the next run")
+    return republished
 
 
 def erase_referral(settings: Settings, referral_id: str) -> bool | None:
@@ -95,6 +112,8 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
         periodic=[
             PeriodicJob("expiry", settings.expiry_interval_seconds, apply_expiry),
             PeriodicJob("retention", settings.retention_interval_hours * 3600, apply_retention),
+            PeriodicJob("erasure-bound", ErasureBound(settings.erasure_max_days)
+                        .republish_seconds, apply_erasure_bound),
         ],
         background=[BackgroundTask("webhook-deliveries", webhooks.delivery_task)],
         ops_parts={"webhooks": webhooks.ops_state},

@@ -17,9 +17,9 @@ from pydantic import BaseModel
 from sqlalchemy import DDL, Index, event, func, or_, update
 from sqlmodel import Field, SQLModel, col, delete, select
 
-from shared.contract import ReferralStatus
+from shared.contract import ReferralStatus, Topic
 from shared.db import UtcDateTime, is_postgresql
-from shared.messaging import Store
+from shared.messaging import Store, write_tombstone
 
 from . import domain
 
@@ -558,6 +558,8 @@ class ReferralStore(Store):
         self.touch(referral)
         self.log(referral.referral_id, "erasure", referral.status, [why], None)
         self.audit(actor, AuditAction.ERASURE, [referral.referral_id], [why])
+        # (1.1) Its submission leaves the topic too: compaction drops it behind this tombstone.
+        write_tombstone(self.session, Topic.REFERRALS_SUBMITTED, referral.referral_id)
         return True
 
     def audit(self, actor: Actor, action: AuditAction, referral_ids: Sequence[str | None],
