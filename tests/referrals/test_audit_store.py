@@ -4,6 +4,7 @@ trail is read by referral, by moment and page by page, oldest first."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
@@ -26,7 +27,7 @@ from services.referrals.store import (
 from shared.contract import Topic
 from tests import plumbing
 from tests.events import referral
-from tests.plumbing import engine_fixture, inbound
+from tests.plumbing import engine_fixture, inbound, store_engine
 
 pytestmark = pytest.mark.infra
 
@@ -134,18 +135,18 @@ def test_the_orm_cannot_delete_a_row_either(engine: Engine) -> None:
     assert len(trail(engine)) == 1
 
 
-def test_postgresql_refuses_truncate(engine: Engine) -> None:
-    if engine.dialect.name != "postgresql":
-        pytest.skip("SQLite has no TRUNCATE (its DELETE is refused above)")
-    with Session(engine) as session:
+def test_postgresql_refuses_truncate(postgres_database: Callable[[str], str]) -> None:
+    """PostgreSQL only: SQLite has no TRUNCATE (its DELETE is refused above)."""
+    with store_engine(postgres_database("e2c_store_test"), TABLES) as engine, \
+            Session(engine) as session:
         ReferralStore(session).audit(PARTNER, AuditAction.READ_REFERRAL, ["R-1"])
         session.commit()
 
-    with Session(engine) as session, pytest.raises(DBAPIError, match="append-only"):
-        session.exec(text("TRUNCATE access_audit"))  # type: ignore[call-overload]
-        session.commit()
+        with Session(engine) as truncating, pytest.raises(DBAPIError, match="append-only"):
+            truncating.exec(text("TRUNCATE access_audit"))  # type: ignore[call-overload]
+            truncating.commit()
 
-    assert len(trail(engine)) == 1
+        assert len(trail(engine)) == 1
 
 
 def test_the_trail_is_read_by_referral_by_moment_and_by_page(engine: Engine) -> None:
