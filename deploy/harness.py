@@ -28,11 +28,20 @@ from shared.kafka_access import KafkaAccess
 from shared.private_files import new_secret, open_private_append, private_dir, write_private
 from shared.settings import PROJECT_ROOT, Settings
 
+_HANDED_OUT: set[int] = set()
+
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port free now and never handed out before by this process: the kernel may give
+    the same free port to two calls in a row (neither is bound yet), and two parts of one
+    stack then fight for it."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 @dataclass
