@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, func, insert
-from sqlmodel import Session, SQLModel, col, select
+from sqlmodel import Session, col, select
 
 from services.aids import reports
 from services.aids.store import (
@@ -53,9 +53,8 @@ from services.aids.store import (
     SchoolYearTotal,
 )
 from shared.db import make_engine
-from shared.messaging import PLUMBING_TABLES
+from shared.migrations import reset_store
 from shared.schools import load_schools
-from shared.service import create_schema
 from shared.settings import PROJECT_ROOT
 
 YEAR = 2024
@@ -175,9 +174,7 @@ def fresh_engine(url: str) -> Engine:
         for suffix in ("", "-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
     engine = make_engine(url)
-    if not url.startswith("sqlite"):
-        SQLModel.metadata.drop_all(engine, tables=[*PLUMBING_TABLES, *TABLES])
-    create_schema(engine, TABLES)
+    reset_store(engine, "aids", TABLES)
     return engine
 
 

@@ -386,15 +386,14 @@ def _webhook_replay(args: argparse.Namespace) -> int:
 
 def _report_finance(args: argparse.Namespace) -> int:
     from services.aids import reports
-    from services.aids.store import TABLES
     from shared.db import make_engine
+    from shared.migrations import migrate_store
     from shared.schools import load_schools
-    from shared.service import create_schema
 
     settings = _command_settings()
     engine = make_engine(settings.database_url("aids"))
     try:
-        create_schema(engine, TABLES)
+        migrate_store(engine, "aids")
         schools = list(load_schools(settings.schools_file))
         report = reports.load_report(engine, args.year, schools)
         if args.json:
@@ -414,13 +413,12 @@ def _report_finance(args: argparse.Namespace) -> int:
 
 
 def _outcomes_engine(settings: Settings):  # a sqlalchemy Engine (imported lazily)
-    """The outcomes store the stack's service uses (its tables created if missing)."""
-    from services.outcomes.store import TABLES
+    """The outcomes store the stack's service uses (migrated to the code's revision)."""
     from shared.db import make_engine
-    from shared.service import create_schema
+    from shared.migrations import migrate_store
 
     engine = make_engine(settings.database_url("outcomes"))
-    create_schema(engine, TABLES)
+    migrate_store(engine, "outcomes")
     return engine
 
 

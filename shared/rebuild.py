@@ -17,18 +17,18 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 from sqlalchemy import Engine, inspect
-from sqlmodel import SQLModel, delete
+from sqlmodel import delete
 
 from shared.db import make_engine
 from shared.kafka import to_inbound, topic_partitions
 from shared.kafka_access import KafkaAccess
 from shared.messaging import (
-    PLUMBING_TABLES,
     BatchProcessor,
     OutboxMessage,
     outbox_backlog,
     unit_of_work,
 )
+from shared.migrations import reset_store
 from shared.settings import Settings
 from shared.topology import ServiceTopology
 
@@ -51,9 +51,7 @@ def rebuild(topology: ServiceTopology[Any, Any], settings: Settings) -> RebuildR
         _refuse_unsent_outbox(engine, topology)
         access = settings.kafka_access()
         ends = asyncio.run(_end_offsets(access, replayed))
-        tables = [*PLUMBING_TABLES, *topology.tables]
-        SQLModel.metadata.drop_all(engine, tables=tables)
-        SQLModel.metadata.create_all(engine, tables=tables)
+        reset_store(engine, topology.name, topology.tables)
         processor = topology.rebuild_processor(engine, handlers)
         records = sum(asyncio.run(_replay(access, topic, ends, processor))
                       for topic in replayed)

@@ -29,8 +29,7 @@ from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from faststream.specification import AsyncAPI
 from faststream.specification.base import SpecificationFactory
 from prometheus_client import CollectorRegistry
-from sqlalchemy import Engine, Table
-from sqlmodel import SQLModel
+from sqlalchemy import Engine
 from starlette.types import Receive, Scope, Send
 
 from shared import docs, health, ops
@@ -45,7 +44,8 @@ from shared.http import (
 )
 from shared.kafka import BatchConsumer, OutboxRelay, topic_partitions
 from shared.logsafe import describe_error
-from shared.messaging import PLUMBING_TABLES, UnitOfWork, unit_of_work
+from shared.messaging import UnitOfWork, unit_of_work
+from shared.migrations import StoreTooNew, migrate_store
 from shared.observability import ServiceMetrics, configure_logging
 from shared.ops import (
     OPS_TIMEOUT_SECONDS,
@@ -159,10 +159,6 @@ class ServiceContext:
         return self.spec.topology.group_id
 
 
-def create_schema(engine: Engine, tables: Sequence[Table]) -> None:
-    SQLModel.metadata.create_all(engine, tables=[*PLUMBING_TABLES, *tables])
-
-
 def build_context(spec: ServiceSpec, settings: Settings) -> ServiceContext:
     auth = Authorizer(load_tokens(settings.tokens_file), settings.tokens_file)  # first
     school_ids(settings.schools_file)  # the reports' registry: a bad file stops here too
@@ -170,7 +166,7 @@ def build_context(spec: ServiceSpec, settings: Settings) -> ServiceContext:
         private_dir(settings.data_dir)
     topology = spec.topology
     engine = make_engine(settings.database_url(topology.name))
-    create_schema(engine, topology.tables)
+    migrate_store(engine, topology.name)  # or StoreTooNew: a newer release's store
     registry = CollectorRegistry()
     metrics = ServiceMetrics(topology.name, registry)
     handlers = topology.handlers(settings)
@@ -314,11 +310,12 @@ async def _every(ctx: ServiceContext, job: PeriodicJob) -> None:
 
 def main(create_app: Callable[[], ServiceApp]) -> None:
     """A service's process: owner-only files from the start, a clear refusal to start on a
-    bad tokens file (the message names the problem, never a token), then `run`."""
+    bad tokens file (the message names the problem, never a token) or on a store newer than
+    the code (the message names both revisions), then `run`."""
     restrict_umask()
     try:
         app = create_app()
-    except TokensFileError as error:
+    except (TokensFileError, StoreTooNew) as error:
         sys.exit(f"cannot start: {error}")
     run(app)
 

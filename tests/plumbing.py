@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, Table
-from sqlmodel import Session, col, select
+from sqlmodel import Session, SQLModel, col, select
 
 from shared.db import make_engine
 from shared.messaging import (
+    PLUMBING_TABLES,
     TOMBSTONE_PAYLOAD,
     BatchProcessor,
     BatchResult,
@@ -23,7 +24,7 @@ from shared.messaging import (
     OutboxMessage,
     Route,
 )
-from shared.service import create_schema
+from shared.migrations import migrate_store
 from shared.settings import Settings
 from shared.topology import ServiceTopology
 
@@ -36,13 +37,29 @@ _offsets = itertools.count()
 @contextmanager
 def store_engine(url: str, tables: Sequence[Table]) -> Iterator[Engine]:
     """An engine on the store at `url` with its schema (the plumbing's tables and `tables`),
-    disposed of at the end."""
+    disposed of at the end: a service's tables come from its migrations, as it runs them;
+    the plumbing's alone (no service's store) from `create_all`."""
     engine = make_engine(url)
-    create_schema(engine, tables)
+    service = _service_of(tables)
+    if service is None:
+        SQLModel.metadata.create_all(engine, tables=[*PLUMBING_TABLES, *tables])
+    else:
+        migrate_store(engine, service)
     try:
         yield engine
     finally:
         engine.dispose()
+
+
+def _service_of(tables: Sequence[Table]) -> str | None:
+    from deploy.system import TOPOLOGIES
+
+    if not tables:
+        return None
+    for name, topology in TOPOLOGIES.items():
+        if list(topology.tables) == list(tables):
+            return name
+    raise ValueError("tables of no service: give a service's TABLES, or none")
 
 
 def engine_fixture(tables: Sequence[Table], *, sqlite_only: bool = False) -> Any:

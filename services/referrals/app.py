@@ -9,6 +9,7 @@ from shared.contract import Topic
 from shared.db import make_engine, truncate_wal
 from shared.erasure import ErasureBound
 from shared.messaging import republish_tombstones, unit_of_work
+from shared.migrations import migrate_store
 from shared.service import (
     BackgroundTask,
     PeriodicJob,
@@ -16,7 +17,6 @@ from shared.service import (
     ServiceContext,
     ServiceSpec,
     build_app,
-    create_schema,
 )
 from shared.settings import Settings
 from shared.topology import ServiceTopology
@@ -78,7 +78,7 @@ def apply_erasure_bound(ctx: ServiceContext) -> int:
 def erase_referral(settings: Settings, referral_id: str) -> bool | None:
     """Erases one referral's personal data from the store (None: no such referral)."""
     engine = make_engine(settings.database_url(TOPOLOGY.name))
-    create_schema(engine, TABLES)
+    migrate_store(engine, TOPOLOGY.name)
     try:
         with unit_of_work(engine, ReferralStore, TOPOLOGY.name) as uow:
             referral = uow.store.get(referral_id, for_update=True)
@@ -93,7 +93,7 @@ def run_retention(settings: Settings, months: int, as_of: datetime) -> int | Non
     """The retention job as a command (for cron): erases what is past `months` (and past
     `E2C_ENROLLED_RETENTION_MONTHS` for the enrolled). None: a service runs it right now."""
     engine = make_engine(settings.database_url(TOPOLOGY.name))
-    create_schema(engine, TABLES)
+    migrate_store(engine, TOPOLOGY.name)
     try:
         with unit_of_work(engine, ReferralStore, TOPOLOGY.name) as uow:
             if not uow.store.lock_job("retention"):

@@ -34,7 +34,7 @@ from shared.observability import ServiceMetrics
 from shared.settings import Settings
 
 from . import domain
-from .store import PARKED, PENDING, TABLES, Outgoing, WebhookSet, WebhookStore
+from .store import PARKED, PENDING, Outgoing, WebhookSet, WebhookStore
 
 if TYPE_CHECKING:
     from shared.service import ServiceContext
@@ -105,10 +105,10 @@ def replay(store: WebhookStore, agency_id: str | None = None,
 def command_store(settings: Settings) -> Iterator[WebhookStore]:
     """The referrals store of the stack, for a command: one transaction, committed when the
     block ends."""
-    from shared.service import create_schema
+    from shared.migrations import migrate_store
 
     engine = make_engine(settings.database_url(SERVICE))
-    create_schema(engine, TABLES)
+    migrate_store(engine, SERVICE)
     try:
         with unit_of_work(engine, WebhookStore, SERVICE) as uow:
             yield uow.store
