@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 ARGS   ?=
 
-.PHONY: run test up down status demo simulate chaos install system-deps lint docs clean bench bench-pipeline bench-reports
+.PHONY: run test up down status demo simulate chaos install system-deps lint docs clean bench bench-pipeline bench-reports migration
 
 run: install system-deps          ## start the whole stack, simulate a small year through it, leave it running
 	$(BIN)/e2c stack up
@@ -59,6 +59,9 @@ $(STAMP): pyproject.toml
 
 system-deps:
 	@bash deploy/install-system-deps.sh
+
+migration: install                ## a service's next revision from its models: SERVICE=aids MESSAGE="..."
+	$(BIN)/e2c db revision $(SERVICE) -m "$(MESSAGE)"
 
 clean:
 	rm -rf $(VENV) var

@@ -195,6 +195,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     rebuild.set_defaults(run=_outcomes_rebuild)
 
+    db = commands.add_parser("db", help="the services' store schemas (Alembic migrations)")
+    db_commands = db.add_subparsers(title="db commands")
+    for name, run, text in (
+        ("upgrade", _db_upgrade, "bring the stores to this code's newest revision"),
+        ("current", _db_current, "each store's revision and this code's newest"),
+        ("history", _db_history, "the revisions of each service, oldest first"),
+    ):
+        db_command = db_commands.add_parser(name, help=text)
+        db_command.add_argument("service", nargs="?", help="one service (default: all)")
+        db_command.set_defaults(run=run)
+    db_revision = db_commands.add_parser(
+        "revision", help="(developers) autogenerate a service's next revision from its models"
+    )
+    db_revision.add_argument("service")
+    db_revision.add_argument("-m", "--message", required=True)
+    db_revision.set_defaults(run=_db_revision)
+
     ops = commands.add_parser("ops", help="pipeline health (role ops)")
     ops_commands = ops.add_subparsers(title="ops commands")
     ops_status = ops_commands.add_parser(
@@ -268,6 +285,101 @@ def _command_settings() -> Settings:
     from deploy.stack import LocalStack
 
     return LocalStack().command_settings()
+
+
+def _db_services(args: argparse.Namespace) -> list[str]:
+    from deploy.system import TOPOLOGIES
+
+    if args.service is None:
+        return list(TOPOLOGIES)
+    if args.service not in TOPOLOGIES:
+        raise SystemExit(f"no service {args.service!r}: one of {', '.join(TOPOLOGIES)}")
+    return [args.service]
+
+
+def _db_each(args: argparse.Namespace, work: Callable[[str, Any, str], bool]) -> int:
+    """Runs `work(service, engine, shown url)` on each chosen store; 1 if one failed."""
+    from sqlalchemy import make_url
+
+    from shared.db import make_engine
+
+    settings = _command_settings()
+    failed = False
+    for service in _db_services(args):
+        url = settings.database_url(service)
+        engine = make_engine(url)
+        try:
+            failed |= not work(service, engine, make_url(url).render_as_string())
+        finally:
+            engine.dispose()
+    return 1 if failed else 0
+
+
+def _db_current(args: argparse.Namespace) -> int:
+    from shared.migrations import store_revision
+
+    def show(service: str, engine: Any, url: str) -> bool:
+        found = store_revision(engine, service)
+        state = ("up to date" if found.up_to_date else
+                 "empty" if found.current is None else
+                 "newer than this code" if found.current not in _revisions(service) else
+                 "upgrade needed")
+        print(f"{service:<10} revision {found.current or '-':<6} head {found.head:<6} "
+              f"{state:<20} {url}")
+        return found.current is None or found.current in _revisions(service)
+
+    return _db_each(args, show)
+
+
+def _revisions(service: str) -> set[str]:
+    from shared.migrations import history
+
+    return {script.revision for script in history(service)}
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    from shared.migrations import StoreTooNew, migrate_store, store_revision
+
+    def upgrade(service: str, engine: Any, url: str) -> bool:
+        before = store_revision(engine, service).current
+        try:
+            after = migrate_store(engine, service)
+        except StoreTooNew as error:
+            print(f"{service}: {error}", file=sys.stderr)
+            return False
+        done = f"already at {after}" if before == after else f"{before or 'empty'} -> {after}"
+        print(f"{service:<10} {done:<20} {url}")
+        return True
+
+    return _db_each(args, upgrade)
+
+
+def _db_history(args: argparse.Namespace) -> int:
+    from shared.migrations import history
+
+    for service in _db_services(args):
+        print(f"{service}:")
+        for script in history(service):
+            title = (script.doc or "").strip().splitlines()[0] if script.doc else ""
+            head = " (head)" if script.is_head else ""
+            print(f"  {script.revision}{head:<8} {title}")
+    return 0
+
+
+def _db_revision(args: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from shared.migrations import new_revision
+
+    _db_services(args)
+    with tempfile.TemporaryDirectory() as scratch:
+        made = new_revision(args.service, args.message, Path(scratch) / "scratch.db")
+    if made is None:
+        print("no revision written", file=sys.stderr)
+        return 1
+    print(f"{made.path}: read it, tidy it, add a test for the stores it changes")
+    return 0
 
 
 def _referrals_erase(args: argparse.Namespace) -> int:

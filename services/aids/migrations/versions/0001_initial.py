@@ -1,5 +1,6 @@
-"""The schema as `create_all` made it before the migrations (money
-columns still 32-bit: 0002 widens them)
+"""The schema as `create_all` made it before the migrations, money still 32-bit
+
+(0002 widens the money columns.)
 
 Revision ID: 0001
 Revises: (none)
