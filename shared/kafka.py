@@ -166,7 +166,9 @@ class SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
         consumer = self.consumer()
         if consumer is None or not assigned:
             return
-        stored = await anyio.to_thread.run_sync(self._read)
+        # Read without yielding to the loop (a short query, once per assignment): the
+        # fetcher would meanwhile hand out records from the committed offset.
+        stored = self._read()
         for tp in sorted(assigned):
             offset = stored.get((tp.topic, tp.partition))
             if offset is not None:
