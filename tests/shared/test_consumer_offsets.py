@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
-from sqlmodel import Session, SQLModel
+from sqlmodel import Session
 
 from services.aids.app import TOPOLOGY as AIDS
 from services.aids.store import TABLES as AID_TABLES
@@ -22,15 +22,14 @@ from services.referrals.handlers import ReferralHandlers
 from services.referrals.store import TABLES, ReferralStore
 from shared.contract import ReferralSubmitted, Topic
 from shared.messaging import (
-    PLUMBING_TABLES,
     Inbound,
     Route,
     UnitOfWork,
     stored_offsets,
     unit_of_work,
 )
+from shared.migrations import reset_store
 from shared.schools import load_schools
-from shared.service import create_schema
 from tests import plumbing
 from tests.events import aid_request, enrollment_decided, referral
 from tests.plumbing import engine_fixture, inbound, published, store_engine
@@ -53,10 +52,9 @@ def offsets(engine: Engine) -> dict[tuple[str, int], int]:
         return stored_offsets(session)
 
 
-def lose_the_store(engine: Engine, tables: Any) -> None:
+def lose_the_store(engine: Engine, service: str, tables: Any) -> None:
     """Every row gone, as if the store were lost and made anew."""
-    SQLModel.metadata.drop_all(engine, tables=[*PLUMBING_TABLES, *tables])
-    create_schema(engine, tables)
+    reset_store(engine, service, tables)
 
 
 def test_a_batch_records_the_next_offset_of_each_partition_it_read(engine: Engine) -> None:
@@ -127,7 +125,7 @@ def test_an_input_decided_again_on_a_lost_store_gets_the_same_event_id(engine: E
     processor(engine).process([inbound(SUBMITTED, e) for e in inputs])
     before = answer_ids(engine, Topic.REFERRALS_DECIDED)
 
-    lose_the_store(engine, TABLES)
+    lose_the_store(engine, REFERRALS.name, TABLES)
     processor(engine).process([inbound(SUBMITTED, e) for e in reversed(inputs)])
     again = answer_ids(engine, Topic.REFERRALS_DECIDED)
 
@@ -166,7 +164,7 @@ def test_a_held_request_gets_the_same_id_whatever_released_it(aids_engine: Engin
     feed((Topic.ENROLLMENTS_DECIDED, enrollment))  # releases both, in one unit of work
     held_then_released = answer_ids(aids_engine, Topic.AIDS_DECIDED)
 
-    lose_the_store(aids_engine, AID_TABLES)
+    lose_the_store(aids_engine, AIDS.name, AID_TABLES)
     feed((Topic.ENROLLMENTS_DECIDED, enrollment), *[(Topic.AIDS_REQUESTED, r) for r in requests])
     decided_at_once = answer_ids(aids_engine, Topic.AIDS_DECIDED)
 
