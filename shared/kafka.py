@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, Union
 
 import anyio
@@ -54,9 +54,18 @@ MAX_MESSAGE_BYTES = 1024 * 1024
 TOPIC_CONFIG = {"retention.ms": "-1", "max.message.bytes": str(MAX_MESSAGE_BYTES)}
 
 
-def topic_config(topic: str, bound: ErasureBound) -> dict[str, str]:
+# An internal journal (`ServiceTopology.journals`): the latest record of each key, forever.
+JOURNAL_CONFIG = {**TOPIC_CONFIG, "cleanup.policy": "compact"}
+
+
+def topic_config(
+    topic: str, bound: ErasureBound, journals: Collection[str] = ()
+) -> dict[str, str]:
     """A topic's settings: the submitted referrals are compacted (an erasure's tombstone
-    removes the person's record) and the dead letters expire, both within the bound."""
+    removes the person's record) and the dead letters expire, both within the bound; the
+    `journals` are compacted and kept."""
+    if topic in journals:
+        return JOURNAL_CONFIG
     if topic == Topic.REFERRALS_SUBMITTED:
         return {**TOPIC_CONFIG, **bound.compacted_topic_config()}
     if topic == Topic.DEADLETTER:
@@ -69,6 +78,7 @@ async def ensure_topics(
     topics: Sequence[str],
     partitions: int,
     bound: ErasureBound | None = None,
+    journals: Collection[str] = (),
 ) -> None:
     """Create the missing topics and give the existing ones our settings where they differ
     (topics made by an older version, or a bound changed since). Only the admin may: the
@@ -81,16 +91,18 @@ async def ensure_topics(
         missing = [t for t in topics if t not in existing]
         if missing:
             new = [NewTopic(t, num_partitions=partitions, replication_factor=1,
-                            topic_configs=topic_config(t, bound)) for t in missing]
+                            topic_configs=topic_config(t, bound, journals)) for t in missing]
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(new)
-        await _align_topic_configs(admin, [t for t in topics if t in existing], bound)
+        await _align_topic_configs(admin, [t for t in topics if t in existing], bound,
+                                   journals)
     finally:
         await admin.close()
 
 
 async def _align_topic_configs(
-    admin: AIOKafkaAdminClient, topics: Sequence[str], bound: ErasureBound
+    admin: AIOKafkaAdminClient, topics: Sequence[str], bound: ErasureBound,
+    journals: Collection[str],
 ) -> None:
     """Sets again the whole configuration of each topic that differs (AlterConfigs sets
     the given keys and resets the others: each topic's whole set is given)."""
@@ -101,13 +113,14 @@ async def _align_topic_configs(
     for response in await admin.describe_configs(resources):
         for _code, _message, _type, name, entries, *_ in response.resources:
             values = {entry[0]: entry[1] for entry in entries}
-            wanted = topic_config(name, bound)
+            wanted = topic_config(name, bound, journals)
             if any(values.get(key) != value for key, value in wanted.items()):
                 stale.append(name)
     if stale:
         log.info("topic settings set again on %s", ", ".join(stale))
         await admin.alter_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, topic, topic_config(topic, bound))
+            [ConfigResource(ConfigResourceType.TOPIC, topic,
+                            topic_config(topic, bound, journals))
              for topic in stale]
         )
 

@@ -21,7 +21,7 @@ from shared.service import (
 from shared.settings import Settings
 from shared.topology import ServiceTopology
 
-from . import api, webhooks
+from . import api, domain, webhooks
 from .handlers import ReferralHandlers, erase_due, expire_due
 from .store import OPERATOR, TABLES, ReferralStore, now
 
@@ -43,6 +43,7 @@ TOPOLOGY = ServiceTopology(
     # The submitted topic too: referrals received over HTTP are published there (1.1).
     produces=(Topic.REFERRALS_DECIDED, Topic.ENROLLMENTS_DECIDED, Topic.REFERRALS_SUBMITTED),
     prepare=ReferralHandlers.prepare,
+    journals=(domain.ERASURE_JOURNAL,),
 )
 
 
