@@ -14,7 +14,6 @@ erased too (`ReferralHandlers.on_referral`).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
@@ -31,6 +30,7 @@ from aiokafka import AIOKafkaConsumer
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
 
+from deploy.local_kafka import run_sync
 from shared.db import make_engine
 from shared.kafka import topic_partitions
 from shared.kafka_access import KafkaAccess
@@ -244,20 +244,21 @@ def read_erasure_journal(reader: KafkaAccess) -> list[dict[str, Any]]:
     latest record of each referral)."""
     from services.referrals.domain import ERASURE_JOURNAL
 
-    return asyncio.run(_read_topic(reader, ERASURE_JOURNAL))
+    return run_sync(_read_topic(reader, ERASURE_JOURNAL))
 
 
 async def _read_topic(reader: KafkaAccess, topic: str) -> list[dict[str, Any]]:
     partitions = await topic_partitions(reader, [topic])
     consumer = AIOKafkaConsumer(**reader.client_options(), group_id=None,
-                                enable_auto_commit=False)
+                                enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     try:
         consumer.assign(partitions)
         ends = await consumer.end_offsets(partitions)
-        await consumer.seek_to_beginning(*partitions)
+        for partition, first in (await consumer.beginning_offsets(partitions)).items():
+            consumer.seek(partition, first)
         latest: dict[str, dict[str, Any]] = {}
-        while any(await consumer.position(p) < ends[p] for p in partitions):
+        while [p for p in partitions if await consumer.position(p) < ends[p]]:
             batches = await consumer.getmany(*partitions, timeout_ms=1000)
             for records in batches.values():
                 for record in records:
