@@ -214,6 +214,14 @@ def test_a_submission_read_again_for_an_erased_referral_is_stored_erased(store: 
 
 
 @pytest.mark.infra
+async def test_the_erasure_journal_is_compacted_and_kept(kafka: LocalKafka) -> None:
+    from tests.shared.test_relay import topic_config
+
+    config = await topic_config(kafka, ERASURE_JOURNAL)
+    assert config["cleanup.policy"] == "compact" and config["retention.ms"] == "-1"
+
+
+@pytest.mark.infra
 async def test_a_restore_applies_again_the_erasures_made_after_the_backup(
     kafka: LocalKafka, redis_server: str, tmp_path: Path,
 ) -> None:
