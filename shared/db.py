@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, Dialect, Engine, Table, TypeDecorator, event
+from sqlalchemy import DateTime, Dialect, Engine, Table, TypeDecorator, event, func
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, create_engine
@@ -122,3 +122,19 @@ def add_to(
         set_={name: table.c[name] + statement.excluded[name] for name in increments},
     )
     session.exec(statement)  # type: ignore[call-overload]
+
+
+def upsert_max(
+    session: Session, table: Table, rows: list[dict[str, Any]], key: list[str], column: str
+) -> None:
+    """Inserts `rows`, or raises `column` of the existing ones to the new value where it is
+    higher: one statement, and a value never goes down."""
+    if not rows:
+        return
+    statement = _insert(session, table).values(rows)
+    dialect = session.get_bind().dialect.name
+    highest = func.greatest if dialect == "postgresql" else func.max  # SQLite's max(a, b)
+    new = {column: highest(table.c[column], statement.excluded[column])}
+    new.update({name: statement.excluded[name] for name in rows[0]
+                if name not in key and name != column})
+    session.exec(statement.on_conflict_do_update(index_elements=key, set_=new))  # type: ignore[call-overload]

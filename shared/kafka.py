@@ -10,7 +10,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any, Union
 
 import anyio
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
@@ -34,6 +34,7 @@ from shared.messaging import (
     outbox_backlog,
     park_outbox,
     pending_outbox_rows,
+    stored_offsets,
 )
 from shared.observability import ServiceMetrics
 from shared.settings import Settings
@@ -158,10 +159,48 @@ def _keep_undecoded(_message: Any) -> None:
     return None
 
 
+class SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
+    """On every assignment (the first one at start included), moves each assigned partition
+    to the next offset its store recorded (`consumer_offset`), before anything is fetched.
+
+    The store's offsets are the truth: a store restored from a backup reads again what it
+    had not stored, even if the group's committed offset is further; a partition the store
+    never read from starts at the committed offset (or `auto_offset_reset`)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.consumer: Callable[[], AIOKafkaConsumer | None] = lambda: None
+        self.sought: dict[TopicPartition, int] = {}  # the last seeks, for tests and logs
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        consumer = self.consumer()
+        if consumer is None or not assigned:
+            return
+        # Read without yielding to the loop (a short query, once per assignment): the
+        # fetcher would meanwhile hand out records from the committed offset.
+        stored = self._read()
+        for tp in sorted(assigned):
+            offset = stored.get((tp.topic, tp.partition))
+            if offset is not None:
+                consumer.seek(tp, offset)
+                self.sought[tp] = offset
+        log.info("assigned %d partitions, %d moved to the store's offsets", len(assigned),
+                 sum(1 for tp in assigned if (tp.topic, tp.partition) in stored))
+
+    def _read(self) -> dict[tuple[str, int], int]:
+        with Session(self.engine) as session:
+            return stored_offsets(session)
+
+
 class BatchConsumer:
     """Subscribes one consumer group to the service's input topics, a batch at a time.
 
-    Offsets are committed by hand (AckPolicy.MANUAL) only after the batch's transaction
+    Each batch's transaction records the next offsets to read, and the consumer starts
+    from them on every assignment (`SeekToStoredOffsets`). Offsets are also committed to
+    Kafka by hand (AckPolicy.MANUAL, for lag reporting) only after the batch's transaction
     committed. When the store fails, the batch is rewound (nack seeks back on every
     partition) and read again after a backoff: nothing is skipped, nothing loops hot.
 
@@ -182,6 +221,7 @@ class BatchConsumer:
         self.after_db_commit = after_db_commit
         self.failures = 0
         self.last_processed_at: float | None = None
+        self.listener = SeekToStoredOffsets(processor.engine)
 
     def subscribe(
         self,
@@ -202,7 +242,7 @@ class BatchConsumer:
 
         payload = list[Union[tuple(models)]]  # type: ignore[valid-type]  # noqa: UP007
         on_batch.__annotations__ = {"body": payload, "return": None}
-        broker.subscriber(
+        subscriber = broker.subscriber(
             *topics,
             group_id=group_id,
             batch=True,
@@ -210,12 +250,16 @@ class BatchConsumer:
             batch_timeout_ms=100,
             ack_policy=AckPolicy.MANUAL,
             auto_offset_reset="earliest",
+            listener=self.listener,
             session_timeout_ms=10_000,
             heartbeat_interval_ms=2_000,
             decoder=_keep_undecoded,
             title=f"{self.processor.service}:inputs",  # the document shows no group id
             description=f"Inputs of {self.processor.service}; unreadable ones go to the DLT.",
-        )(on_batch)
+        )
+        subscriber(on_batch)
+        # The client is built when the subscriber starts: the listener looks it up then.
+        self.listener.consumer = lambda: getattr(subscriber, "consumer", None)
 
     async def consume(self, msg: KafkaMessage) -> None:
         raw = msg.raw_message

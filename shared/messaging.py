@@ -13,7 +13,7 @@ import base64
 import hashlib
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,17 +21,19 @@ from functools import cached_property
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import Engine, Table, delete, func, insert
+from sqlalchemy import BigInteger, Engine, Table, delete, func, insert
 from sqlalchemy.exc import DataError, SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from shared.contract import DeadLetter, Topic, event_key, new_event_fields
-from shared.db import UtcDateTime
+from shared.db import UtcDateTime, upsert_max
 from shared.logsafe import describe_error
 
 log = logging.getLogger(__name__)
 
 DEAD_LETTER_NAMESPACE = uuid.UUID("5b7c2f0e-0d6a-4f43-9a0e-e2c0de1e77e5")
+# The namespace of the ids derived for output events (see `output_event_id`).
+OUTPUT_NAMESPACE = uuid.UUID("0f1d6c4e-8a3b-5e27-9c41-e2c0ca05e1d5")
 MAX_ERROR_CHARS = 2000
 MAX_DEAD_LETTER_BYTES = 512 * 1024  # (1.1) a letter never exceeds it: its original is cut
 
@@ -92,8 +94,21 @@ class TombstoneSent(SQLModel, table=True):
     at: datetime = Field(sa_type=UtcDateTime, index=True)
 
 
+class ConsumerOffset(SQLModel, table=True):
+    """The next offset to read of a consumed partition, written in the transaction of the
+    batch that read up to it: the consumer starts from here (see `shared.kafka`), so that
+    a store restored from a backup reads again exactly what it had not stored."""
+
+    __tablename__ = "consumer_offset"
+
+    topic: str = Field(primary_key=True, max_length=200)
+    partition: int = Field(primary_key=True)
+    next_offset: int = Field(sa_type=BigInteger)
+    updated_at: datetime = Field(sa_type=UtcDateTime)
+
+
 PLUMBING_TABLES = (InboxEvent.__table__, OutboxMessage.__table__, ParkedMessage.__table__,
-                   TombstoneSent.__table__)
+                   TombstoneSent.__table__, ConsumerOffset.__table__)
 # The topics compacted for erasure: a dead letter of one of them also removes its original.
 ERASABLE_TOPICS = frozenset({Topic.REFERRALS_SUBMITTED.value})
 
@@ -210,18 +225,57 @@ class UnitOfWork(Generic[S]):
     service: str = ""  # who writes the dead letters this unit emits
     inbound: Inbound | None = None  # the consumed record; None for a sweep or a command
     batch: BatchScope | None = None
+    cause: str | None = None  # the `event_id` of the input handled; None outside a batch
     emitted: list[dict[str, Any]] = field(default_factory=list)
+    _roles: dict[tuple[str, str], int] = field(default_factory=dict)
 
     @property
     def batched(self) -> bool:
         """On the batch's fast path: emitted events wait for the batch's bulk write."""
         return self.batch is not None and not self.batch.isolated
 
-    def emit(self, topic: str, event: BaseModel, key: str | None = None) -> None:
+    def emit(
+        self,
+        topic: str,
+        event: BaseModel,
+        key: str | None = None,
+        cause: str | None = None,
+        original: bool = False,
+    ) -> BaseModel:
+        """Queues `event` for `topic` and returns it as it is published: its `event_id`
+        derived from its cause (`output_event_id`), so that deciding the same input again
+        (a restored store reading it anew) publishes the same id, which consumers drop.
+
+        The cause is `cause` if given, else the input the event answers (its
+        `request_event_id`), else the input this unit handles. `original`: an event that
+        answers nothing (an intake submission) keeps its own id. Dead letters are
+        deterministic already (`build_dead_letter`)."""
+        if not original and topic != Topic.DEADLETTER:
+            event = self._with_derived_id(topic, event, cause)
         row = outbox_row(topic, event, key if key is not None else event_key(topic, event))
         self.emitted.append(row)
         if not self.batched:
             write_outbox(self.session, [row])
+        return event
+
+    def _with_derived_id(self, topic: str, event: BaseModel, cause: str | None) -> BaseModel:
+        answered = getattr(event, "request_event_id", None)
+        cause = cause or (str(answered) if answered is not None else None) or self.cause
+        if cause is None:
+            raise ValueError(f"an event for {topic} with no cause: pass `cause` (a job), or "
+                             "`original` for an event that answers nothing")
+        index = self._roles.get((cause, topic), 0)
+        self._roles[(cause, topic)] = index + 1
+        role = topic if index == 0 else f"{topic}#{index}"
+        derived = output_event_id(self.service, cause, role)
+        return event.model_copy(update={"event_id": derived})
+
+
+def output_event_id(service: str, cause: str, role: str) -> uuid.UUID:
+    """The `event_id` of the output `role` (its topic, and an index when one cause has
+    several on a topic) of `service` caused by `cause` (an input's `event_id`, or a job's
+    stable name for what it acts on)."""
+    return uuid.uuid5(OUTPUT_NAMESPACE, f"{service}:{cause}:{role}")
 
 
 @contextmanager
@@ -290,6 +344,7 @@ class _Pass:
     store: Any
     done: set[str]
     service: str
+    offsets: Mapping[tuple[str, int], int]
     result: BatchResult = field(default_factory=BatchResult)
     inbox: list[dict[str, Any]] = field(default_factory=list)
     outbox: list[dict[str, Any]] = field(default_factory=list)
@@ -302,9 +357,9 @@ class _Pass:
     def isolated(self) -> bool:
         return self.scope.isolated
 
-    def unit(self, inbound: Inbound) -> UnitOfWork[Any]:
-        return UnitOfWork(self.session, self.store, service=self.service, inbound=inbound,
-                          batch=self.scope)
+    def unit(self, item: _Decoded) -> UnitOfWork[Any]:
+        return UnitOfWork(self.session, self.store, service=self.service,
+                          inbound=item.inbound, batch=self.scope, cause=item.event_id)
 
     def record(self, key: str, topic: str) -> None:
         row = {"key": key, "topic": topic, "processed_at": datetime.now(UTC)}
@@ -326,6 +381,7 @@ class _Pass:
         if self.inbox:
             self.session.exec(insert(InboxEvent.__table__), params=self.inbox)  # type: ignore[call-overload,arg-type]
         write_outbox(self.session, self.outbox)
+        record_offsets(self.session, self.offsets)
 
 
 class BatchProcessor:
@@ -358,20 +414,24 @@ class BatchProcessor:
     def process(self, records: Sequence[Inbound]) -> BatchResult:
         inputs = [record for record in records if not record.is_tombstone]
         decoded = [self._decode(record) for record in inputs]
+        offsets = next_offsets(records)
         try:
-            result = self._pass(decoded, isolated=False)
+            result = self._pass(decoded, offsets, isolated=False)
         except (_HandlerFailed, DataError):
-            result = self._pass(decoded, isolated=True)
+            result = self._pass(decoded, offsets, isolated=True)
         for record in records:
             if record.is_tombstone:
                 result.count(result.skipped, record.topic)
         return result
 
-    def _pass(self, decoded: list[_Decoded], isolated: bool) -> BatchResult:
+    def _pass(
+        self, decoded: list[_Decoded], offsets: Mapping[tuple[str, int], int], isolated: bool
+    ) -> BatchResult:
         with Session(self.engine) as session:
             scope = BatchScope(session, isolated)
             store = self.store(session, scope)
-            batch = _Pass(scope, store, self._already_processed(session, decoded), self.service)
+            done = self._already_processed(session, decoded)
+            batch = _Pass(scope, store, done, self.service, offsets)
             if self.prepare is not None and not isolated:
                 events = [item.event for item in decoded if item.event is not None]
                 scope.cache = self.prepare(store, events)
@@ -410,7 +470,7 @@ class BatchProcessor:
         if item.event is None:
             self._dead_letter(batch, item.inbound, item.error or "unreadable")
             return
-        unit = batch.unit(item.inbound)
+        unit = batch.unit(item)
         try:
             self._handle(batch, unit, item.event)
         except DataError as error:  # a value the store cannot hold: retrying will not help
@@ -460,6 +520,32 @@ class BatchProcessor:
         batch.result.count(batch.result.dead_letters, inbound.topic)
         log.warning("dead letter from %s[%s]@%s: %s", inbound.topic, inbound.partition,
                     inbound.offset, error.splitlines()[0][:300])
+
+
+def next_offsets(records: Iterable[Inbound]) -> dict[tuple[str, int], int]:
+    """Per (topic, partition) of `records`, the offset after the last one."""
+    offsets: dict[tuple[str, int], int] = {}
+    for record in records:
+        position = (record.topic, record.partition)
+        offsets[position] = max(offsets.get(position, 0), record.offset + 1)
+    return offsets
+
+
+def record_offsets(session: Session, offsets: Mapping[tuple[str, int], int]) -> None:
+    """Records the next offsets to read, in the session's transaction; an offset already
+    further stays (a batch read again after a rebalance never moves one back)."""
+    moment = datetime.now(UTC)
+    rows = [{"topic": topic, "partition": partition, "next_offset": offset,
+             "updated_at": moment} for (topic, partition), offset in sorted(offsets.items())]
+    upsert_max(session, ConsumerOffset.__table__, rows, ["topic", "partition"],  # type: ignore[arg-type]
+               "next_offset")
+
+
+def stored_offsets(session: Session) -> dict[tuple[str, int], int]:
+    """The next offset to read of every partition the store has read from."""
+    table = ConsumerOffset.__table__  # type: ignore[attr-defined]
+    rows = session.exec(select(table.c.topic, table.c.partition, table.c.next_offset)).all()  # type: ignore[call-overload]
+    return {(topic, partition): offset for topic, partition, offset in rows}
 
 
 def write_dead_letter(session: Session, row: dict[str, Any]) -> None:

@@ -27,6 +27,7 @@ from shared.messaging import (
     BatchProcessor,
     OutboxMessage,
     outbox_backlog,
+    record_offsets,
     unit_of_work,
 )
 from shared.settings import Settings
@@ -57,20 +58,29 @@ def rebuild(topology: ServiceTopology[Any, Any], settings: Settings) -> RebuildR
         processor = topology.rebuild_processor(engine, handlers)
         records = sum(asyncio.run(_replay(access, topic, ends, processor))
                       for topic in replayed)
-        held = finish(topology, handlers, engine)
         consumed = {tp: end for tp, end in ends.items() if tp.topic in topology.inputs}
+        held = finish(topology, handlers, engine, consumed)
         asyncio.run(_commit_group_offsets(access, topology.group_id, consumed))
         return RebuildResult(records, held)
     finally:
         engine.dispose()
 
 
-def finish(topology: ServiceTopology[Any, Any], handlers: Any, engine: Engine) -> int:
+def finish(
+    topology: ServiceTopology[Any, Any],
+    handlers: Any,
+    engine: Engine,
+    consumed: dict[TopicPartition, int] | None = None,
+) -> int:
     """The rebuild's last step, once every topic is replayed: what the replay wrote to the
-    outbox is dropped (it was sent the first time), then the declared `finish` runs."""
+    outbox is dropped (it was sent the first time), then the declared `finish` runs. The
+    service's inputs are recorded as read up to `consumed`, where the replay ended (past
+    its last record: a partition may end with records no longer there)."""
     assert topology.rebuild is not None
     with unit_of_work(engine, topology.store, topology.name) as uow:
         uow.session.exec(delete(OutboxMessage))  # type: ignore[call-overload]
+        record_offsets(uow.session, {(tp.topic, tp.partition): end
+                                     for tp, end in (consumed or {}).items()})
         return topology.rebuild.finish(handlers, uow)
 
 

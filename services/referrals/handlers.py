@@ -98,7 +98,7 @@ class ReferralHandlers:
             referral_id=event.referral_id, agency_id=event.agency.id,
             event_id=str(event.event_id), candidate_digest=digest, received_at=now(),
         ))
-        uow.emit(Topic.REFERRALS_SUBMITTED, event)
+        uow.emit(Topic.REFERRALS_SUBMITTED, event, original=True)  # the cause of what follows
         return Received(event.referral_id, str(event.event_id))
 
     def on_referral(self, uow: Work, event: ReferralSubmitted) -> None:
@@ -222,11 +222,18 @@ class ReferralHandlers:
                               referral.referral_id)
 
 
-def answer(uow: Work, referral: Referral | NewReferral, topic: Topic, event: BaseModel) -> None:
+def answer(
+    uow: Work,
+    referral: Referral | NewReferral,
+    topic: Topic,
+    event: BaseModel,
+    cause: str | None = None,
+) -> None:
     """Publishes a decision about `referral` and queues it for its agency's webhook (if it
-    has one), both in the transaction of the decision."""
-    uow.emit(topic, event)
-    uow.store.enqueue_webhook(referral.agency_id, topic, event, referral.referral_id)
+    has one), both in the transaction of the decision, with the event's id as published
+    (derived from `cause`, see `UnitOfWork.emit`)."""
+    published = uow.emit(topic, event, cause=cause)
+    uow.store.enqueue_webhook(referral.agency_id, topic, published, referral.referral_id)
 
 
 def new_referral(
@@ -378,6 +385,7 @@ def expire_due(uow: Work, expiry_days: float, reference: datetime) -> int | None
                               referral.status_changed_at, deadline):
             continue
         store.expire(referral)
-        answer(uow, referral, Topic.REFERRALS_DECIDED, referral_decided(referral, None))
+        answer(uow, referral, Topic.REFERRALS_DECIDED, referral_decided(referral, None),
+               cause=f"expired:{referral.referral_id}")
         expired += 1
     return expired

@@ -12,9 +12,16 @@ from typing import Any
 
 import httpx
 import pytest
+from aiokafka import AIOKafkaConsumer
+from sqlmodel import Session
 
 from deploy.harness import ServiceProcesses
+from deploy.kafka_security import OPS
+from services.outcomes.app import TOPOLOGY
 from shared.contract import Topic
+from shared.db import make_engine
+from shared.kafka import topic_partitions
+from shared.messaging import stored_offsets
 from tests import events, tokens
 from tests.events import aid_request, exit_submitted, referral
 from tests.infra import Publisher, TopicWatcher, learn_trainee
@@ -97,6 +104,29 @@ async def test_an_exit_before_its_enrollment_is_held_then_recorded(
     assert (decision["status"], decision["category"]) == ("recorded", "training")
 
 
+async def input_ends(stack: ServiceProcesses) -> dict[tuple[str, int], int]:
+    """Where each partition of the outcomes service's inputs ends now."""
+    access = stack.access(OPS)
+    consumer = AIOKafkaConsumer(**access.client_options(), group_id=None)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets(await topic_partitions(access, list(TOPOLOGY.inputs)))
+    finally:
+        await consumer.stop()
+    return {(tp.topic, tp.partition): end for tp, end in ends.items()}
+
+
+def outcomes_offsets(stack: ServiceProcesses) -> dict[tuple[str, int], int]:
+    """The next offsets the outcomes store recorded (the stack's outcomes runs on SQLite)."""
+    store = f"sqlite:///{stack.services['outcomes'].env['E2C_DATA_DIR']}/stores/outcomes.db"
+    engine = make_engine(store)
+    try:
+        with Session(engine) as session:
+            return stored_offsets(session)
+    finally:
+        engine.dispose()
+
+
 def report(stack: ServiceProcesses, path: str) -> httpx.Response:
     response = httpx.get(f"{stack.services['outcomes'].url}{path}", headers=OUTCOMES, timeout=10)
     response.raise_for_status()
@@ -145,6 +175,7 @@ async def test_the_yearly_report_of_a_cohort_and_its_rebuild_from_the_topics(
     assert funnel_before != report(stack, f"/reports/funnel?year={this_year - 10}").content
     outcomes = stack.services["outcomes"]
     outcomes.stop()
+    ends_before = await input_ends(stack)
     rebuilt = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-c",
@@ -152,8 +183,12 @@ async def test_the_yearly_report_of_a_cohort_and_its_rebuild_from_the_topics(
          "print(rebuild(Settings()))"],
         env=outcomes.env, capture_output=True, text=True, timeout=300, check=False,
     )
+    ends_after = await input_ends(stack)
+    offsets = outcomes_offsets(stack)  # before it starts and reads on
     await asyncio.to_thread(outcomes.start)
 
     assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
+    # The store resumes where the replay ended (nothing published meanwhile: both equal).
+    assert all(ends_before[p] <= offsets.get(p, -1) <= ends_after[p] for p in ends_before)
     assert report(stack, f"/reports/outcomes?year={YEAR}").content == before
     assert report(stack, f"/reports/funnel?year={this_year}").content == funnel_before
