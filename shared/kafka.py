@@ -164,8 +164,10 @@ class SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
     to the next offset its store recorded (`consumer_offset`), before anything is fetched.
 
     The store's offsets are the truth: a store restored from a backup reads again what it
-    had not stored, even if the group's committed offset is further; a partition the store
-    never read from starts at the committed offset (or `auto_offset_reset`)."""
+    had not stored, even if the group's committed offset is further. A partition the store
+    never read from starts at its beginning, not at the group's committed offset: a store
+    restored from a backup taken before its first record of a partition has stored none of
+    it (and the inbox makes a record read again, in a store made before this, harmless)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -183,10 +185,12 @@ class SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
         # fetcher would meanwhile hand out records from the committed offset.
         stored = self._read()
         for tp in sorted(assigned):
-            offset = stored.get((tp.topic, tp.partition))
-            if offset is not None:
-                consumer.seek(tp, offset)
-                self.sought[tp] = offset
+            # Never read: offset 0, without a round trip (which would yield); a log whose
+            # start was deleted answers out of range, and `auto_offset_reset` (earliest)
+            # moves to its first record.
+            offset = stored.get((tp.topic, tp.partition), 0)
+            consumer.seek(tp, offset)
+            self.sought[tp] = offset
         log.info("assigned %d partitions, %d moved to the store's offsets", len(assigned),
                  sum(1 for tp in assigned if (tp.topic, tp.partition) in stored))
 

@@ -28,6 +28,7 @@ from deploy.backup import RestoreRefused
 from deploy.harness import ServiceProcesses
 from deploy.kafka_security import OPS
 from deploy.local_kafka import LocalKafka
+from deploy.processes import command_contains
 from deploy.stack import LocalStack
 from services.referrals.app import TOPOLOGY, erase_referral
 from services.referrals.domain import ERASURE_JOURNAL, RESTORE_REASON
@@ -168,6 +169,8 @@ def test_a_restore_refuses_another_services_backup_a_bad_checksum_and_a_running_
                                 "services.referrals"])
     try:
         (stack.run_dir / "referrals.pid").write_text(str(sleeper.pid))
+        # Until the child has exec'd, its command line is still this process's.
+        poll_sync(lambda: command_contains(sleeper.pid, "services.referrals"))
         with pytest.raises(RestoreRefused, match="referrals is running"):
             backups.restore(settings, "referrals", folder, stack.service_running, lambda: [])
     finally:
