@@ -25,7 +25,7 @@ from sqlmodel import Session, col, select
 
 from deploy import backup as backups
 from deploy.backup import RestoreRefused
-from deploy.harness import ServiceProcesses
+from deploy.harness import Environment
 from deploy.kafka_security import OPS
 from deploy.local_kafka import LocalKafka
 from deploy.processes import command_contains
@@ -224,19 +224,29 @@ async def test_the_erasure_journal_is_compacted_and_kept(kafka: LocalKafka) -> N
     assert config["cleanup.policy"] == "compact" and config["retention.ms"] == "-1"
 
 
+@pytest.fixture
+def own_broker() -> Iterator[Environment]:
+    """A broker of its own: the session's runs the stack fixture's referrals, which would
+    share the consumer group (and decide this test's referrals into their store)."""
+    env = Environment(TEST_DATA / "backup-journal")
+    env.start()
+    try:
+        yield env
+    finally:
+        env.stop()
+
+
 @pytest.mark.infra
 async def test_a_restore_applies_again_the_erasures_made_after_the_backup(
-    kafka: LocalKafka, redis_server: str, tmp_path: Path,
+    own_broker: Environment,
 ) -> None:
-    data_dir = TEST_DATA / f"backup-{tmp_path.name}"
-    running = ServiceProcesses(kafka, redis_server, data_dir)
-    from tests.tokens import write_tokens_file
-
-    data_dir.mkdir(parents=True, exist_ok=True)
-    write_tokens_file(data_dir / "tokens.json")
+    kafka = own_broker.kafka
+    running = own_broker.stack("stack")
     service = running.add("referrals")
-    settings = Settings(data_dir=data_dir)
-    store_file = settings.stores_dir / "referrals.db"
+    store_file = running.data_dir / "stores" / "referrals.db"
+    # The store the service uses (it is given no *_DATABASE_URL), whatever this process has.
+    settings = Settings(data_dir=running.data_dir,
+                        referrals_database_url=f"sqlite:///{store_file}")
     erased_person, kept_person = new_people(2)
     events = [submission(erased_person), submission(kept_person)]
     publisher = Publisher(kafka)
@@ -249,7 +259,7 @@ async def test_a_restore_applies_again_the_erasures_made_after_the_backup(
             await publisher.send(Topic.REFERRALS_SUBMITTED, event, event["referral_id"])
         for event in events:
             await watcher.wait_for(Topic.REFERRALS_DECIDED, request_event_id=event["event_id"])
-        folder = data_dir / "backup"
+        folder = running.data_dir / "backup"
         backups.backup(settings, ["referrals"], folder)
         erased_id = events[0]["referral_id"]
         assert erase_referral(settings, erased_id) is True
