@@ -211,6 +211,20 @@ def _parser() -> argparse.ArgumentParser:
     db_revision.add_argument("service")
     db_revision.add_argument("-m", "--message", required=True)
     db_revision.set_defaults(run=_db_revision)
+    backup = commands.add_parser(
+        "backup", help="copy services' stores while they run (SQLite's online backup, "
+        "pg_dump), each with a manifest; the files hold personal data (0600)")
+    backup.add_argument("services", nargs="*", metavar="SERVICE",
+                        help="referrals, aids, outcomes (default: all three)")
+    backup.add_argument("--to", metavar="DIR",
+                        help="default: var/backups/<UTC timestamp>/")
+    backup.set_defaults(run=_backup)
+    restore = commands.add_parser(
+        "restore", help="put a service's store back from a backup (the service stopped); "
+        "referrals gets every erasure made since the backup applied again")
+    restore.add_argument("service", metavar="SERVICE")
+    restore.add_argument("source", metavar="FROM", help="the backup folder, or its file")
+    restore.set_defaults(run=_restore)
 
     ops = commands.add_parser("ops", help="pipeline health (role ops)")
     ops_commands = ops.add_subparsers(title="ops commands")
@@ -619,6 +633,56 @@ def _outcomes_rebuild(args: argparse.Namespace) -> int:
     if running:
         stack.start_service(name)
         print(f"{name:<10} ready again on http://127.0.0.1:{settings.port(name)}")
+    return 0
+
+
+def _backup(args: argparse.Namespace) -> int:
+    import time as clock
+    from pathlib import Path
+
+    from deploy.backup import backup, default_folder
+    from deploy.system import TOPOLOGIES
+
+    unknown = [name for name in args.services if name not in TOPOLOGIES]
+    if unknown:
+        print(f"e2c: no service {', '.join(unknown)} (services: {', '.join(TOPOLOGIES)})",
+              file=sys.stderr)
+        return 2
+    settings = _command_settings()
+    folder = Path(args.to) if args.to else default_folder(settings)
+    started = clock.monotonic()
+    for manifest in backup(settings, args.services or list(TOPOLOGIES), folder):
+        print(f"{manifest.service:<10} {manifest.dialect:<10} {manifest.size:>12} bytes "
+              f"in {manifest.seconds:.2f}s  revision {manifest.revision or '-'}")
+    print(f"backup in {folder} ({clock.monotonic() - started:.2f}s); it holds personal "
+          "data: keep it private and no longer than needed")
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from deploy.backup import RestoreRefused, read_erasure_journal, restore
+    from deploy.stack import LocalStack
+    from deploy.system import TOPOLOGIES
+
+    if args.service not in TOPOLOGIES:
+        print(f"e2c: no service {args.service}", file=sys.stderr)
+        return 2
+    stack = LocalStack()
+    try:
+        done = restore(stack.command_settings(), args.service, Path(args.source),
+                       stack.service_running,
+                       lambda: read_erasure_journal(_ops_access()))
+    except RestoreRefused as error:
+        print(f"e2c: restore refused: {error}", file=sys.stderr)
+        return 1
+    print(f"{done.service}: store restored from the backup taken {done.manifest.taken_at} "
+          f"({done.manifest.size} bytes) in {done.seconds:.2f}s")
+    if done.service == "referrals":
+        print(f"erasure journal: {done.journaled} erasures, {done.erased_again} referrals "
+              "erased again")
+    print("start the service: it reads again what its store had not yet stored")
     return 0
 
 

@@ -42,8 +42,8 @@ from confluent_kafka.admin import (
 from pydantic import SecretStr
 
 from deploy.local_kafka import LocalKafka, run_sync
-from deploy.system import TOPOLOGIES
-from shared.contract import ALL_TOPICS, Topic
+from deploy.system import BROKER_TOPICS, JOURNALS, TOPOLOGIES
+from shared.contract import Topic
 from shared.kafka import ensure_topics
 from shared.kafka_access import KafkaAccess
 from shared.private_files import read_secret, write_private
@@ -117,11 +117,12 @@ def _service_grants(name: str) -> list[Grant]:
     topology = TOPOLOGIES[name]
     replayed = tuple(topology.rebuild.replays) if topology.rebuild is not None else ()
     # Each service counts its own dead letters for `/ops/pipeline`: it reads them all.
-    reads = dict.fromkeys((*topology.inputs, *replayed, Topic.DEADLETTER))
+    # Its journals it writes, and reads back (a restore does it as ops).
+    reads = dict.fromkeys((*topology.inputs, *replayed, Topic.DEADLETTER, *topology.journals))
     return [
         *_reads(reads),
         Grant("group", topology.group_id, "read"),
-        *_writes(topology.outputs),
+        *_writes((*topology.outputs, *topology.journals)),
     ]
 
 
@@ -130,11 +131,11 @@ def _dead_letter_sources() -> list[Topic]:
     return sorted({topic for topology in TOPOLOGIES.values() for topic in topology.inputs})
 
 
-def _reads(topics: Iterable[Topic]) -> list[Grant]:
+def _reads(topics: Iterable[str]) -> list[Grant]:
     return [Grant("topic", str(topic), "read") for topic in topics]
 
 
-def _writes(topics: Iterable[Topic]) -> list[Grant]:
+def _writes(topics: Iterable[str]) -> list[Grant]:
     return [Grant("topic", str(topic), "write") for topic in topics]
 
 
@@ -236,7 +237,8 @@ def provision(kafka: LocalKafka, partitions: int) -> None:
     BrokerSecurity(kafka.admin_access()).secure(passwords)
     # Also from a coroutine (`deploy.chaos` starts its environment in one), as LocalKafka's
     # own start does.
-    run_sync(ensure_topics(kafka.admin_access(), ALL_TOPICS, partitions, kafka.erasure))
+    run_sync(ensure_topics(kafka.admin_access(), BROKER_TOPICS, partitions, kafka.erasure,
+                           JOURNALS))
 
 
 def add_partner(kafka: LocalKafka, agency: str) -> KafkaAccess:

@@ -38,7 +38,7 @@ from deploy.kafka_security import (
     new_password,
     partner_principal,
 )
-from shared.contract import ALL_TOPICS
+from deploy.system import BROKER_TOPICS, JOURNALS
 from shared.erasure import ErasureBound
 from shared.kafka import ensure_topics
 from shared.kafka_access import KafkaAccess
@@ -114,8 +114,8 @@ def provision(
         security.grant(partner, grants(partner))
     if partners:
         say(f"partners   {len(partners)}, their ACLs checked")
-    asyncio.run(ensure_topics(admin, ALL_TOPICS, partitions, bound))
-    say(f"topics     {len(ALL_TOPICS)}, {partitions} partitions when created")
+    asyncio.run(ensure_topics(admin, BROKER_TOPICS, partitions, bound, JOURNALS))
+    say(f"topics     {len(BROKER_TOPICS)}, {partitions} partitions when created")
 
 
 def add_partner(admin: KafkaAccess, agency: str, bootstrap: str) -> KafkaAccess:

@@ -15,13 +15,19 @@ from services.outcomes import api as outcomes_api
 from services.outcomes.app import TOPOLOGY as OUTCOMES
 from services.referrals import api as referrals_api
 from services.referrals.app import TOPOLOGY as REFERRALS
-from shared.contract import Topic
+from shared.contract import ALL_TOPICS, Topic
 from shared.service import http_app
 from shared.topology import ServiceTopology
 
 TOPOLOGIES: dict[str, ServiceTopology[Any, Any]] = {
     topology.name: topology for topology in (REFERRALS, AIDS, OUTCOMES)
 }
+# The services' internal topics (`ServiceTopology.journals`), and every topic the stack
+# creates: the contract's and these.
+JOURNALS: tuple[str, ...] = tuple(
+    journal for topology in TOPOLOGIES.values() for journal in topology.journals
+)
+BROKER_TOPICS: tuple[str, ...] = (*ALL_TOPICS, *JOURNALS)
 ROUTERS: dict[str, APIRouter] = {
     REFERRALS.name: referrals_api.router,
     AIDS.name: aids_api.router,

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, Union
 
 import anyio
@@ -55,9 +55,18 @@ MAX_MESSAGE_BYTES = 1024 * 1024
 TOPIC_CONFIG = {"retention.ms": "-1", "max.message.bytes": str(MAX_MESSAGE_BYTES)}
 
 
-def topic_config(topic: str, bound: ErasureBound) -> dict[str, str]:
+# An internal journal (`ServiceTopology.journals`): the latest record of each key, forever.
+JOURNAL_CONFIG = {**TOPIC_CONFIG, "cleanup.policy": "compact"}
+
+
+def topic_config(
+    topic: str, bound: ErasureBound, journals: Collection[str] = ()
+) -> dict[str, str]:
     """A topic's settings: the submitted referrals are compacted (an erasure's tombstone
-    removes the person's record) and the dead letters expire, both within the bound."""
+    removes the person's record) and the dead letters expire, both within the bound; the
+    `journals` are compacted and kept."""
+    if topic in journals:
+        return JOURNAL_CONFIG
     if topic == Topic.REFERRALS_SUBMITTED:
         return {**TOPIC_CONFIG, **bound.compacted_topic_config()}
     if topic == Topic.DEADLETTER:
@@ -70,6 +79,7 @@ async def ensure_topics(
     topics: Sequence[str],
     partitions: int,
     bound: ErasureBound | None = None,
+    journals: Collection[str] = (),
 ) -> None:
     """Create the missing topics and give the existing ones our settings where they differ
     (topics made by an older version, or a bound changed since). Only the admin may: the
@@ -82,16 +92,18 @@ async def ensure_topics(
         missing = [t for t in topics if t not in existing]
         if missing:
             new = [NewTopic(t, num_partitions=partitions, replication_factor=1,
-                            topic_configs=topic_config(t, bound)) for t in missing]
+                            topic_configs=topic_config(t, bound, journals)) for t in missing]
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(new)
-        await _align_topic_configs(admin, [t for t in topics if t in existing], bound)
+        await _align_topic_configs(admin, [t for t in topics if t in existing], bound,
+                                   journals)
     finally:
         await admin.close()
 
 
 async def _align_topic_configs(
-    admin: AIOKafkaAdminClient, topics: Sequence[str], bound: ErasureBound
+    admin: AIOKafkaAdminClient, topics: Sequence[str], bound: ErasureBound,
+    journals: Collection[str],
 ) -> None:
     """Sets again the whole configuration of each topic that differs (AlterConfigs sets
     the given keys and resets the others: each topic's whole set is given)."""
@@ -102,13 +114,14 @@ async def _align_topic_configs(
     for response in await admin.describe_configs(resources):
         for _code, _message, _type, name, entries, *_ in response.resources:
             values = {entry[0]: entry[1] for entry in entries}
-            wanted = topic_config(name, bound)
+            wanted = topic_config(name, bound, journals)
             if any(values.get(key) != value for key, value in wanted.items()):
                 stale.append(name)
     if stale:
         log.info("topic settings set again on %s", ", ".join(stale))
         await admin.alter_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, topic, topic_config(topic, bound))
+            [ConfigResource(ConfigResourceType.TOPIC, topic,
+                            topic_config(topic, bound, journals))
              for topic in stale]
         )
 
@@ -151,8 +164,10 @@ class SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
     to the next offset its store recorded (`consumer_offset`), before anything is fetched.
 
     The store's offsets are the truth: a store restored from a backup reads again what it
-    had not stored, even if the group's committed offset is further; a partition the store
-    never read from starts at the committed offset (or `auto_offset_reset`)."""
+    had not stored, even if the group's committed offset is further. A partition the store
+    never read from starts at its beginning, not at the group's committed offset: a store
+    restored from a backup taken before its first record of a partition has stored none of
+    it (and the inbox makes a record read again, in a store made before this, harmless)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -170,10 +185,12 @@ class SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
         # fetcher would meanwhile hand out records from the committed offset.
         stored = self._read()
         for tp in sorted(assigned):
-            offset = stored.get((tp.topic, tp.partition))
-            if offset is not None:
-                consumer.seek(tp, offset)
-                self.sought[tp] = offset
+            # Never read: offset 0, without a round trip (which would yield); a log whose
+            # start was deleted answers out of range, and `auto_offset_reset` (earliest)
+            # moves to its first record.
+            offset = stored.get((tp.topic, tp.partition), 0)
+            consumer.seek(tp, offset)
+            self.sought[tp] = offset
         log.info("assigned %d partitions, %d moved to the store's offsets", len(assigned),
                  sum(1 for tp in assigned if (tp.topic, tp.partition) in stored))
 

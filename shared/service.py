@@ -252,7 +252,8 @@ def build_app(spec: ServiceSpec, settings: Settings | None = None) -> ServiceApp
     async def await_topics() -> None:
         """The stack creates the topics (as the broker's admin): a service only waits."""
         await topic_partitions(ctx.settings.kafka_access(), [*topology.inputs,
-                                                             *topology.outputs],
+                                                             *topology.outputs,
+                                                             *topology.journals],
                                wait_seconds=TOPICS_WAIT_SECONDS)
 
     async def start_background() -> None:

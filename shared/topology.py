@@ -52,6 +52,9 @@ class ServiceTopology(Generic[H, S]):
     # Loads at once what a batch's handlers will read (see `BatchScope`).
     prepare: Callable[[H, S, list[Any]], Any] | None = None
     rebuild: Rebuild[H, S] | None = None
+    # Internal topics the service writes and reads back itself, outside the contract:
+    # compacted, kept forever, never tombstoned (the erasure journal a restore re-applies).
+    journals: Sequence[str] = ()
 
     @property
     def group_id(self) -> str:

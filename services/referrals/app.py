@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from typing import Any
 
 from shared.contract import Topic
 from shared.db import make_engine, truncate_wal
@@ -21,9 +22,9 @@ from shared.service import (
 from shared.settings import Settings
 from shared.topology import ServiceTopology
 
-from . import api, webhooks
+from . import api, domain, webhooks
 from .handlers import ReferralHandlers, erase_due, expire_due
-from .store import OPERATOR, TABLES, ReferralStore, now
+from .store import OPERATOR, SYSTEM, TABLES, ReferralStore, now
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ TOPOLOGY = ServiceTopology(
     # The submitted topic too: referrals received over HTTP are published there (1.1).
     produces=(Topic.REFERRALS_DECIDED, Topic.ENROLLMENTS_DECIDED, Topic.REFERRALS_SUBMITTED),
     prepare=ReferralHandlers.prepare,
+    journals=(domain.ERASURE_JOURNAL,),
 )
 
 
@@ -85,6 +87,31 @@ def erase_referral(settings: Settings, referral_id: str) -> bool | None:
             if referral is None:
                 return None
             return uow.store.erase(referral, "erasure_request", OPERATOR)
+    finally:
+        engine.dispose()
+
+
+def reapply_erasures(url: str, erasures: list[dict[str, Any]]) -> int:
+    """(1.1) After a restore: every journaled erasure (`domain.erasure_record`) is kept in
+    the store, and a referral the backup still holds personal data of is erased again (as
+    `system`, code `restore`). Then SQLite's WAL is emptied of the erased values. Returns
+    how many referrals were erased again."""
+    engine = make_engine(url)
+    migrate_store(engine, TOPOLOGY.name)  # a backup from an older release is upgraded too
+    try:
+        erased = 0
+        with unit_of_work(engine, ReferralStore, TOPOLOGY.name) as uow:
+            for record in erasures:
+                referral_id = str(record["referral_id"])
+                erased_at = datetime.fromisoformat(record["erased_at"])
+                uow.store.record_erasure(referral_id, erased_at, str(record["reason"]))
+                referral = uow.store.get(referral_id, for_update=True)
+                if referral is not None and uow.store.erase(
+                        referral, domain.RESTORE_REASON, SYSTEM, journal=False):
+                    erased += 1
+        if not truncate_wal(engine) and engine.dialect.name == "sqlite":
+            log.warning("the restored store's WAL stayed busy: emptied by the service")
+        return erased
     finally:
         engine.dispose()
 

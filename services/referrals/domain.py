@@ -9,7 +9,7 @@ import hmac
 import json
 import unicodedata
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel
@@ -319,3 +319,17 @@ def retry_delay(failures: int, max_attempts: int, base_seconds: float,
     if failures >= max_attempts:
         return None
     return float(min(base_seconds * 2.0 ** min(failures - 1, 64), cap_seconds))
+
+
+# (1.1) The erasure journal: one record per erased referral (its key), compacted and kept, so
+# that a store restored from a backup re-applies every erasure made since (`deploy.backup`).
+ERASURE_JOURNAL = "e2c.referrals.erasures.v1"
+RESTORE_REASON = "restore"  # the audit code of an erasure applied again at restore
+
+
+def erasure_record(referral_id: str, erased_at: datetime, reason: str) -> str:
+    """The journal's value: no personal data (an id, a UTC moment and a reason code)."""
+    if erased_at.tzinfo is None:
+        raise ValueError("naive datetimes are not journaled: give a time zone")
+    return json.dumps({"referral_id": referral_id,
+                       "erased_at": erased_at.astimezone(UTC).isoformat(), "reason": reason})

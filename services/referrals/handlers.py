@@ -29,7 +29,17 @@ from shared.schools import load_schools
 from shared.settings import Settings
 
 from . import domain
-from .store import BatchCache, NewReferral, Referral, ReferralStore, ReferralSubmission, now
+from .store import (
+    PERSONAL_FIELDS,
+    SYSTEM,
+    AuditAction,
+    BatchCache,
+    NewReferral,
+    Referral,
+    ReferralStore,
+    ReferralSubmission,
+    now,
+)
 
 Work = UnitOfWork[ReferralStore]
 
@@ -116,9 +126,18 @@ class ReferralHandlers:
             live,
         )
         trainee_id = self._trainee_for(store, decision)
-        created = store.add(new_referral(event, decision, key, trainee_id), decision.is_live)
+        row = new_referral(event, decision, key, trainee_id)
+        erasure = store.erasure_of(event.referral_id)
+        if erasure is not None:  # (1.1) erased after the backup this store was restored from
+            row = erased(row, erasure.erased_at)
+        created = store.add(row, decision.is_live and erasure is None)
         store.log(event.referral_id, "referral", decision.status,
                   [str(r) for r in decision.reasons], str(event.event_id))
+        if erasure is not None:
+            store.log(event.referral_id, "erasure", decision.status, [domain.RESTORE_REASON],
+                      None)
+            store.audit(SYSTEM, AuditAction.ERASURE, [event.referral_id],
+                        [erasure.reason, domain.RESTORE_REASON])
         answer(uow, created, Topic.REFERRALS_DECIDED, referral_decided(created, event.event_id))
 
     @staticmethod
@@ -250,6 +269,11 @@ def new_referral(
         "enrolled_on": None, "enrolled_school_id": None, "age_at_entry": None,
         "exited_on": None, "erased_at": None,
     }
+
+
+def erased(row: dict[str, Any], erased_at: datetime) -> dict[str, Any]:
+    """A new referral's columns without its personal data, as erased at `erased_at`."""
+    return {**row, **dict.fromkeys(PERSONAL_FIELDS), "erased_at": erased_at}
 
 
 def _json_reasons(decision: domain.Decision) -> str:

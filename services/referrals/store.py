@@ -18,8 +18,8 @@ from sqlalchemy import DDL, Index, event, func, or_, update
 from sqlmodel import Field, SQLModel, col, delete, select
 
 from shared.contract import ReferralStatus, Topic
-from shared.db import UtcDateTime, is_postgresql
-from shared.messaging import Store, write_tombstone
+from shared.db import UtcDateTime, insert_ignore, is_postgresql
+from shared.messaging import Store, write_outbox, write_tombstone
 
 from . import domain
 
@@ -97,11 +97,23 @@ class NewReferral:
     def of(cls, row: dict[str, Any]) -> NewReferral:
         return cls(**{name: row[name] for name in (
             "referral_id", "agency_id", "school_id", "status", "reasons", "trainee_id",
-            "duplicate_of", "person_key")})
+            "duplicate_of", "person_key")}, erased_at=row.get("erased_at"))
 
     @property
     def reason_codes(self) -> list[str]:
         return list(json.loads(self.reasons))
+
+
+class ReferralErasure(SQLModel, table=True):
+    """(1.1) Every referral whose personal data was erased, written with the erasure (and
+    journaled on `domain.ERASURE_JOURNAL`): a submission read again after a restore is
+    stored already erased. No personal data."""
+
+    __tablename__ = "referral_erasure"
+
+    referral_id: str = Field(primary_key=True, max_length=64)
+    erased_at: datetime = Field(sa_type=UtcDateTime)
+    reason: str = Field(max_length=40)
 
 
 class PersonClaim(SQLModel, table=True):
@@ -280,6 +292,7 @@ TABLES = (
     WebhookEndpoint.__table__,
     WebhookDelivery.__table__,
     AuditEntry.__table__,
+    ReferralErasure.__table__,
 )
 # The periodic jobs that several instances must never run at once: each one's PostgreSQL
 # advisory lock key (any fixed 64-bit numbers, unique in the database).
@@ -328,6 +341,7 @@ class BatchCache:
     by_trainee: dict[str, Referral | None] = field(default_factory=dict)
     claims: dict[str, str | None] = field(default_factory=dict)
     webhook_agencies: frozenset[str] = frozenset()  # the agencies with a webhook
+    erased: dict[str, ReferralErasure] = field(default_factory=dict)  # of the batch's ids
 
 
 class ReferralStore(Store):
@@ -381,7 +395,26 @@ class ReferralStore(Store):
             cache.claims.update({c.person_key: c.referral_id
                                  for c in self.session.exec(found_claims).all()})
         cache.webhook_agencies = frozenset(self.session.exec(select(WebhookEndpoint.agency_id)))
+        cache.erased = self._erasures(referral_ids)
         return cache
+
+    def _erasures(self, referral_ids: set[str]) -> dict[str, ReferralErasure]:
+        if not referral_ids:
+            return {}
+        found = select(ReferralErasure).where(col(ReferralErasure.referral_id).in_(referral_ids))
+        return {row.referral_id: row for row in self.session.exec(found).all()}
+
+    def erasure_of(self, referral_id: str) -> ReferralErasure | None:
+        """(1.1) The journaled erasure of `referral_id` (one made before a restore, too)."""
+        if self.cache is not None:
+            return self.cache.erased.get(referral_id)
+        return self.session.get(ReferralErasure, referral_id)
+
+    def record_erasure(self, referral_id: str, erased_at: datetime, reason: str) -> bool:
+        """Keeps an erasure learned from the journal (True when it was not known yet)."""
+        return insert_ignore(self.session, ReferralErasure.__table__,  # type: ignore[arg-type]
+                             {"referral_id": referral_id, "erased_at": erased_at,
+                              "reason": reason})
 
     def person_digest(self, person_key: str) -> str:
         """The person key as stored: keyed with this store's secret, so that neither the
@@ -546,9 +579,11 @@ class ReferralStore(Store):
         )
         return list(self.session.exec(query).all())
 
-    def erase(self, referral: Referral, why: str, actor: Actor = SYSTEM) -> bool:
+    def erase(self, referral: Referral, why: str, actor: Actor = SYSTEM,
+              journal: bool = True) -> bool:
         """Deletes the person's data; the pseudonymous decisions stay. False if already done.
-        The erasure is audited (as `actor`: retention and other callers are `system`)."""
+        The erasure is audited (as `actor`: retention and other callers are `system`) and,
+        unless it is one applied again from the journal, journaled."""
         if referral.erased_at is not None:
             return False
         self.release_claim(referral)
@@ -560,7 +595,19 @@ class ReferralStore(Store):
         self.audit(actor, AuditAction.ERASURE, [referral.referral_id], [why])
         # (1.1) Its submission leaves the topic too: compaction drops it behind this tombstone.
         write_tombstone(self.session, Topic.REFERRALS_SUBMITTED, referral.referral_id)
+        if journal:
+            self.journal_erasure(referral.referral_id, referral.erased_at, why)
         return True
+
+    def journal_erasure(self, referral_id: str, erased_at: datetime, why: str) -> None:
+        """(1.1) The erasure kept in the store and, through the outbox, on the journal topic,
+        in the erasure's transaction: a restored backup re-applies it (`deploy.backup`)."""
+        self.record_erasure(referral_id, erased_at, why)
+        write_outbox(self.session, [{
+            "topic": domain.ERASURE_JOURNAL, "key": referral_id,
+            "payload": domain.erasure_record(referral_id, erased_at, why),
+            "created_at": erased_at,
+        }])
 
     def audit(self, actor: Actor, action: AuditAction, referral_ids: Sequence[str | None],
               detail: Sequence[str] = ()) -> None:

@@ -453,20 +453,23 @@ X_SUB = "e2c.exits.submitted.v1"
 X_DEC = "e2c.exits.decided.v1"
 DEAD = "e2c.deadletter.v1"
 EVERY_TOPIC = {R_SUB, R_DEC, DEROG, E_SUB, E_DEC, A_REQ, A_DEC, BUDG, X_SUB, X_DEC, DEAD}
+# Internal (no contract): the referrals service's erasure journal, read back at restore.
+ERASURES = "e2c.referrals.erasures.v1"
+EVERY_BROKER_TOPIC = EVERY_TOPIC | {ERASURES}
 # What the services consume (the topics a dead letter can come from, so ops may replay them).
 SERVICE_INPUTS = {R_SUB, DEROG, E_SUB, X_DEC, A_REQ, BUDG, E_DEC, X_SUB, R_DEC, A_DEC}
 
 # role: (topics it writes, topics it reads, groups it consumes in (a trailing * a prefix))
 EXPECTED: dict[str, tuple[set[str], set[str], set[str]]] = {
     # referrals also publishes the referrals taken over HTTP
-    "referrals": ({R_DEC, E_DEC, R_SUB, DEAD}, {R_SUB, DEROG, E_SUB, X_DEC, DEAD},
-                  {"e2c-referrals"}),
+    "referrals": ({R_DEC, E_DEC, R_SUB, DEAD, ERASURES},
+                  {R_SUB, DEROG, E_SUB, X_DEC, DEAD, ERASURES}, {"e2c-referrals"}),
     "aids": ({A_DEC, DEAD}, {A_REQ, BUDG, E_DEC, X_DEC, DEAD}, {"e2c-aids"}),
     # outcomes replays its own decisions when it rebuilds its view
     "outcomes": ({X_DEC, DEAD}, {X_SUB, R_DEC, E_DEC, A_DEC, X_DEC, DEAD}, {"e2c-outcomes"}),
     "staff": ({DEROG, E_SUB, A_REQ, X_SUB}, set(), set()),
     "finance": ({BUDG}, {A_DEC}, {"e2c-finance*"}),
-    "ops": (SERVICE_INPUTS, EVERY_TOPIC, set()),
+    "ops": (SERVICE_INPUTS, EVERY_BROKER_TOPIC, set()),
     "partner-ml-toulouse": ({R_SUB}, set(), set()),
     "partner-another_agency-2": ({R_SUB}, set(), set()),
 }
@@ -493,18 +496,19 @@ def test_the_independent_list_names_every_contract_topic() -> None:
 @pytest.mark.parametrize("role", sorted(EXPECTED))
 def test_each_role_writes_and_reads_exactly_its_topics(role: str) -> None:
     writes, reads, groups = EXPECTED[role]
-    assert {t for t in EVERY_TOPIC if allowed(role, "write", "topic", t)} == writes
-    assert {t for t in EVERY_TOPIC if allowed(role, "read", "topic", t)} == reads
+    assert {t for t in EVERY_BROKER_TOPIC if allowed(role, "write", "topic", t)} == writes
+    assert {t for t in EVERY_BROKER_TOPIC if allowed(role, "read", "topic", t)} == reads
     granted_groups = {f"{g.name}*" if g.prefixed else g.name
                       for g in kafka_security.grants(role)
                       if g.resource == "group" and g.operation == "read"}
     assert granted_groups == groups
-    # Nothing outside the contract's topics, and no cluster-wide right, to anyone.
+    # Nothing outside the broker's topics, and no cluster-wide right, to anyone.
     for grant in kafka_security.grants(role):
         assert grant.resource in {"topic", "group"}, grant
         assert grant.operation in {"read", "write", "describe"}, grant
         if grant.resource == "topic":
-            assert grant.name in EVERY_TOPIC or (grant.prefixed and grant.name == "e2c."), grant
+            assert grant.name in EVERY_BROKER_TOPIC or (grant.prefixed
+                                                        and grant.name == "e2c."), grant
 
 
 def test_a_service_group_is_joined_by_its_service_only() -> None:

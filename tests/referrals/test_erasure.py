@@ -131,7 +131,8 @@ async def test_provisioning_sets_the_bound_on_topics_made_before_it(
     # The session's real topics serve other tests: these two stand in for them.
     names = {submitted: Topic.REFERRALS_SUBMITTED, letters: Topic.DEADLETTER}
     monkeypatch.setattr(shared.kafka, "topic_config",
-                        lambda topic, b: real_topic_config(names.get(topic, topic), b))
+                        lambda topic, b, journals=(): real_topic_config(
+                            names.get(topic, topic), b, journals))
     await ensure_topics(access, [submitted, letters], partitions=1, bound=bound)
 
     async def applied() -> tuple[dict[str, str], dict[str, str]] | None:

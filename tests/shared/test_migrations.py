@@ -135,7 +135,7 @@ def snapshot(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
 
 
 # Tables that revisions after the first add: no store made before the migrations has them.
-ADDED_SINCE_0001 = {"consumer_offset"}
+ADDED_SINCE_0001 = {"consumer_offset", "referral_erasure"}
 
 
 def tables_of(service: str) -> set[str]:
