@@ -67,6 +67,7 @@ class Restored:
     manifest: Manifest
     journaled: int = 0  # erasures read from the journal
     erased_again: int = 0  # of them, referrals the backup still held personal data of
+    caught_up: int | None = None  # backlog records decided in publication order (None: not)
     seconds: float = 0.0
 
 
@@ -178,10 +179,12 @@ def restore(
     source: Path,
     running: Callable[[str], bool],
     journal: Callable[[], list[dict[str, Any]]] | None = None,
+    catch_up: Callable[[], int] | None = None,
 ) -> Restored:
     """Puts `service`'s store back as the backup in `source` holds it. `running(service)`
     says whether the service runs (refused then). For referrals, `journal()` reads the
-    erasure journal, whose erasures are applied again."""
+    erasure journal, whose erasures are applied again. Then `catch_up()` decides the
+    backlog since the backup in the order it was published (`shared.rebuild.catch_up`)."""
     started = time.monotonic()
     manifest = find_manifest(service, source)
     if running(service):
@@ -203,7 +206,8 @@ def restore(
         erasures = journal()
         journaled = len(erasures)
         erased_again = reapply_erasures(url, erasures)
-    return Restored(service, manifest, journaled, erased_again,
+    caught_up = catch_up() if catch_up is not None else None
+    return Restored(service, manifest, journaled, erased_again, caught_up,
                     round(time.monotonic() - started, 3))
 
 

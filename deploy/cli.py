@@ -8,11 +8,14 @@ import json
 import sys
 from collections.abc import Callable
 from datetime import UTC, date, datetime, time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.kafka_access import KafkaAccess
 from shared.private_files import restrict_umask
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from deploy.stack import LocalStack
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -665,15 +668,19 @@ def _restore(args: argparse.Namespace) -> int:
     from deploy.backup import RestoreRefused, read_erasure_journal, restore
     from deploy.stack import LocalStack
     from deploy.system import TOPOLOGIES
+    from shared.rebuild import catch_up
 
     if args.service not in TOPOLOGIES:
         print(f"e2c: no service {args.service}", file=sys.stderr)
         return 2
     stack = LocalStack()
+    settings = stack.command_settings()
+    reader, group = _catch_up_access(stack, args.service)
     try:
-        done = restore(stack.command_settings(), args.service, Path(args.source),
-                       stack.service_running,
-                       lambda: read_erasure_journal(_ops_access()))
+        done = restore(settings, args.service, Path(args.source), stack.service_running,
+                       lambda: read_erasure_journal(_ops_access()),
+                       lambda: catch_up(TOPOLOGIES[args.service], settings.with_kafka(reader),
+                                        commit_group=group))
     except RestoreRefused as error:
         print(f"e2c: restore refused: {error}", file=sys.stderr)
         return 1
@@ -682,8 +689,24 @@ def _restore(args: argparse.Namespace) -> int:
     if done.service == "referrals":
         print(f"erasure journal: {done.journaled} erasures, {done.erased_again} referrals "
               "erased again")
-    print("start the service: it reads again what its store had not yet stored")
+    print(f"backlog since the backup: {done.caught_up} records decided again in the order "
+          "they were published; start the service: it sends those answers (same ids as the "
+          "first time) and goes on from there")
     return 0
+
+
+def _catch_up_access(stack: LocalStack, service: str) -> tuple[KafkaAccess, bool]:
+    """Who reads a restored store's backlog: the stack's service principal, which also moves
+    its group's offsets (lag reporting); else the operator's (ops) credentials, which may
+    not: the group's offsets then follow at the service's first batch."""
+    import os
+
+    if not os.environ.get("E2C_KAFKA_USERNAME"):
+        try:
+            return stack.access(service), True
+        except (KeyError, OSError):
+            pass
+    return _ops_access(), False
 
 
 def _stack_up(args: argparse.Namespace) -> int:

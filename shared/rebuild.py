@@ -11,13 +11,14 @@ It refuses to run while events wait in the outbox, or when a topic lost its star
 from __future__ import annotations
 
 import asyncio
+import heapq
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 from sqlalchemy import Engine, inspect
-from sqlmodel import delete
+from sqlmodel import Session, delete
 
 from shared.db import make_engine
 from shared.kafka import to_inbound, topic_partitions
@@ -27,6 +28,7 @@ from shared.messaging import (
     OutboxMessage,
     outbox_backlog,
     record_offsets,
+    stored_offsets,
     unit_of_work,
 )
 from shared.migrations import reset_store
@@ -80,6 +82,75 @@ def finish(
         record_offsets(uow.session, {(tp.topic, tp.partition): end
                                      for tp, end in (consumed or {}).items()})
         return topology.rebuild.finish(handlers, uow)
+
+
+CATCH_UP_BATCH = 500
+
+
+def catch_up(
+    topology: ServiceTopology[Any, Any], settings: Settings, commit_group: bool = True
+) -> int:
+    """What a store restored from a backup has not stored yet, decided in the order it was
+    published (the service stopped); returns how many records were read.
+
+    The running consumer reads its partitions side by side: a backlog of several topics
+    would come in another order than the one it was first decided in (an enrollment before
+    the derogation that accepted its referral), and a decision could change. Here the
+    backlog of every input, from the store's offsets to where the inputs end now, is
+    merged by the records' timestamps (each partition keeping its own order) and put
+    through the service's own processor: the same decisions, under the same event ids
+    (sent when the service starts, ignored by who has them). The store's offsets, and the
+    group's for lag reporting (`commit_group`: the reader may use the group), end where
+    the backlog ended."""
+    engine = make_engine(settings.database_url(topology.name))
+    try:
+        with Session(engine) as session:
+            stored = stored_offsets(session)
+        access = settings.kafka_access()
+        backlog, ends = asyncio.run(_read_backlog(access, topology.inputs, stored))
+        processor = topology.processor(engine, topology.handlers(settings))
+        for start in range(0, len(backlog), CATCH_UP_BATCH):
+            chunk = backlog[start:start + CATCH_UP_BATCH]
+            processor.process([to_inbound(record) for record in chunk])
+        with unit_of_work(engine, topology.store, topology.name) as uow:
+            record_offsets(uow.session, {(tp.topic, tp.partition): end
+                                         for tp, end in ends.items()})
+        if commit_group:
+            asyncio.run(_commit_group_offsets(access, topology.group_id, ends))
+        return len(backlog)
+    finally:
+        engine.dispose()
+
+
+async def _read_backlog(
+    access: KafkaAccess, topics: tuple[str, ...], stored: dict[tuple[str, int], int]
+) -> tuple[list[ConsumerRecord], dict[TopicPartition, int]]:
+    """Each partition's records from the store's offset (its beginning if the store never
+    read it) to its end now, merged by timestamp; and those ends."""
+    partitions = await topic_partitions(access, topics)
+    consumer = AIOKafkaConsumer(**access.client_options(), group_id=None,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(partitions)
+        ends = await consumer.end_offsets(partitions)
+        firsts = await consumer.beginning_offsets(partitions)
+        read: dict[TopicPartition, list[ConsumerRecord]] = {tp: [] for tp in partitions}
+        for tp in partitions:
+            consumer.seek(tp, max(stored.get((tp.topic, tp.partition), 0), firsts[tp]))
+        remaining = {tp for tp in partitions if await consumer.position(tp) < ends[tp]}
+        while remaining:
+            batches = await consumer.getmany(*remaining, timeout_ms=1000, max_records=2000)
+            for tp, records in batches.items():
+                read[tp].extend(record for record in records if record.offset < ends[tp])
+            for tp in list(remaining):
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+        in_order = sorted(partitions, key=lambda tp: (topics.index(tp.topic), tp.partition))
+        merged = heapq.merge(*(read[tp] for tp in in_order), key=lambda r: r.timestamp)
+        return list(merged), dict(ends)
+    finally:
+        await consumer.stop()
 
 
 def _refuse_unsent_outbox(engine: Engine, topology: ServiceTopology[Any, Any]) -> None:
