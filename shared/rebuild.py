@@ -107,7 +107,7 @@ def catch_up(
         with Session(engine) as session:
             stored = stored_offsets(session)
         access = settings.kafka_access()
-        backlog, ends = asyncio.run(_read_backlog(access, topology.inputs, stored))
+        backlog, ends = asyncio.run(read_backlog(access, topology.inputs, stored))
         processor = topology.processor(engine, topology.handlers(settings))
         for start in range(0, len(backlog), CATCH_UP_BATCH):
             chunk = backlog[start:start + CATCH_UP_BATCH]
@@ -122,7 +122,7 @@ def catch_up(
         engine.dispose()
 
 
-async def _read_backlog(
+async def read_backlog(
     access: KafkaAccess, topics: tuple[str, ...], stored: dict[tuple[str, int], int]
 ) -> tuple[list[ConsumerRecord], dict[TopicPartition, int]]:
     """Each partition's records from the store's offset (its beginning if the store never
