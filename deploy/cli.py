@@ -663,35 +663,65 @@ def _backup(args: argparse.Namespace) -> int:
 
 
 def _restore(args: argparse.Namespace) -> int:
+    """Like the rebuild: the stack's service is stopped for the restore and started again;
+    the broker must answer (the erasure journal and the backlog are read from it)."""
     from pathlib import Path
 
     from deploy.backup import RestoreRefused, read_erasure_journal, restore
+    from deploy.local_kafka import broker_answers
     from deploy.stack import LocalStack
     from deploy.system import TOPOLOGIES
     from shared.rebuild import catch_up
 
-    if args.service not in TOPOLOGIES:
-        print(f"e2c: no service {args.service}", file=sys.stderr)
+    name = args.service
+    if name not in TOPOLOGIES:
+        print(f"e2c: no service {name} (services: {', '.join(TOPOLOGIES)})", file=sys.stderr)
         return 2
     stack = LocalStack()
     settings = stack.command_settings()
-    reader, group = _catch_up_access(stack, args.service)
+    reader, group = _catch_up_access(stack, name)
+    if not broker_answers(reader):
+        print(f"e2c: no broker answers on {reader.bootstrap}: a restore reads the erasure "
+              "journal and the backlog from it: `e2c stack up` first (the restore stops and "
+              "starts the service itself)", file=sys.stderr)
+        return 1
+    running = stack.service_running(name)
+    if not running and stack.service_health(name) != "down":
+        print(f"e2c: a {name} service this stack did not start answers on port "
+              f"{settings.port(name)}: stop it first", file=sys.stderr)
+        return 1
+    if running:
+        stack.stop_service(name)
+        print(f"{name:<10} stopped")
     try:
-        done = restore(settings, args.service, Path(args.source), stack.service_running,
+        done = restore(settings, name, Path(args.source), stack.service_running,
                        lambda: read_erasure_journal(_ops_access()),
-                       lambda: catch_up(TOPOLOGIES[args.service], settings.with_kafka(reader),
+                       lambda: catch_up(TOPOLOGIES[name], settings.with_kafka(reader),
                                         commit_group=group))
     except RestoreRefused as error:
         print(f"e2c: restore refused: {error}", file=sys.stderr)
+        if running:  # refused before the store was touched
+            stack.start_service(name)
+            print(f"{name:<10} ready again, its store unchanged")
         return 1
-    print(f"{done.service}: store restored from the backup taken {done.manifest.taken_at} "
+    except BaseException:
+        if running:
+            print(f"{name:<10} left stopped: run `e2c restore {name} {args.source}` again",
+                  file=sys.stderr)
+        raise
+    print(f"{name}: store restored from the backup taken {done.manifest.taken_at} "
           f"({done.manifest.size} bytes) in {done.seconds:.2f}s")
-    if done.service == "referrals":
+    if name == "referrals":
         print(f"erasure journal: {done.journaled} erasures, {done.erased_again} referrals "
               "erased again")
     print(f"backlog since the backup: {done.caught_up} records decided again in the order "
-          "they were published; start the service: it sends those answers (same ids as the "
-          "first time) and goes on from there")
+          "they were published (their answers keep the ids of the first time)")
+    if running:
+        stack.start_service(name)
+        print(f"{name:<10} ready again on http://127.0.0.1:{settings.port(name)}: it sends "
+              "those answers and goes on from there")
+    else:
+        print(f"start {name}: it sends those answers and goes on from there")
     return 0
 
 
