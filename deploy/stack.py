@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -70,10 +71,10 @@ class LocalStack:
         database_urls: dict[str, str] = {}
         if postgres or self.uses_postgres():
             database_urls = self._ensure_postgres(say)
+        children = {name: self._start_service(name, redis_url, tokens, database_urls.get(name))
+                    for name in SERVICES}
         for name in SERVICES:
-            self._start_service(name, redis_url, tokens, database_urls.get(name))
-        for name in SERVICES:
-            self._wait_ready(name)
+            self._wait_ready(name, children[name])
             say(f"{name:<10} ready on http://127.0.0.1:{self.settings.port(name)}")
 
     def _ensure_kafka(self, say: Say) -> None:
@@ -150,10 +151,11 @@ class LocalStack:
 
     def _start_service(
         self, name: str, redis_url: str, tokens: Path, database_url: str | None
-    ) -> None:
+    ) -> subprocess.Popen[bytes] | None:
+        """Starts the service unless it runs; returns the child it started."""
         service = self._service(name)
         if service.is_running():
-            return
+            return None
         own = self.access(name)
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("E2C_KAFKA_")},
@@ -168,12 +170,15 @@ class LocalStack:
         if database_url is not None:
             env[_database_variable(name)] = database_url
         command = [sys.executable, "-m", f"services.{name}"]
-        spawn(command, PROJECT_ROOT, self.log_dir / f"{name}.log", service.pid_file, env)
+        return spawn(command, PROJECT_ROOT, self.log_dir / f"{name}.log", service.pid_file,
+                     env)
 
-    def _wait_ready(self, name: str, timeout: float = 90) -> None:
+    def _wait_ready(
+        self, name: str, child: subprocess.Popen[bytes] | None = None, timeout: float = 90
+    ) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not self._service(name).is_running():
+            if not self._service(name).alive(child):
                 raise RuntimeError(f"{name} exited; see {self.log_dir / f'{name}.log'}")
             if self._health(name) == "ready":
                 return
@@ -271,13 +276,13 @@ class LocalStack:
         if self.uses_postgres() and not getattr(self.settings, f"{name}_database_url"):
             database_url = self.postgres.url(name)
         self._ensure_kafka(_quiet)
-        self._start_service(
+        child = self._start_service(
             name,
             self._ensure_redis(_quiet),
             self._ensure_tokens(_quiet),
             database_url,
         )
-        self._wait_ready(name)
+        self._wait_ready(name, child)
 
     def _kafka_answers(self) -> bool:
         return self.kafka.admin_password_file.exists() and broker_answers(
