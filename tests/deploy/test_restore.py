@@ -114,7 +114,10 @@ def e2c(stack: ServiceProcesses, *arguments: str) -> str:
     env = {**{k: v for k, v in os.environ.items() if not k.endswith("_DATABASE_URL")},
            "E2C_DATA_DIR": str(stack.data_dir), "KAFKA_BOOTSTRAP_SERVERS": ops.bootstrap,
            "E2C_KAFKA_USERNAME": ops.username,
-           "E2C_KAFKA_PASSWORD": ops.password.get_secret_value()}
+           "E2C_KAFKA_PASSWORD": ops.password.get_secret_value(),
+           # The test's services' ports: what answers there is what `e2c restore` checks.
+           **{f"{name.upper()}_PORT": str(process.port)
+              for name, process in stack.services.items()}}
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "deploy.cli", *arguments], env=env,
                           cwd=PROJECT_ROOT, capture_output=True, text=True, check=False)

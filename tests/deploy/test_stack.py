@@ -214,3 +214,29 @@ def test_stack_up_leaves_nothing_readable_by_group_or_others(tmp_path: Path) -> 
     redis_password = (data_dir / "redis" / "password").read_text().strip()
     printed = up.stdout + up.stderr + status.stdout + status.stderr
     assert admin_token not in printed and redis_password not in printed
+
+
+def test_a_restore_stops_the_stacks_service_and_starts_it_again(tmp_path: Path) -> None:
+    data_dir = tmp_path / "var"
+    env = stack_up_env(data_dir)
+    try:
+        up = e2c(env, "stack", "up")
+        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        backup = e2c(env, "backup", "aids", "--to", str(data_dir / "backups" / "now"))
+        assert backup.returncode == 0, backup.stdout + backup.stderr
+        restore = e2c(env, "restore", "aids", str(data_dir / "backups" / "now"))
+        status = e2c(env, "stack", "status", "--json")
+    finally:
+        e2c(env, "stack", "down")
+        refused = e2c(env, "restore", "aids", str(data_dir / "backups" / "now"))
+
+    assert restore.returncode == 0, restore.stdout + restore.stderr
+    said = restore.stdout.splitlines()
+    assert said[0].split() == ["aids", "stopped"]
+    assert said[-1].startswith("aids       ready again")
+    health = {part["name"]: part["health"] for part in json.loads(status.stdout)}
+    assert health["aids"] == "ready"
+    assert (data_dir / "backups" / "now" / "aids.db").stat().st_mode & 0o777 == 0o600
+    # The broker stopped: a clear refusal, no traceback.
+    assert refused.returncode == 1
+    assert "no broker answers" in refused.stderr and "Traceback" not in refused.stderr
