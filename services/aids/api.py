@@ -1,4 +1,5 @@
-"""Aids HTTP: the finance report (JSON, from the aggregates) and the ledger as CSV.
+"""Aids HTTP: the finance report (JSON, from the aggregates), the ledger as CSV and the
+whole report as an XLSX workbook.
 
 Both need the `finance` or `admin` role. Store work runs in worker threads; the CSV is
 streamed chunk by chunk, so a year of a million ledger lines is never held in memory.
@@ -17,10 +18,10 @@ from starlette.responses import Response, StreamingResponse
 
 from shared.http import Role, allow, problems
 from shared.reports import year_param
-from shared.schools import school_ids
+from shared.schools import load_schools, school_ids
 from shared.service import Context
 
-from . import reports
+from . import reports, workbook
 
 CSV_MEDIA_TYPE = "text/csv; charset=utf-8"
 FINANCE = [allow(Role.FINANCE)]
@@ -130,4 +131,26 @@ async def finance_csv(ctx: Context, year: Year) -> Response:
         csv_body(reports.LedgerCsv(ctx.engine, year)),  # no I/O until the first chunk
         media_type=CSV_MEDIA_TYPE,
         headers={"Content-Disposition": f'attachment; filename="finance-{year}.csv"'},
+    )
+
+
+@router.get(
+    "/reports/finance.xlsx",
+    response_class=Response,
+    dependencies=FINANCE,
+    responses={200: {"description": "The year's workbook: sheets Budgets, Par école, Par mois "
+                     "and Grand livre; French headers, euro cells, dates as dates, times "
+                     "in Europe/Paris.",
+                     "content": {workbook.MEDIA_TYPE: {"schema": {"type": "string",
+                                                                  "format": "binary"}}}},
+               **ERRORS},
+)
+async def finance_xlsx(ctx: Context, year: Year) -> Response:
+    """The year's finance report and ledger as an XLSX workbook (`finance`, `admin`)."""
+    schools = {s.id: s.name for s in load_schools(ctx.settings.schools_file).values()}
+    body = await anyio.to_thread.run_sync(lambda: workbook.build(ctx.engine, year, schools))
+    return Response(
+        body,
+        media_type=workbook.MEDIA_TYPE,
+        headers={"Content-Disposition": f'attachment; filename="finance-{year}.xlsx"'},
     )
