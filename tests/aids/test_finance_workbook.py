@@ -47,7 +47,8 @@ engine = engine_fixture(TABLES)
 @pytest.fixture
 def filled(engine: Engine) -> Engine:
     """Grants of each kind at three schools (one outside the registry), a refusal, a grant
-    of the next year, an envelope for meals and one for childcare."""
+    of the next year, an envelope for childcare and one for meals lowered below what was
+    already committed (so that it was reached in March)."""
     feed(engine, *(
         (Topic.ENROLLMENTS_DECIDED, enrollment_decided(trainee, school_id=school, enrolled_on=on))
         for trainee, school, on in [("T1", "toulouse", "2024-01-10"),
@@ -65,6 +66,7 @@ def filled(engine: Engine) -> Engine:
          aid("T3", "laptop", "2024-06-03", "2024-06-03", amount_cents=39999),
          aid("T3", "childcare", "2024-07-01", "2024-07-31", amount_cents=30001),  # over cap
          aid("T1", "meals", "2025-01-02", "2025-01-31", quantity=3))  # next year
+    feed(engine, (Topic.BUDGETS_SUBMITTED, budget("meals", 20000)))  # below the 210 € committed
     return engine
 
 
@@ -155,9 +157,17 @@ def test_each_sheet_adds_up_to_the_ledger_and_to_the_json_report(
         assert budgets[kind]["Engagé (centimes)"] == by_kind[kind]
         assert budgets[kind]["Accordées"] == report["by_kind"][kind]["granted"]
         assert budgets[kind]["Refusées"] == report["by_kind"][kind]["rejected"]
-    assert cents(budgets["meals"]["Enveloppe (€)"]) == 30000
-    assert cents(budgets["meals"]["Restant (€)"]) == 30000 - 21000
+    assert cents(budgets["meals"]["Enveloppe (€)"]) == budgets["meals"]["Enveloppe (centimes)"]
+    assert cents(budgets["meals"]["Restant (€)"]) == 20000 - 21000
+    assert budgets["meals"]["Restant (centimes)"] == -1000
+    # 140 € in February, 70 € in March: the 200 € were reached in March.
+    assert budgets["meals"]["Épuisement prévu"] == datetime(YEAR, 3, 1)
+    assert report["budgets"]["meals"]["runs_out_month"] == "2024-03"
+    assert budgets["childcare"]["Épuisement prévu"] == "pas cette année"  # 2024 is over
+    assert report["budgets"]["childcare"]["runs_out_month"] is None
+    assert cents(budgets["childcare"]["Restant (€)"]) == 100000 - by_kind["childcare"]
     assert budgets["laptop"]["Enveloppe (€)"] is None  # no envelope
+    assert budgets["laptop"]["Épuisement prévu"] is None
 
     school_rows = records(book["Par école"])
     assert [row["École"] for row in school_rows] == [*load_schools(), UNLISTED, "Total"]
@@ -188,6 +198,8 @@ def test_money_cells_have_the_euro_format_and_dates_are_dates(client: TestClient
         assert cell.number_format == '#,##0.00\\ "€"', sheet_name
         assert isinstance(cell.value, int | float)
     ledger_sheet = book["Grand livre"]
+    run_out = book["Budgets"][f"H{FIRST + 1}"]  # meals
+    assert run_out.is_date and run_out.number_format == "mm/yyyy"
     for column, shown in (("B", "dd/mm/yyyy hh:mm:ss"), ("K", "dd/mm/yyyy"),
                           ("L", "dd/mm/yyyy"), ("M", "mm/yyyy")):
         cell = ledger_sheet[f"{column}{FIRST}"]
