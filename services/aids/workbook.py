@@ -107,14 +107,16 @@ def finance_workbook(
 def build(engine: Engine, year: int, schools: Mapping[str, str],
           as_of: date | None = None) -> bytes:
     """The year's workbook from the store: the aggregates and the ledger read in one
-    snapshot (so that the sheets agree), run-out months projected from `as_of`."""
+    snapshot (so that the sheets agree), run-out months projected from `as_of`. The
+    workbook is written after the transaction ends: on SQLite it holds the write lock."""
     with Session(report_engine(engine)) as session:
         store = AidStore(session)
         totals = store.year_totals(year)
-        report = reports.finance_report(
-            year, totals, schools, as_of if as_of is not None else reports.today()
-        )
-        return finance_workbook(report, store.ledger_lines(year), schools)
+        lines = list(store.ledger_lines(year))
+    report = reports.finance_report(
+        year, totals, schools, as_of if as_of is not None else reports.today()
+    )
+    return finance_workbook(report, lines, schools)
 
 
 # --- Sheets -------------------------------------------------------------------------------
