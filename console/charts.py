@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from console import formats
 
 WIDTH, HEIGHT = 640, 280
-LEFT, RIGHT, TOP, BOTTOM = 90, 16, 16, 36
+LEFT, RIGHT, TOP, BOTTOM = 110, 16, 16, 40
 PLOT_W, PLOT_H = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 TICKS = 4
 
