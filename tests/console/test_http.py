@@ -38,7 +38,7 @@ def test_finance_signs_in_with_a_strict_httponly_expiring_cookie(console: Consol
     assert {"httponly", "max-age", "path"} <= flags
     assert "samesite=strict" in cookie.lower()
     assert tokens.FINANCE not in cookie
-    page = client.get("/finance", params={"year": 2019})
+    page = client.get("/finance", params={"year": 2025})
     assert page.status_code == 200
     assert tokens.FINANCE not in page.text
     assert "Content-Security-Policy" in page.headers
@@ -71,13 +71,13 @@ def test_a_cross_site_sign_out_is_refused_and_a_real_one_ends_the_session(
     console: Console,
 ) -> None:
     client, _ = signin(console, tokens.FINANCE)
-    page = client.get("/finance", params={"year": 2019})
+    page = client.get("/finance", params={"year": 2025})
     forged = client.post("/signout", data={"csrf": "guessed"})
     assert forged.status_code == 403
     other_site = client.post("/signout", data={"csrf": csrf_of(page)},
                              headers={"Origin": "https://evil.example"})
     assert other_site.status_code == 403
-    assert client.get("/finance", params={"year": 2019}).status_code == 200
+    assert client.get("/finance", params={"year": 2025}).status_code == 200
     out = client.post("/signout", data={"csrf": csrf_of(page)})
     assert out.status_code == 303
     assert client.get("/finance", follow_redirects=False).status_code == 303
@@ -85,7 +85,7 @@ def test_a_cross_site_sign_out_is_refused_and_a_real_one_ends_the_session(
 
 def test_the_csv_is_proxied_with_the_session_token(console: Console) -> None:
     client, _ = signin(console, tokens.FINANCE)
-    answer = client.get("/finance.csv", params={"year": 2019})
+    answer = client.get("/finance.csv", params={"year": 2025})
     assert answer.status_code == 200
     assert answer.headers["content-type"].startswith("text/csv")
     assert answer.content.startswith(b"\xef\xbb\xbf")
