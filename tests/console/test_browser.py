@@ -11,6 +11,7 @@ import httpx
 import pytest
 from selenium import webdriver
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.wait import WebDriverWait
 
 from console.formats import euros, month
 from tests import tokens
@@ -111,7 +112,9 @@ def test_a_forged_cross_site_form_does_not_sign_out(
     forged = ("data:text/html,<form id=f method=post action='" + console.url + "/signout'>"
               "<input name=csrf value=guess></form><script>f.submit()</script>")
     browser.get(forged)
-    time.sleep(0)  # the submit is synchronous with the navigation below
+    WebDriverWait(browser, 10).until(lambda b: b.current_url.startswith(console.url))
+    assert browser.current_url == f"{console.url}/signout"
+    assert "ne vient pas de la console" in text_of(browser.find_element(By.ID, "error"))
     browser.get(f"{console.url}/finance?year={aid_year.year}")
     assert browser.find_element(By.ID, "total")
     browser.find_element(By.CSS_SELECTOR, "form.signout button").click()
