@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     status = stack_commands.add_parser("status", help="each part with pid, port and health")
     status.add_argument("--json", action="store_true")
     status.set_defaults(run=_stack_status)
+    console = stack_commands.add_parser(
+        "console", help="the console's address and how to sign in (no token is printed)")
+    console.set_defaults(run=_stack_console)
     client_config = stack_commands.add_parser(
         "client-config",
         help="what a client of ROLE needs to connect to the running stack's broker "
@@ -769,6 +772,16 @@ def _stack_status(args: argparse.Namespace) -> int:
                   f"{part['health']}")
     healthy = all(part["health"] in ("up", "ready") for part in parts)
     return 0 if healthy else 1
+
+
+def _stack_console(_args: argparse.Namespace) -> int:
+    from deploy.stack import LocalStack
+
+    stack = LocalStack()
+    print(f"Console: {stack.console_url()}")
+    print(f"  sign in with a token of {stack.tokens_path()} whose role is finance or admin")
+    print("  (the token is exchanged once for a session cookie; `make down` stops it all)")
+    return 0
 
 
 def _demo(_args: argparse.Namespace) -> int:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the project runs on, when the machine lacks them:
 # Java and Maven (the Kafka broker jars), Redis, PostgreSQL, docker-compose (to validate
-# the compose file) and Python's venv module. Does nothing when all are present.
+# the compose file), Python's venv module, and Chromium with its driver (the console's
+# browser tests). Does nothing when all are present.
 set -euo pipefail
 
 missing=()
@@ -11,6 +12,8 @@ need mvn maven
 need redis-server redis-server
 need docker-compose docker-compose
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+need chromium chromium
+need chromedriver chromium-driver
 python3 -c "import venv, ensurepip" 2>/dev/null || missing+=(python3-venv)
 
 if [ ${#missing[@]} -eq 0 ]; then

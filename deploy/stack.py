@@ -1,4 +1,5 @@
-"""The local stack: Kafka, Redis and the three services as background processes.
+"""The local stack: Kafka, Redis, the three services and the console as background
+processes.
 
 With `up(postgres=True)` a local PostgreSQL (port 5433, or E2C_POSTGRES_PORT) joins it and
 holds the services' stores, one database each; `run/postgres.port` records that it is part
@@ -30,6 +31,7 @@ from shared.private_files import private_dir
 from shared.settings import PROJECT_ROOT, SERVICE_PORTS, Settings
 
 SERVICES = tuple(SERVICE_PORTS)
+CONSOLE = "console"
 SERVICE_STOP_TIMEOUT = 20.0
 POSTGRES_PORT = 5433
 Say = Callable[[str], None]
@@ -76,6 +78,8 @@ class LocalStack:
         for name in SERVICES:
             self._wait_ready(name, children[name])
             say(f"{name:<10} ready on http://127.0.0.1:{self.settings.port(name)}")
+        self._wait_console(self._start_console())
+        say(f"console    ready on {self.console_url()}")
 
     def _ensure_kafka(self, say: Say) -> None:
         """The stack's broker, with every role's user and ACLs and every topic (SASL/SCRAM
@@ -173,6 +177,52 @@ class LocalStack:
         return spawn(command, PROJECT_ROOT, self.log_dir / f"{name}.log", service.pid_file,
                      env)
 
+    def _start_console(self) -> subprocess.Popen[bytes] | None:
+        """Starts the console unless it runs: it reads the services' HTTP APIs on their
+        ports, with no store, broker or tokens file of its own."""
+        console = self._console()
+        if console.is_running():
+            return None
+        env = {
+            **{k: v for k, v in os.environ.items()
+               if not k.startswith("E2C_KAFKA_") and not k.endswith("_DATABASE_URL")},
+            "E2C_DATA_DIR": str(self.data_dir),
+            "CONSOLE_PORT": str(self.settings.console_port),
+            **{f"{name.upper()}_PORT": str(self.settings.port(name)) for name in SERVICES},
+            "PYTHONUNBUFFERED": "1",
+        }
+        return spawn([sys.executable, "-m", CONSOLE], PROJECT_ROOT,
+                     self.log_dir / "console.log", console.pid_file, env)
+
+    def _wait_console(self, child: subprocess.Popen[bytes] | None, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self._console().alive(child):
+                raise RuntimeError(f"the console exited; see {self.log_dir / 'console.log'}")
+            if self._console_health() == "ready":
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"the console not ready after {timeout}s; see {self.log_dir}")
+
+    def console_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.console_port}"
+
+    def tokens_path(self) -> Path:
+        """The tokens file the services read (a console user signs in with one of its tokens)."""
+        return self.settings.tokens_file or self.data_dir / "tokens.json"
+
+    def _console(self) -> DetachedProcess:
+        return DetachedProcess(
+            self.run_dir / "console.pid", lambda pid: command_contains(pid, f"-m {CONSOLE}")
+        )
+
+    def _console_health(self) -> str:
+        try:
+            response = httpx.get(f"{self.console_url()}/health", timeout=3)
+        except httpx.HTTPError:
+            return "down"
+        return "ready" if response.status_code == 200 else "degraded"
+
     def _wait_ready(
         self, name: str, child: subprocess.Popen[bytes] | None = None, timeout: float = 90
     ) -> None:
@@ -189,6 +239,10 @@ class LocalStack:
 
     def down(self, purge: bool = False, echo: bool = True) -> None:
         say: Say = print if echo else _quiet
+        console = self._console()
+        if console.is_running():
+            say("console    stopped")
+        console.stop(SERVICE_STOP_TIMEOUT)  # also clears a stale pid file
         for name in SERVICES:
             service = self._service(name)
             running = service.is_running()
@@ -246,6 +300,8 @@ class LocalStack:
                     name, self._service(name).pid, self.settings.port(name), self._health(name)
                 )
             )
+        parts.append(PartStatus("console", self._console().pid, self.settings.console_port,
+                                self._console_health()))
         return parts
 
     def status_dicts(self) -> list[dict[str, object]]:

@@ -13,6 +13,7 @@ from shared.kafka_access import KafkaAccess, SecurityProtocol
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 SERVICE_PORTS = {"referrals": 8001, "aids": 8002, "outcomes": 8003}
+CONSOLE_PORT = 8000
 
 
 class Settings(BaseSettings):
@@ -44,6 +45,10 @@ class Settings(BaseSettings):
     referrals_port: int = Field(default=SERVICE_PORTS["referrals"], alias="REFERRALS_PORT")
     aids_port: int = Field(default=SERVICE_PORTS["aids"], alias="AIDS_PORT")
     outcomes_port: int = Field(default=SERVICE_PORTS["outcomes"], alias="OUTCOMES_PORT")
+    console_port: int = Field(default=CONSOLE_PORT, alias="CONSOLE_PORT")
+    # The console's session cookie: its lifetime, and `Secure` (on behind HTTPS).
+    console_session_minutes: float = Field(default=480, gt=0, alias="E2C_CONSOLE_SESSION_MINUTES")
+    console_secure_cookie: bool = Field(default=False, alias="E2C_CONSOLE_SECURE_COOKIE")
     consumer_batch_size: int = Field(default=500, ge=1, alias="E2C_CONSUMER_BATCH_SIZE")
     # (1.1) Erased personal data leaves every copy within this many days (a float: a test
     # or an operator proving it shortens it to seconds); `shared.erasure` derives the rest.

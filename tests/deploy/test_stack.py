@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 
@@ -32,6 +33,7 @@ def stack_settings(data_dir: Path, **overrides: object) -> Settings:
         "kafka_controller_port": free_port(),
         "redis_url": f"redis://127.0.0.1:{free_port()}/0",
         **{f"{name}_port": free_port() for name in SERVICES},
+        "console_port": free_port(),
         **{f"{name}_database_url": None for name in SERVICES},
     }
     return Settings(data_dir=data_dir, **{**ports, **overrides})  # type: ignore[arg-type]
@@ -141,6 +143,7 @@ def use_stack_env(monkeypatch: pytest.MonkeyPatch, stack: LocalStack) -> None:
     monkeypatch.setenv("E2C_KAFKA_CONTROLLER_PORT", str(settings.kafka_controller_port))
     for name in SERVICES:
         monkeypatch.setenv(f"{name.upper()}_PORT", str(settings.port(name)))
+    monkeypatch.setenv("CONSOLE_PORT", str(settings.console_port))
 
 
 def test_the_stacks_redis_has_a_password_that_is_never_shown(
@@ -176,6 +179,7 @@ def stack_up_env(data_dir: Path) -> dict[str, str]:
         E2C_KAFKA_CONTROLLER_PORT=str(free_port()),
         REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
         **{f"{name.upper()}_PORT": str(free_port()) for name in SERVICES},
+        CONSOLE_PORT=str(free_port()),
     )
     return env
 
@@ -187,6 +191,17 @@ def e2c(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def console_signs_in(url: str, tokens_file: Path) -> int:
+    """Signs in to the stack's console with the tokens file's admin token: the finance
+    page's status."""
+    [admin_token] = load_tokens(tokens_file)
+    with httpx.Client(base_url=url, timeout=10) as client:
+        form = client.get("/signin").text
+        csrf = form.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        client.post("/signin", data={"token": admin_token, "csrf": csrf})
+        return client.get("/finance").status_code
+
+
 def test_stack_up_leaves_nothing_readable_by_group_or_others(tmp_path: Path) -> None:
     data_dir = tmp_path / "var"
     data_dir.mkdir(mode=0o755)
@@ -196,9 +211,19 @@ def test_stack_up_leaves_nothing_readable_by_group_or_others(tmp_path: Path) -> 
         up = e2c(env, "stack", "up")
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
         status = e2c(env, "stack", "status")
+        hint = e2c(env, "stack", "console")
+        console_url = f"http://127.0.0.1:{env['CONSOLE_PORT']}"
+        signed_in = console_signs_in(console_url, data_dir / "tokens.json")
     finally:
         down = e2c(env, "stack", "down")
     assert down.returncode == 0, down.stderr[-3000:]
+    assert f"console    ready on {console_url}" in up.stdout
+    assert any(line.split()[0] == "console" and line.endswith("ready")
+               for line in status.stdout.splitlines())
+    assert console_url in hint.stdout and str(data_dir / "tokens.json") in hint.stdout
+    assert signed_in == 200
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{console_url}/health", timeout=2)
 
     assert status.returncode == 0, status.stdout + status.stderr
     stores = sorted(path.name for path in (data_dir / "stores").iterdir())

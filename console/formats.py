@@ -1,0 +1,53 @@
+"""French formats as fr-FR writes them: `1 234,56 €` (narrow no-break space between
+thousands, no-break space before the sign), `87 %`, `02/12/2026`, months `mars 2024`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+PARIS = ZoneInfo("Europe/Paris")
+THOUSANDS = "\u202f"  # narrow no-break space, as Intl.NumberFormat("fr-FR") writes it
+BEFORE_SIGN = "\u00a0"
+MONTHS = ("janvier", "février", "mars", "avril", "mai", "juin", "juillet", "août",
+          "septembre", "octobre", "novembre", "décembre")
+SHORT_MONTHS = ("janv.", "févr.", "mars", "avr.", "mai", "juin", "juil.", "août",
+                "sept.", "oct.", "nov.", "déc.")
+
+
+def integer(value: int) -> str:
+    """`1 234 567` with narrow no-break spaces."""
+    sign = "-" if value < 0 else ""
+    return sign + f"{abs(value):,}".replace(",", THOUSANDS)
+
+
+def euros(cents: int) -> str:
+    """`1 234,56 €` from integer cents."""
+    sign = "-" if cents < 0 else ""
+    whole, rest = divmod(abs(cents), 100)
+    return f"{sign}{integer(whole)},{rest:02d}{BEFORE_SIGN}€"
+
+
+def percent(numerator: int, denominator: int) -> str:
+    """`87 %` (rounded half up), `–` without a denominator."""
+    if denominator == 0:
+        return "–"
+    return f"{(200 * numerator + denominator) // (2 * denominator)}{BEFORE_SIGN}%"
+
+
+def day(moment: datetime) -> str:
+    """`02/12/2026`, the day in Paris."""
+    return moment.astimezone(PARIS).strftime("%d/%m/%Y")
+
+
+def month(key: str | None) -> str:
+    """`mars 2024` from `2024-03`; `–` for None."""
+    if not key:
+        return "–"
+    year, number = key.split("-")
+    return f"{MONTHS[int(number) - 1]} {year}"
+
+
+def short_month(key: str) -> str:
+    """`mars` from `2024-03` (chart axes)."""
+    return SHORT_MONTHS[int(key.split("-")[1]) - 1]
