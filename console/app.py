@@ -13,13 +13,15 @@ from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from console import formats, pages
+from console import finance_routes, formats, pages
 from console.clients import Refused, ServiceClients
 from console.sessions import Sessions
 from shared.http import NO_TELEMETRY, BodyLimit
 from shared.settings import Settings
 
 HERE = Path(__file__).parent
+# Sign-in first, then one router per page.
+ROUTERS = (pages.router, finance_routes.router)
 SECURITY_HEADERS = {
     # Inline SVG is markup, not script: no script at all, every style from our own files.
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self' data:; "
@@ -51,7 +53,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sessions = Sessions(settings.console_session_minutes * 60)
     app.state.clients = ServiceClients(settings)
     app.state.templates = templates()
-    app.include_router(pages.router)
+    for router in ROUTERS:
+        app.include_router(router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.add_exception_handler(pages.PageError, _page_error)
     app.add_exception_handler(Refused, _refused)

@@ -1,4 +1,5 @@
-"""The console's routes: sign-in and sign-out, the finance page and its downloads."""
+"""What every page shares (sessions, roles, forms, errors) and the routes of signing in and
+out. Each page keeps its own routes in `console/<page>_routes.py`."""
 
 from __future__ import annotations
 
@@ -9,11 +10,10 @@ from urllib.parse import parse_qs, urlsplit
 
 from fastapi import APIRouter
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response, StreamingResponse
+from starlette.responses import RedirectResponse, Response
 
 from console import formats
 from console.clients import Refused, ServiceClients
-from console.finance import finance_page
 from console.sessions import Session, Sessions, same_secret
 from shared.http import bounded_int
 
@@ -23,6 +23,12 @@ FIRST_YEAR, LAST_YEAR = 2000, 2100
 FORM_LIMIT = 8192
 
 router = APIRouter()
+
+# The console's pages, in the order of the menu: (page, label, address). A page is opened
+# by a session whose role the services let read what it shows (`clients.PAGE_PROBES`).
+NAV: tuple[tuple[str, str, str], ...] = (
+    ("finance", "Finances", "/finance"),
+)
 
 
 class PageError(Exception):
@@ -39,8 +45,10 @@ def _state(request: Request) -> Any:
 
 
 def render(request: Request, name: str, status: int = 200, **context: Any) -> Response:
+    session = current_session(request)
+    nav = [(label, href) for page, label, href in NAV if session and page in session.pages]
     return _state(request).templates.TemplateResponse(
-        request, name, {"session": current_session(request), **context}, status_code=status
+        request, name, {"session": session, "nav": nav, **context}, status_code=status
     )
 
 
@@ -111,8 +119,9 @@ async def home(request: Request) -> Response:
     session = current_session(request)
     if session is None:
         return RedirectResponse("/signin", 303)
-    if "finance" in session.pages:
-        return RedirectResponse("/finance", 303)
+    for page, _, href in NAV:
+        if page in session.pages:
+            return RedirectResponse(href, 303)
     raise PageError(403, "Votre rôle ne permet d'ouvrir aucune page de la console.")
 
 
@@ -162,36 +171,7 @@ async def signout(request: Request) -> Response:
     return response
 
 
-@router.get("/finance")
-async def finance(request: Request) -> Response:
-    session = page_session(request, "finance")
-    year = year_of(request)
-    report = await _read(request).finance_report(session.token, year)
-    return render(request, "finance.html", page=finance_page(report, now()), year=year,
-                  kinds=("laptop", "meals", "childcare"))
-
-
-@router.get("/finance.csv")
-async def finance_csv(request: Request) -> Response:
-    return await _download(request, "/reports/finance.csv")
-
-
-@router.get("/finance.xlsx")
-async def finance_xlsx(request: Request) -> Response:
-    return await _download(request, "/reports/finance.xlsx")
-
-
-async def _download(request: Request, path: str) -> Response:
-    session = page_session(request, "finance")
-    year = year_of(request)
-    answer, body = await _read(request).download("aids", path, session.token, {"year": year})
-    headers = {name: answer.headers[name] for name in ("content-disposition",)
-               if name in answer.headers}
-    return StreamingResponse(body, media_type=answer.headers.get("content-type"),
-                             headers=headers)
-
-
-def _read(request: Request) -> ServiceClients:
+def read_services(request: Request) -> ServiceClients:
     clients: ServiceClients = _state(request).clients
     return clients
 

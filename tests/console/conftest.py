@@ -4,6 +4,7 @@ real broker, and headless Chromium (Debian's chromium and chromium-driver) to dr
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -12,11 +13,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
 
 from deploy.harness import ServiceProcesses, free_port
 from shared.contract import Topic
@@ -151,3 +154,37 @@ def screenshot(browser: webdriver.Chrome, name: str) -> Path:
     browser.save_screenshot(str(path))
     return path
 
+
+# --- signing in and reading pages, shared by the page tests ----------------------------
+
+
+CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+def csrf_of(page: httpx.Response) -> str:
+    found = CSRF.search(page.text)
+    assert found, "the form carries a CSRF token"
+    return found.group(1)
+
+
+def signin(console: Console, token: str) -> tuple[httpx.Client, httpx.Response]:
+    client = httpx.Client(base_url=console.url, timeout=10)
+    form = client.get("/signin")
+    answer = client.post("/signin", data={"token": token, "csrf": csrf_of(form)})
+    return client, answer
+
+
+def sign_in(browser: webdriver.Chrome, console: Console, token: str) -> None:
+    browser.get(f"{console.url}/signin")
+    browser.find_element(By.ID, "token").send_keys(token)
+    browser.find_element(By.CSS_SELECTOR, "form[action='/signin'] button").click()
+
+
+def text_of(element: Any) -> str:
+    """The text as written: WebDriver's `.text` turns no-break spaces into spaces."""
+    return str(element.get_attribute("textContent")).strip()
+
+
+def cents_of(browser: webdriver.Chrome, selector: str) -> list[int]:
+    return [int(cell.get_attribute("data-cents") or "0")
+            for cell in browser.find_elements(By.CSS_SELECTOR, selector)]

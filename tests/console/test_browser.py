@@ -15,17 +15,11 @@ from selenium.webdriver.support.wait import WebDriverWait
 
 from console.formats import euros, month
 from tests import tokens
-from tests.console.conftest import AidYear, Console, screenshot
+from tests.console.conftest import AidYear, Console, cents_of, screenshot, sign_in, text_of
 
 pytestmark = pytest.mark.infra
 
 KINDS = ("laptop", "meals", "childcare")
-
-
-def sign_in(browser: webdriver.Chrome, console: Console, token: str) -> None:
-    browser.get(f"{console.url}/signin")
-    browser.find_element(By.ID, "token").send_keys(token)
-    browser.find_element(By.CSS_SELECTOR, "form[action='/signin'] button").click()
 
 
 def report(aids_url: str, year: int) -> dict[str, Any]:
@@ -34,16 +28,6 @@ def report(aids_url: str, year: int) -> dict[str, Any]:
     answer.raise_for_status()
     body: dict[str, Any] = answer.json()
     return body
-
-
-def text_of(element: Any) -> str:
-    """The text as written: WebDriver's `.text` turns no-break spaces into spaces."""
-    return str(element.get_attribute("textContent")).strip()
-
-
-def cents_of(browser: webdriver.Chrome, selector: str) -> list[int]:
-    return [int(cell.get_attribute("data-cents") or "0")
-            for cell in browser.find_elements(By.CSS_SELECTOR, selector)]
 
 
 def test_finance_page_shows_the_report_and_charts_hold_the_tables_series(

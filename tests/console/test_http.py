@@ -3,31 +3,13 @@ flags, roles, cross-site refusals, sign-out."""
 
 from __future__ import annotations
 
-import re
-
 import httpx
 import pytest
 
 from tests import tokens
-from tests.console.conftest import Console
+from tests.console.conftest import Console, csrf_of, signin
 
 pytestmark = pytest.mark.infra
-
-CSRF = re.compile(r'name="csrf" value="([^"]+)"')
-
-
-def csrf_of(page: httpx.Response) -> str:
-    found = CSRF.search(page.text)
-    assert found, "the form carries a CSRF token"
-    return found.group(1)
-
-
-def signin(console: Console, token: str) -> tuple[httpx.Client, httpx.Response]:
-    client = httpx.Client(base_url=console.url, timeout=10)
-    form = client.get("/signin")
-    answer = client.post("/signin", data={"token": token, "csrf": csrf_of(form)})
-    return client, answer
-
 
 def test_finance_signs_in_with_a_strict_httponly_expiring_cookie(console: Console) -> None:
     client, answer = signin(console, tokens.FINANCE)
