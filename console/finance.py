@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -38,7 +39,7 @@ class FinancePage:
     budgets: list[BudgetRow]
     by_kind: list[tuple[str, str, int]]  # kind, label, cents
     by_kind_chart: charts.BarChart
-    by_school: list[tuple[str, int]]
+    by_school: list[tuple[str, str, int]]  # school id, its name, cents
     by_school_chart: charts.BarChart
     total_cents: int
 
@@ -52,7 +53,9 @@ def last_month_index(year: int, now: datetime) -> int:
     return today.month - 1 if year == today.year else -1
 
 
-def finance_page(report: dict[str, Any], now: datetime) -> FinancePage:
+def finance_page(report: dict[str, Any], now: datetime,
+                 school_names: Mapping[str, str]) -> FinancePage:
+    """The page of `report`; schools named from the registry (an unknown id as itself)."""
     year = report["year"]
     months = sorted(report["by_month"])
     monthly = {kind: [report["by_month"][m][kind] for m in months] for kind in KINDS}
@@ -61,7 +64,7 @@ def finance_page(report: dict[str, Any], now: datetime) -> FinancePage:
     budgets = report["budgets"]
     by_kind = [(kind, KIND_LABELS[kind], report["by_kind"][kind]["amount_cents"])
                for kind in KINDS]
-    by_school = [(school, sum(amounts[kind] for kind in KINDS))
+    by_school = [(school, school_names.get(school, school), sum(amounts[kind] for kind in KINDS))
                  for school, amounts in report["by_school"].items()]
     return FinancePage(
         year=year,
@@ -78,6 +81,6 @@ def finance_page(report: dict[str, Any], now: datetime) -> FinancePage:
         by_kind=by_kind,
         by_kind_chart=charts.bar_chart([(label, cents) for _, label, cents in by_kind]),
         by_school=by_school,
-        by_school_chart=charts.bar_chart(by_school),
+        by_school_chart=charts.bar_chart([(name, cents) for _, name, cents in by_school]),
         total_cents=sum(cents for _, _, cents in by_kind),
     )

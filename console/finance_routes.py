@@ -7,7 +7,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from console.finance import finance_page
-from console.pages import now, page_session, read_services, render, year_of
+from console.pages import now, page_session, read_services, render, school_names, year_of
 
 router = APIRouter()
 
@@ -17,7 +17,8 @@ async def finance(request: Request) -> Response:
     session = page_session(request, "finance")
     year = year_of(request)
     report = await read_services(request).finance_report(session.token, year)
-    return render(request, "finance.html", page=finance_page(report, now()), year=year,
+    page = finance_page(report, now(), school_names(request))
+    return render(request, "finance.html", page=page, year=year,
                   kinds=("laptop", "meals", "childcare"))
 
 

@@ -4,7 +4,11 @@ out. Each page keeps its own routes in `console/<page>_routes.py`."""
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from datetime import datetime
+from functools import cache
+from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -16,6 +20,7 @@ from console import formats
 from console.clients import Refused, ServiceClients
 from console.sessions import Session, Sessions, same_secret
 from shared.http import bounded_int
+from shared.schools import load_schools
 
 SESSION_COOKIE = "e2c_session"
 SIGNIN_COOKIE = "e2c_signin"  # double-submit secret of the sign-in form (no session yet)
@@ -169,6 +174,16 @@ async def signout(request: Request) -> Response:
     response = RedirectResponse("/signin", 303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
+
+
+def school_names(request: Request) -> Mapping[str, str]:
+    """School id -> name, from the registry the services read (E2C_SCHOOLS_FILE)."""
+    return _school_names(_state(request).settings.schools_file)
+
+
+@cache
+def _school_names(path: Path | None) -> Mapping[str, str]:
+    return MappingProxyType({school.id: school.name for school in load_schools(path).values()})
 
 
 def read_services(request: Request) -> ServiceClients:

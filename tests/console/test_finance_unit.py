@@ -1,0 +1,35 @@
+"""The finance page builder names the schools from the registry (pure: no stack)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from console.finance import KINDS, finance_page
+
+MONTHS = [f"2026-{m:02d}" for m in range(1, 13)]
+
+
+def report(by_school: dict[str, dict[str, int]]) -> dict[str, Any]:
+    zero = {kind: 0 for kind in KINDS}
+    return {
+        "year": 2026,
+        "by_kind": {kind: {"amount_cents": 0} for kind in KINDS},
+        "by_school": by_school,
+        "by_month": {month: dict(zero) for month in MONTHS},
+        "budgets": {kind: {"envelope_cents": None, "committed_cents": 0,
+                           "remaining_cents": None, "runs_out_month": None}
+                    for kind in KINDS},
+    }
+
+
+def test_schools_are_shown_by_name_and_an_unknown_id_as_itself() -> None:
+    page = finance_page(
+        report({"nimes": {"laptop": 100, "meals": 20, "childcare": 3},
+                "new-site": {"laptop": 0, "meals": 700, "childcare": 0}}),
+        datetime(2026, 12, 1, tzinfo=UTC),
+        {"nimes": "E2C Nîmes", "toulouse": "E2C Toulouse"},
+    )
+    assert page.by_school == [("nimes", "E2C Nîmes", 123), ("new-site", "new-site", 700)]
+    assert [(bar.label, bar.cents) for bar in page.by_school_chart.bars] == [
+        ("E2C Nîmes", 123), ("new-site", 700)]
