@@ -133,3 +133,121 @@ def _round_up(value: int) -> int:
             if step * factor >= value:
                 return step * factor
         step *= 10
+
+
+# --- Indicators: stacked shares and paired bars (this year beside the year before) --------
+
+SMALL_WIDTH = 480  # indicator charts sit two abreast on a laptop and alone on a phone
+YEAR_LEFT = 56  # room for the year written before each bar
+
+
+@dataclass
+class StackPart:
+    key: str
+    label: str
+    count: int
+    x: float
+    width: float
+    text: str  # its share of the row, `43 %`
+
+
+@dataclass
+class StackRow:
+    label: str  # the year
+    total: int
+    y: float
+    parts: list[StackPart]
+
+
+@dataclass
+class StackedBars:
+    """One bar per row, cut into its parts' shares of the row's total."""
+
+    rows: list[StackRow]
+    legend: list[tuple[str, str, float, float]]  # key, label, x, y
+    width: int = SMALL_WIDTH
+    height: int = 0
+    left: int = YEAR_LEFT
+    bar_height: int = 30
+
+
+def stacked_bars(rows: list[tuple[str, list[tuple[str, str, int]]]]) -> StackedBars:
+    """`rows` of (label, [(key, label, count), ...]): each bar spans the full width, each
+    part its share of the row's total; a row with no total has no parts."""
+    chart = StackedBars(rows=[], legend=[])
+    span = chart.width - chart.left - RIGHT
+    for index, (label, parts) in enumerate(rows):
+        total = sum(count for _, _, count in parts)
+        row = StackRow(label, total, index * (chart.bar_height + 12), [])
+        x = float(chart.left)
+        for key, part_label, count in parts:
+            width = span * count / total if total else 0.0
+            row.parts.append(StackPart(key, part_label, count, x, width,
+                                       formats.percent(count, total)))
+            x += width
+        chart.rows.append(row)
+    top = len(rows) * (chart.bar_height + 12) + 6
+    names = [(key, label) for key, label, _ in rows[0][1]] if rows else []
+    half = (chart.width - chart.left) / 2
+    chart.legend = [(key, label, chart.left + half * (n % 2), top + 22 * (n // 2))
+                    for n, (key, label) in enumerate(names)]
+    chart.height = top + 22 * ((len(names) + 1) // 2)
+    return chart
+
+
+@dataclass
+class PairedBar:
+    series: str  # the year
+    count: int
+    of: int | None  # None: the bar is a count; else the share count/of, in percent
+    y: float
+    width: float
+    text: str
+
+
+@dataclass
+class BarGroup:
+    key: str
+    label: str
+    y: float  # of the label, written above the group's bars
+    bars: list[PairedBar]
+
+
+@dataclass
+class PairedBarChart:
+    """Per item, its label on a line, then one bar per series (this year, the one before)."""
+
+    groups: list[BarGroup]
+    width: int = SMALL_WIDTH
+    height: int = 0
+    left: int = YEAR_LEFT
+    bar_height: int = 16
+    label_height: int = 20
+
+
+def _share(count: int, of: int | None) -> float:
+    if of is None:
+        return float(count)
+    return 100 * count / of if of else 0.0
+
+
+def paired_bars(items: list[tuple[str, str, list[tuple[str, int, int | None, str]]]],
+                percent_scale: bool = False) -> PairedBarChart:
+    """`items` of (key, label, [(series, count, of, text), ...]). Bars of counts are
+    proportional to the largest count; shares (`of` given) to 100 % when `percent_scale`."""
+    chart = PairedBarChart(groups=[])
+    values = [_share(count, of) for _, _, bars in items for _, count, of, _ in bars]
+    top = 100.0 if percent_scale else max([*values, 1.0])
+    span = chart.width - chart.left - 90  # room for the value written after the bar
+    y = 0.0
+    for key, label, bars in items:
+        group = BarGroup(key, label, y + 14, [])
+        y += chart.label_height
+        for series, count, of, text in bars:
+            group.bars.append(PairedBar(series, count, of, y,
+                                        span * _share(count, of) / top, text))
+            y += chart.bar_height + 4
+        chart.groups.append(group)
+        y += 8
+    chart.height = max(1, int(y))
+    return chart

@@ -15,6 +15,7 @@ TIMEOUT = httpx.Timeout(10.0, connect=3.0)
 # A console page -> the service route its role must be allowed to read.
 PAGE_PROBES: dict[str, tuple[str, str]] = {
     "finance": ("aids", "/reports/finance"),
+    "indicators": ("outcomes", "/reports/outcomes"),
 }
 
 
@@ -60,6 +61,9 @@ class ServiceClients:
 
     async def finance_report(self, token: str, year: int) -> dict[str, Any]:
         return await self.json("aids", "/reports/finance", token, {"year": year})
+
+    async def outcomes_report(self, token: str, year: int) -> dict[str, Any]:
+        return await self.json("outcomes", "/reports/outcomes", token, {"year": year})
 
     async def json(self, service: str, path: str, token: str,
                    params: dict[str, Any]) -> dict[str, Any]:

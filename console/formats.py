@@ -3,7 +3,9 @@ thousands, no-break space before the sign), `87 %`, `02/12/2026`, months `mars 2
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
+from fractions import Fraction
 from zoneinfo import ZoneInfo
 
 PARIS = ZoneInfo("Europe/Paris")
@@ -51,3 +53,19 @@ def month(key: str | None) -> str:
 def short_month(key: str) -> str:
     """`mars` from `2024-03` (chart axes)."""
     return SHORT_MONTHS[int(key.split("-")[1]) - 1]
+
+
+def half_up(value: Fraction, places: int = 0) -> Fraction:
+    """`value` rounded to `places` decimals, halves away from zero (2,5 -> 3; -2,5 -> -3)."""
+    scale = 10**places
+    rounded = Fraction(math.floor(abs(value) * scale + Fraction(1, 2)), scale)
+    return rounded if value >= 0 else -rounded
+
+
+def decimal(value: Fraction, places: int = 1) -> str:
+    """`19,5`: a decimal number with a comma, rounded half up."""
+    rounded = half_up(value, places)
+    sign = "-" if rounded < 0 else ""
+    whole, rest = divmod(abs(rounded) * 10**places, 10**places)
+    return f"{sign}{integer(int(whole))},{int(rest):0{places}d}" if places else (
+        f"{sign}{integer(int(whole))}")

@@ -20,7 +20,7 @@ from console import formats
 from console.clients import Refused, ServiceClients
 from console.sessions import Session, Sessions, same_secret
 from shared.http import bounded_int
-from shared.schools import load_schools
+from shared.schools import School, load_schools
 
 SESSION_COOKIE = "e2c_session"
 SIGNIN_COOKIE = "e2c_signin"  # double-submit secret of the sign-in form (no session yet)
@@ -33,6 +33,7 @@ router = APIRouter()
 # by a session whose role the services let read what it shows (`clients.PAGE_PROBES`).
 NAV: tuple[tuple[str, str, str], ...] = (
     ("finance", "Finances", "/finance"),
+    ("indicators", "Indicateurs", "/indicators"),
 )
 
 
@@ -176,14 +177,19 @@ async def signout(request: Request) -> Response:
     return response
 
 
+def school_registry(request: Request) -> Mapping[str, School]:
+    """The schools by id, in the registry's order: the file the services read
+    (E2C_SCHOOLS_FILE, else the one shipped), read once."""
+    return _registry(_state(request).settings.schools_file)
+
+
 def school_names(request: Request) -> Mapping[str, str]:
-    """School id -> name, from the registry the services read (E2C_SCHOOLS_FILE)."""
-    return _school_names(_state(request).settings.schools_file)
+    return {school.id: school.name for school in school_registry(request).values()}
 
 
 @cache
-def _school_names(path: Path | None) -> Mapping[str, str]:
-    return MappingProxyType({school.id: school.name for school in load_schools(path).values()})
+def _registry(path: Path | None) -> Mapping[str, School]:
+    return MappingProxyType(load_schools(path))
 
 
 def read_services(request: Request) -> ServiceClients:
