@@ -137,7 +137,7 @@ def _round_up(value: int) -> int:
 
 # --- Indicators: stacked shares and paired bars (this year beside the year before) --------
 
-SMALL_WIDTH = 480  # indicator charts sit two abreast on a laptop and alone on a phone
+SMALL_WIDTH = 420  # indicator charts sit two abreast on a laptop and alone on a phone
 YEAR_LEFT = 56  # room for the year written before each bar
 
 
