@@ -221,8 +221,8 @@ class PairedBarChart:
     width: int = SMALL_WIDTH
     height: int = 0
     left: int = YEAR_LEFT
-    bar_height: int = 16
-    label_height: int = 20
+    bar_height: int = 18
+    label_height: int = 22
 
 
 def _share(count: int, of: int | None) -> float:
@@ -241,7 +241,7 @@ def paired_bars(items: list[tuple[str, str, list[tuple[str, int, int | None, str
     span = chart.width - chart.left - 90  # room for the value written after the bar
     y = 0.0
     for key, label, bars in items:
-        group = BarGroup(key, label, y + 14, [])
+        group = BarGroup(key, label, y + 16, [])
         y += chart.label_height
         for series, count, of, text in bars:
             group.bars.append(PairedBar(series, count, of, y,
