@@ -11,6 +11,7 @@ WIDTH, HEIGHT = 640, 280
 LEFT, RIGHT, TOP, BOTTOM = 110, 16, 16, 40
 PLOT_W, PLOT_H = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 TICKS = 4
+LABEL_CHAR_WIDTH = 9  # room per character of a 15-unit label (DejaVu Sans is about 8.5)
 
 
 @dataclass
@@ -114,8 +115,9 @@ def cumulative_chart(kind: str, months: list[str], monthly: list[int],
 
 
 def bar_chart(amounts: list[tuple[str, int]]) -> BarChart:
-    """Horizontal bars of (label, cents)."""
-    chart = BarChart(bars=[])
+    """Horizontal bars of (label, cents), the labels written left of the bars."""
+    longest = max([len(label) for label, _ in amounts] + [0])
+    chart = BarChart(bars=[], left=max(150, LABEL_CHAR_WIDTH * longest + 12))
     top = max([cents for _, cents in amounts] + [1])
     span = chart.width - chart.left - 120
     for row, (label, cents) in enumerate(amounts):

@@ -33,3 +33,12 @@ def test_schools_are_shown_by_name_and_an_unknown_id_as_itself() -> None:
     assert page.by_school == [("nimes", "E2C Nîmes", 123), ("new-site", "new-site", 700)]
     assert [(bar.label, bar.cents) for bar in page.by_school_chart.bars] == [
         ("E2C Nîmes", 123), ("new-site", 700)]
+
+
+def test_the_bars_leave_room_for_the_longest_school_name() -> None:
+    names = {"onet-le-chateau": "E2C Onet-le-Château", "ales": "E2C Alès"}
+    page = finance_page(report({school: {"laptop": 1, "meals": 0, "childcare": 0}
+                                for school in names}),
+                        datetime(2026, 12, 1, tzinfo=UTC), names)
+    assert page.by_school_chart.left >= 8.5 * len("E2C Onet-le-Château")
+    assert page.by_kind_chart.left == 150  # short labels keep the usual margin
