@@ -51,3 +51,24 @@ def month(key: str | None) -> str:
 def short_month(key: str) -> str:
     """`mars` from `2024-03` (chart axes)."""
     return SHORT_MONTHS[int(key.split("-")[1]) - 1]
+
+
+def iso_day(key: str | None) -> str:
+    """`02/12/2026` from `2026-12-02`; `–` for None."""
+    if not key:
+        return "–"
+    year, number, day_of_month = key[:10].split("-")
+    return f"{day_of_month}/{number}/{year}"
+
+
+def moment(text: str) -> str:
+    """`02/12/2026 14:05`, Paris time, from an RFC 3339 date-time."""
+    return datetime.fromisoformat(text).astimezone(PARIS).strftime("%d/%m/%Y %H:%M")
+
+
+def days(value: float | None) -> str:
+    """`12 jours`, `12,5 jours`, `1 jour`; `–` for None (nobody got that far)."""
+    if value is None:
+        return "–"
+    number = f"{value:.1f}".rstrip("0").rstrip(".").replace(".", ",")
+    return f"{number}{BEFORE_SIGN}{'jour' if abs(value) < 2 else 'jours'}"
