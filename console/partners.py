@@ -17,6 +17,9 @@ STEP_LABELS = {
     "exited": "Sorties",
     "with_solution": "Sorties avec solution",
 }
+# On the chart, beside its bars (the table beside it gives the long labels).
+STEP_SHORT_LABELS = {"received": "Reçues", "accepted": "Acceptées", "enrolled": "Entrées",
+                     "exited": "Sorties", "with_solution": "Avec solution"}
 MEDIANS = (
     ("received_to_accepted", "Reçue → acceptée"),
     ("accepted_to_enrolled", "Acceptée → entrée en formation"),
@@ -46,6 +49,18 @@ REASON_LABELS = {
     "referral_not_accepted": "orientation non acceptée",
     "already_enrolled": "déjà entré·e en formation",
 }
+OUTCOME_LABELS = {
+    "qualifying_training": "Formation qualifiante",
+    "durable_employment": "Emploi durable",
+    "short_employment": "Emploi de courte durée",
+    "iae": "Insertion par l'activité économique",
+    "pre_qualifying_training": "Formation préqualifiante",
+    "civic_service": "Service civique",
+    "no_solution": "Sans solution",
+    "dropout": "Abandon",
+    "other": "Autre",
+}
+HISTORY_STATUS_LABELS = {**STATUS_LABELS, **OUTCOME_LABELS}  # an exit's status: its outcome
 HISTORY_LABELS = {
     "referral": "Orientation",
     "resend": "Renvoi",
@@ -59,13 +74,15 @@ AGENCY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 REFERRAL_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
-WIDTH, LABEL_W, VALUE_W, BAR_H, GAP = 640, 190, 110, 34, 10
+WIDTH, LABEL_W, VALUE_W, BAR_H, GAP = 520, 160, 64, 36, 10
+FONT = 18  # read on a phone too: the 520-wide drawing is shown about 340 px wide there
 
 
 @dataclass
 class FunnelStep:
     step: str
     label: str
+    short_label: str
     count: int
     share: str  # of the received, `87 %`
     # The bar, centred in the plot so that the steps draw a funnel.
@@ -82,6 +99,7 @@ class FunnelChart:
     label_x: int = LABEL_W - 10
     value_x: int = WIDTH - VALUE_W + 10
     bar_height: int = BAR_H
+    font: int = FONT
 
 
 @dataclass
@@ -136,7 +154,7 @@ def funnel_chart(counts: dict[str, Any]) -> FunnelChart:
     for row, step in enumerate(STEPS):
         width = span * counts[step] / top
         chart.steps.append(FunnelStep(
-            step, STEP_LABELS[step], counts[step], formats.percent(counts[step], received),
+            step, STEP_LABELS[step], STEP_SHORT_LABELS[step], counts[step], formats.percent(counts[step], received),
             LABEL_W + (span - width) / 2, row * (BAR_H + GAP), width))
     chart.height = len(STEPS) * (BAR_H + GAP) - GAP
     return chart
@@ -224,7 +242,7 @@ def referral_page(detail: dict[str, Any]) -> ReferralPage:
     return ReferralPage(
         referral_row(detail),
         [HistoryRow(HISTORY_LABELS.get(entry["kind"], entry["kind"]),
-                    STATUS_LABELS.get(entry["status"], entry["status"]),
+                    HISTORY_STATUS_LABELS.get(entry["status"], entry["status"]),
                     [REASON_LABELS.get(code, code) for code in entry["reasons"]],
                     formats.moment(entry["at"]))
          for entry in detail.get("history", [])],
