@@ -154,7 +154,8 @@ def funnel_chart(counts: dict[str, Any]) -> FunnelChart:
     for row, step in enumerate(STEPS):
         width = span * counts[step] / top
         chart.steps.append(FunnelStep(
-            step, STEP_LABELS[step], STEP_SHORT_LABELS[step], counts[step], formats.percent(counts[step], received),
+            step, STEP_LABELS[step], STEP_SHORT_LABELS[step], counts[step],
+            formats.percent(counts[step], received),
             LABEL_W + (span - width) / 2, row * (BAR_H + GAP), width))
     chart.height = len(STEPS) * (BAR_H + GAP) - GAP
     return chart
