@@ -72,7 +72,7 @@ def filters_of(request: Request) -> Filters:
     params = request.query_params
     status = params.get("status", "")
     if status and status not in STAGE_LABELS:
-        raise PageError(400, "Le statut demandé n'est pas l'un de ceux de la liste.")
+        raise PageError(400, "L'étape (statut) demandée n'est pas l'une de celles de la liste.")
     since = params.get("since", "")
     if since and not _is_date(since):
         raise PageError(400, "La date « depuis » s'écrit AAAA-MM-JJ.")

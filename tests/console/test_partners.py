@@ -308,10 +308,31 @@ def test_another_agencys_page_answers_403_however_it_is_reached(
     screenshot(browser, "partners-403")
 
 
+def test_the_since_filter_and_the_pages_reach_the_service(
+    console: Console, partner_year: PartnerYear,
+) -> None:
+    client, _ = signin(console, partner_year.token)
+    address = f"/partners/{partner_year.agency_id}"
+    decided_on = partner_year.sent[0].decided_on
+    before = client.get(address, params={"since": str(decided_on - timedelta(days=2))})
+    assert all(f'data-referral="{s.referral_id}"' in before.text for s in partner_year.sent)
+    after = client.get(address, params={"since": str(decided_on + timedelta(days=2))})
+    assert after.status_code == 200 and 'data-referral="' not in after.text
+    assert "Aucune orientation pour ces critères" in after.text
+    beyond = client.get(address, params={"page": 2, "status": "exited"})
+    assert beyond.status_code == 200 and 'data-referral="' not in beyond.text
+    assert 'id="previous-page"' in beyond.text and "status=exited" in beyond.text
+
+
 def test_outcomes_and_admin_open_any_agency_with_what_their_role_may_see(
-    console: Console, stack: ServiceProcesses, partner_year: PartnerYear,
+    fresh_browser: webdriver.Chrome, console: Console, stack: ServiceProcesses,
+    partner_year: PartnerYear,
 ) -> None:
     year, agency_id = partner_year.year, partner_year.agency_id
+    _sign_in(fresh_browser, console, tokens.OUTCOMES)
+    fresh_browser.get(f"{console.url}/partners?year={year}")
+    assert fresh_browser.find_element(By.CSS_SELECTOR, f"#agencies tr[data-agency='{agency_id}']")
+    screenshot(fresh_browser, "partners-pick")
     outcomes, answer = signin(console, tokens.OUTCOMES)
     assert answer.status_code == 303
     picker = outcomes.get("/partners", params={"year": year})
