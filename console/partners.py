@@ -69,13 +69,20 @@ HISTORY_LABELS = {
     "exit": "Sortie",
     "erasure": "Effacement des données personnelles",
 }
-# Agency and referral ids as the contract writes them; anything else names nothing here.
-AGENCY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+MAX_AGENCY_ID = 200
+# Referral ids as the contract writes them; anything else names nothing here.
 REFERRAL_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 WIDTH, LABEL_W, VALUE_W, BAR_H, GAP = 520, 160, 64, 36, 10
 FONT = 18  # read on a phone too: the 520-wide drawing is shown about 340 px wide there
+
+
+def is_agency_id(text: str) -> bool:
+    """An agency id as a partner role may hold it: printable, without spaces (nor a slash,
+    which would end the page's address)."""
+    return (0 < len(text) <= MAX_AGENCY_ID and text.isprintable()
+            and not any(char.isspace() or char == "/" for char in text))
 
 
 @dataclass

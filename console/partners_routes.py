@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter
 from starlette.requests import Request
@@ -16,11 +16,12 @@ from starlette.responses import RedirectResponse, Response
 from console.clients import Refused
 from console.pages import PageError, page_session, read_services, render, year_of
 from console.partners import (
-    AGENCY_ID,
     DATE,
+    MAX_AGENCY_ID,
     REFERRAL_ID,
     STAGE_LABELS,
     agencies_of,
+    is_agency_id,
     partners_page,
     referral_page,
 )
@@ -58,14 +59,14 @@ class Filters:
 
 
 def agency_of(text: str) -> str:
-    if not AGENCY_ID.fullmatch(text):
-        raise PageError(400, "L'identifiant de structure s'écrit en lettres, chiffres, "
-                             "points, tirets (200 caractères au plus).")
+    if not is_agency_id(text):
+        raise PageError(400, "L'identifiant de structure s'écrit sans espace ni barre oblique "
+                             f"({MAX_AGENCY_ID} caractères au plus).")
     return text
 
 
 def agency_href(agency_id: str, year: int) -> str:
-    return f"/partners/{agency_id}?{urlencode({'year': year})}"
+    return f"/partners/{quote(agency_id, safe='')}?{urlencode({'year': year})}"
 
 
 def filters_of(request: Request) -> Filters:

@@ -375,5 +375,6 @@ def test_a_bad_agency_id_is_refused_without_echo(console: Console,
                                                  partner_year: PartnerYear) -> None:
     client, _ = signin(console, partner_year.token)
     assert client.get("/partners/bad%20id%3Cx%3E").status_code == 400
-    assert client.get("/partners", params={"agency_id": "<x>"}).status_code == 400
+    assert client.get("/partners", params={"agency_id": "a b"}).status_code == 400
+    assert client.get("/partners", params={"agency_id": "x" * 201}).status_code == 400
     assert client.get(f"/partners/{partner_year.agency_id}/referrals/%3Cx%3E").status_code == 404

@@ -6,7 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 from console import formats
-from console.partners import STEPS, agencies_of, funnel_chart, partners_page, referral_page
+from console.partners import (
+    STEPS,
+    agencies_of,
+    funnel_chart,
+    is_agency_id,
+    partners_page,
+    referral_page,
+)
 
 NBSP = "\u00a0"
 
@@ -109,3 +116,9 @@ def test_days_and_iso_days_in_french() -> None:
     assert formats.days(None) == "–"
     assert formats.iso_day("2026-12-02") == "02/12/2026"
     assert formats.iso_day(None) == "–"
+
+
+def test_agency_ids_as_partner_roles_hold_them() -> None:
+    assert all(is_agency_id(text) for text in ("ml-toulouse", "ft_31", "ml-béziers", "x" * 200))
+    assert not any(is_agency_id(text) for text in ("", "a b", "a/b", "a\tb", "x" * 201,
+                                                    "a\x00b"))
