@@ -9,6 +9,7 @@ filter works; another agency's page answers 403, however it is reached."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -235,7 +236,9 @@ def test_a_partner_sees_its_funnel_and_referrals_as_the_services_and_topics_say(
 ) -> None:
     browser, year, agency_id = fresh_browser, partner_year.year, partner_year.agency_id
     _sign_in(browser, console, partner_year.token)
+    started = time.monotonic()
     browser.get(f"{console.url}/partners?year={year}")  # the session knows its agency
+    assert time.monotonic() - started < 1.0  # redirect, funnel and referrals within a second
     assert browser.current_url == f"{console.url}/partners/{agency_id}?year={year}"
 
     expected = _funnel(stack, partner_year.token, agency_id, year)["total"]
