@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -16,7 +17,12 @@ TIMEOUT = httpx.Timeout(10.0, connect=3.0)
 PAGE_PROBES: dict[str, tuple[str, str]] = {
     "finance": ("aids", "/reports/finance"),
     "indicators": ("outcomes", "/reports/outcomes"),
+    # Partners, outcomes and admin read a funnel; a partner only its own agency's.
+    "partners": ("outcomes", "/reports/funnel"),
 }
+# The last page of one referral each: answered 200 to a partner token only (admin must name
+# an agency, other roles are refused), and it shows no referral, so reads no personal data.
+PARTNER_PROBE = {"page": 10_000_000, "page_size": 1}
 
 
 class Refused(Exception):
@@ -64,6 +70,40 @@ class ServiceClients:
 
     async def outcomes_report(self, token: str, year: int) -> dict[str, Any]:
         return await self.json("outcomes", "/reports/outcomes", token, {"year": year})
+    async def own_agency(self, token: str, year: int) -> str | None:
+        """A partner token's agency, as its funnel of `year` (else the year before) names it;
+        None for other roles, or a partner whose agency has no referral in those years."""
+        try:
+            probe = await self._get("referrals", "/referrals", token, PARTNER_PROBE)
+        except httpx.HTTPError:
+            return None
+        if probe.status_code != 200:
+            return None
+        for asked in (year, year - 1):
+            try:
+                funnel = await self.funnel(token, asked, None)
+            except Refused:
+                return None
+            if len(funnel["by_agency"]) == 1:
+                [agency_id] = funnel["by_agency"]
+                return str(agency_id)
+        return None
+
+    async def funnel(self, token: str, year: int, agency_id: str | None) -> dict[str, Any]:
+        params: dict[str, Any] = {"year": year}
+        if agency_id is not None:
+            params["agency_id"] = agency_id
+        return await self.json("outcomes", "/reports/funnel", token, params)
+
+    async def referrals(self, token: str, agency_id: str, params: dict[str, Any]
+                        ) -> dict[str, Any]:
+        """A page of an agency's referrals (`params`: status, since, page, page_size)."""
+        return await self.json("referrals", "/referrals", token,
+                               {"agency_id": agency_id, **params})
+
+    async def referral(self, token: str, referral_id: str) -> dict[str, Any]:
+        return await self.json("referrals", f"/referrals/{quote(referral_id, safe='')}",
+                               token, {})
 
     async def json(self, service: str, path: str, token: str,
                    params: dict[str, Any]) -> dict[str, Any]:

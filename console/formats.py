@@ -69,3 +69,22 @@ def decimal(value: Fraction, places: int = 1) -> str:
     whole, rest = divmod(abs(rounded) * 10**places, 10**places)
     return f"{sign}{integer(int(whole))},{int(rest):0{places}d}" if places else (
         f"{sign}{integer(int(whole))}")
+def iso_day(key: str | None) -> str:
+    """`02/12/2026` from `2026-12-02`; `–` for None."""
+    if not key:
+        return "–"
+    year, number, day_of_month = key[:10].split("-")
+    return f"{day_of_month}/{number}/{year}"
+
+
+def moment(text: str) -> str:
+    """`02/12/2026 14:05`, Paris time, from an RFC 3339 date-time."""
+    return datetime.fromisoformat(text).astimezone(PARIS).strftime("%d/%m/%Y %H:%M")
+
+
+def days(value: float | None) -> str:
+    """`12 jours`, `12,5 jours`, `1 jour`; `–` for None (nobody got that far)."""
+    if value is None:
+        return "–"
+    number = f"{value:.1f}".rstrip("0").rstrip(".").replace(".", ",")
+    return f"{number}{BEFORE_SIGN}{'jour' if abs(value) < 2 else 'jours'}"

@@ -34,6 +34,7 @@ router = APIRouter()
 NAV: tuple[tuple[str, str, str], ...] = (
     ("finance", "Finances", "/finance"),
     ("indicators", "Indicateurs", "/indicators"),
+    ("partners", "Partenaires", "/partners"),
 )
 
 
@@ -157,9 +158,12 @@ async def signin(request: Request) -> Response:
         return signin_page(request, 401, "Jeton inconnu.")
     if not verdict.pages:
         return signin_page(request, 403, "Ce jeton n'ouvre aucune page de la console.")
+    agency_id = await clients.own_agency(token, now().year) if (
+        "partners" in verdict.pages) else None
     sessions: Sessions = _state(request).sessions
     response = RedirectResponse("/", 303)
-    set_cookie(request, response, SESSION_COOKIE, sessions.open(token, verdict.pages),
+    set_cookie(request, response, SESSION_COOKIE,
+               sessions.open(token, verdict.pages, agency_id),
                max_age=int(sessions.lifetime_seconds))
     response.delete_cookie(SIGNIN_COOKIE, path="/")
     return response

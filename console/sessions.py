@@ -14,6 +14,7 @@ class Session:
     pages: frozenset[str]  # the console pages this token's role may open
     csrf: str
     expires_at: float  # time.monotonic()
+    agency_id: str | None = None  # a partner's own agency, when the services showed it
 
 
 class Sessions:
@@ -21,12 +22,13 @@ class Sessions:
         self.lifetime_seconds = lifetime_seconds
         self._by_id: dict[str, Session] = {}
 
-    def open(self, token: str, pages: frozenset[str]) -> str:
+    def open(self, token: str, pages: frozenset[str], agency_id: str | None = None) -> str:
         """A new session's id."""
         self._forget_expired()
         session_id = secrets.token_urlsafe(32)
         self._by_id[session_id] = Session(
-            token, pages, secrets.token_urlsafe(32), time.monotonic() + self.lifetime_seconds
+            token, pages, secrets.token_urlsafe(32), time.monotonic() + self.lifetime_seconds,
+            agency_id,
         )
         return session_id
 
