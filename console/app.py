@@ -13,7 +13,7 @@ from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from console import finance_routes, formats, pages
+from console import finance_routes, formats, operations_routes, pages
 from console.clients import Refused, ServiceClients
 from console.sessions import Sessions
 from shared.http import NO_TELEMETRY, BodyLimit
@@ -21,7 +21,8 @@ from shared.settings import Settings
 
 HERE = Path(__file__).parent
 # Sign-in first, then one router per page.
-ROUTERS = (pages.router, finance_routes.router)
+ROUTERS = (pages.router, finance_routes.router,
+           operations_routes.router)
 SECURITY_HEADERS = {
     # Inline SVG is markup, not script: no script at all, every style from our own files.
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self' data:; "

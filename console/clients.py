@@ -15,6 +15,7 @@ TIMEOUT = httpx.Timeout(10.0, connect=3.0)
 # A console page -> the service route its role must be allowed to read.
 PAGE_PROBES: dict[str, tuple[str, str]] = {
     "finance": ("aids", "/reports/finance"),
+    "operations": ("referrals", "/ops/pipeline"),
 }
 
 
@@ -60,6 +61,19 @@ class ServiceClients:
 
     async def finance_report(self, token: str, year: int) -> dict[str, Any]:
         return await self.json("aids", "/reports/finance", token, {"year": year})
+
+    async def pipeline(self, token: str, service: str, limit: int) -> dict[str, Any]:
+        """A service's `GET /ops/pipeline` (its newest `limit` dead letters)."""
+        return await self.json(service, "/ops/pipeline", token, {"limit": limit})
+
+    async def still_ops(self, token: str) -> bool:
+        """Asked again before a change: does the token still read the pipeline (ops, admin)?
+        A service that cannot be reached raises Refused(502)."""
+        try:
+            answer = await self._get("referrals", "/ops/pipeline", token, {"limit": 0})
+        except httpx.HTTPError:
+            raise Refused(502) from None
+        return answer.status_code == 200
 
     async def json(self, service: str, path: str, token: str,
                    params: dict[str, Any]) -> dict[str, Any]:

@@ -51,3 +51,33 @@ def month(key: str | None) -> str:
 def short_month(key: str) -> str:
     """`mars` from `2024-03` (chart axes)."""
     return SHORT_MONTHS[int(key.split("-")[1]) - 1]
+
+
+def clock(moment: datetime) -> str:
+    """`14:03:27`, the time in Paris."""
+    return moment.astimezone(PARIS).strftime("%H:%M:%S")
+
+
+def moment(text: str | None) -> str:
+    """`02/12/2026 14:03:27` (Paris) from an ISO 8601 time with its offset; `–` without."""
+    if not text:
+        return "–"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return "–"
+    if parsed.tzinfo is None:
+        return "–"  # a time without its offset cannot be placed in Paris
+    return f"{day(parsed)} {clock(parsed)}"
+
+
+def seconds(value: float | None) -> str:
+    """An age as people read it: `4,2 s`, `3 min 05 s`, `2 h 07 min`; `–` for None."""
+    if value is None:
+        return "–"
+    if value < 60:
+        return f"{value:.1f}".replace(".", ",") + f"{BEFORE_SIGN}s"
+    whole = int(value)
+    if whole < 3600:
+        return f"{whole // 60}{BEFORE_SIGN}min {whole % 60:02d}{BEFORE_SIGN}s"
+    return f"{whole // 3600}{BEFORE_SIGN}h {whole % 3600 // 60:02d}{BEFORE_SIGN}min"

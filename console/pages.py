@@ -28,6 +28,7 @@ router = APIRouter()
 # by a session whose role the services let read what it shows (`clients.PAGE_PROBES`).
 NAV: tuple[tuple[str, str, str], ...] = (
     ("finance", "Finances", "/finance"),
+    ("operations", "Exploitation", "/operations"),
 )
 
 
