@@ -52,11 +52,23 @@ class LagRow:
 
 
 @dataclass
+class LagTopic:
+    """One input topic of a service: its partitions' lag, side by side."""
+
+    topic: str
+    short: str  # e2c.aids.requested.v1 -> aids.requested
+    cells: list[LagRow | None]  # by partition number; None where it has no such partition
+    total: int
+
+
+@dataclass
 class ServiceView:
     name: str
     label: str
     answered: bool
     lag: list[LagRow] = field(default_factory=list)
+    lag_topics: list[LagTopic] = field(default_factory=list)
+    partitions: list[int] = field(default_factory=list)
     lag_total: int | None = None
     outbox_backlog: int | None = None
     outbox_parked: int | None = None
@@ -226,10 +238,12 @@ def service_view(name: str, answer: Answer) -> ServiceView:
     label = SERVICE_LABELS[name]
     if isinstance(answer, Unanswered):
         return ServiceView(name, label, answered=False, errors=[unanswered_problem(name, answer)])
+    lag = [LagRow(row["topic"], row["partition"], row["committed"], row["end"], row["lag"])
+           for row in answer.get("lag") or []]
+    partitions = sorted({row.partition for row in lag})
     return ServiceView(
-        name, label, answered=True,
-        lag=[LagRow(row["topic"], row["partition"], row["committed"], row["end"], row["lag"])
-             for row in answer.get("lag") or []],
+        name, label, answered=True, lag=lag, lag_topics=lag_topics(lag, partitions),
+        partitions=partitions,
         lag_total=answer.get("lag_total"),
         outbox_backlog=answer.get("outbox_backlog"),
         outbox_parked=(answer.get("outbox_parked") or {}).get("count"),
@@ -240,6 +254,19 @@ def service_view(name: str, answer: Answer) -> ServiceView:
         errors=[f"{PART_LABELS.get(part, part)} : {error}"
                 for part, error in sorted((answer.get("errors") or {}).items())],
     )
+
+
+def lag_topics(lag: list[LagRow], partitions: list[int]) -> list[LagTopic]:
+    topics: dict[str, dict[int, LagRow]] = {}
+    for row in lag:
+        topics.setdefault(row.topic, {})[row.partition] = row
+    return [LagTopic(topic, short_topic(topic), [rows.get(p) for p in partitions],
+                     sum(row.lag for row in rows.values()))
+            for topic, rows in sorted(topics.items())]
+
+
+def short_topic(topic: str) -> str:
+    return topic.removeprefix("e2c.").removesuffix(".v1")
 
 
 def first_heartbeats(pipelines: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

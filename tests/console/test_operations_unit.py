@@ -153,6 +153,10 @@ def test_the_tables_hold_the_answers_figures() -> None:
     aids = page.services[1]
     assert (aids.lag_total, aids.held, aids.last_processed) == (7, 4, f"2{NBSP}min 05{NBSP}s")
     assert [row.lag for row in aids.lag] == [0, 7, 0]
+    [topic] = aids.lag_topics  # one topic, its partitions side by side
+    assert (topic.short, topic.total, aids.partitions) == ("aids.in", 7, [0, 1, 2])
+    assert [(c.partition, c.committed, c.end, c.lag) for c in topic.cells if c] == [
+        (0, 10, 10, 0), (1, 3, 10, 7), (2, 10, 10, 0)]
     assert not page.services[2].answered
     assert [(row.service, row.status_label) for row in page.heartbeats] == [
         ("referrals", "en marche"), ("aids", "en marche"), ("outcomes", "en marche")]
