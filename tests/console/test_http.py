@@ -34,7 +34,7 @@ def test_an_unknown_token_is_refused(console: Console, token: str) -> None:
     assert client.get("/finance", follow_redirects=False).headers["location"] == "/signin"
 
 
-@pytest.mark.parametrize("token", [tokens.OUTCOMES, tokens.OPS, tokens.ML_TOULOUSE])
+@pytest.mark.parametrize("token", [tokens.OUTCOMES, tokens.ML_TOULOUSE])  # ops: /operations
 def test_a_role_without_a_console_page_is_refused(console: Console, token: str) -> None:
     client, answer = signin(console, token)
     assert answer.status_code == 403

@@ -327,3 +327,12 @@ async def test_the_banner_is_what_the_services_json_says(
         if (answer.get("webhooks") or {}).get("parked"):
             assert "livraisons de webhook abandonnées" in page.text
         assert f'data-service="{name}" data-answered="yes"' in page.text
+
+
+def test_ops_lands_on_operations_and_admin_opens_it(ops_console: Console) -> None:
+    client, answer = signin(ops_console, tokens.OPS)
+    assert answer.status_code == 303
+    assert client.get("/").headers["location"] == "/operations"
+    admin, _ = signin(ops_console, tokens.ADMIN)
+    page = admin.get("/operations")
+    assert page.status_code == 200 and 'id="banner"' in page.text
