@@ -1,4 +1,5 @@
-"""The console's app: pages, static files, security headers; no store and no broker."""
+"""The console's app: pages, static files, security headers; no store, and no broker but for
+its one write, replaying a dead letter (`console/operations_routes.py`)."""
 
 from __future__ import annotations
 
