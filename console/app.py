@@ -1,4 +1,5 @@
-"""The console's app: pages, static files, security headers; no store and no broker."""
+"""The console's app: pages, static files, security headers; no store, and no broker but for
+its one write, replaying a dead letter (`console/operations_routes.py`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,14 @@ from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from console import finance_routes, formats, indicators_routes, pages, partners_routes
+from console import (
+    finance_routes,
+    formats,
+    indicators_routes,
+    operations_routes,
+    pages,
+    partners_routes,
+)
 from console.clients import Refused, ServiceClients
 from console.sessions import Sessions
 from shared.http import NO_TELEMETRY, BodyLimit
@@ -22,7 +30,7 @@ from shared.settings import Settings
 HERE = Path(__file__).parent
 # Sign-in first, then one router per page.
 ROUTERS = (pages.router, finance_routes.router, indicators_routes.router,
-           partners_routes.router)
+           partners_routes.router, operations_routes.router)
 SECURITY_HEADERS = {
     # Inline SVG is markup, not script: no script at all, every style from our own files.
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self' data:; "

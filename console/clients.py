@@ -19,6 +19,7 @@ PAGE_PROBES: dict[str, tuple[str, str]] = {
     "indicators": ("outcomes", "/reports/outcomes"),
     # Partners, outcomes and admin read a funnel; a partner only its own agency's.
     "partners": ("outcomes", "/reports/funnel"),
+    "operations": ("referrals", "/ops/pipeline"),
 }
 # The last page of one referral each: answered 200 to a partner token only (admin must name
 # an agency, other roles are refused), and it shows no referral, so reads no personal data.
@@ -104,6 +105,18 @@ class ServiceClients:
     async def referral(self, token: str, referral_id: str) -> dict[str, Any]:
         return await self.json("referrals", f"/referrals/{quote(referral_id, safe='')}",
                                token, {})
+    async def pipeline(self, token: str, service: str, limit: int) -> dict[str, Any]:
+        """A service's `GET /ops/pipeline` (its newest `limit` dead letters)."""
+        return await self.json(service, "/ops/pipeline", token, {"limit": limit})
+
+    async def still_ops(self, token: str) -> bool:
+        """Asked again before a change: does the token still read the pipeline (ops, admin)?
+        A service that cannot be reached raises Refused(502)."""
+        try:
+            answer = await self._get("referrals", "/ops/pipeline", token, {"limit": 0})
+        except httpx.HTTPError:
+            raise Refused(502) from None
+        return answer.status_code == 200
 
     async def json(self, service: str, path: str, token: str,
                    params: dict[str, Any]) -> dict[str, Any]:

@@ -77,14 +77,37 @@ def iso_day(key: str | None) -> str:
     return f"{day_of_month}/{number}/{year}"
 
 
-def moment(text: str) -> str:
-    """`02/12/2026 14:05`, Paris time, from an RFC 3339 date-time."""
-    return datetime.fromisoformat(text).astimezone(PARIS).strftime("%d/%m/%Y %H:%M")
-
-
 def days(value: float | None) -> str:
     """`12 jours`, `12,5 jours`, `1 jour`; `–` for None (nobody got that far)."""
     if value is None:
         return "–"
     number = f"{value:.1f}".rstrip("0").rstrip(".").replace(".", ",")
     return f"{number}{BEFORE_SIGN}{'jour' if abs(value) < 2 else 'jours'}"
+def clock(moment: datetime) -> str:
+    """`14:03:27`, the time in Paris."""
+    return moment.astimezone(PARIS).strftime("%H:%M:%S")
+
+
+def moment(text: str | None) -> str:
+    """`02/12/2026 14:03:27` (Paris) from an ISO 8601 time with its offset; `–` without."""
+    if not text:
+        return "–"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return "–"
+    if parsed.tzinfo is None:
+        return "–"  # a time without its offset cannot be placed in Paris
+    return f"{day(parsed)} {clock(parsed)}"
+
+
+def seconds(value: float | None) -> str:
+    """An age as people read it: `4,2 s`, `3 min 05 s`, `2 h 07 min`; `–` for None."""
+    if value is None:
+        return "–"
+    if value < 60:
+        return f"{value:.1f}".replace(".", ",") + f"{BEFORE_SIGN}s"
+    whole = int(value)
+    if whole < 3600:
+        return f"{whole // 60}{BEFORE_SIGN}min {whole % 60:02d}{BEFORE_SIGN}s"
+    return f"{whole // 3600}{BEFORE_SIGN}h {whole % 3600 // 60:02d}{BEFORE_SIGN}min"

@@ -35,6 +35,7 @@ NAV: tuple[tuple[str, str, str], ...] = (
     ("finance", "Finances", "/finance"),
     ("indicators", "Indicateurs", "/indicators"),
     ("partners", "Partenaires", "/partners"),
+    ("operations", "Exploitation", "/operations"),
 )
 
 

@@ -179,13 +179,18 @@ class LocalStack:
 
     def _start_console(self) -> subprocess.Popen[bytes] | None:
         """Starts the console unless it runs: it reads the services' HTTP APIs on their
-        ports, with no store, broker or tokens file of its own."""
+        ports, with no store or tokens file of its own. Its one write, replaying a dead
+        letter, goes to the broker as `e2c deadletters replay` does: with the ops principal."""
         console = self._console()
         if console.is_running():
             return None
+        ops = self.access(kafka_security.OPS)
         env = {
             **{k: v for k, v in os.environ.items()
                if not k.startswith("E2C_KAFKA_") and not k.endswith("_DATABASE_URL")},
+            "KAFKA_BOOTSTRAP_SERVERS": ops.bootstrap,
+            "E2C_KAFKA_USERNAME": ops.username,
+            "E2C_KAFKA_PASSWORD": ops.password.get_secret_value(),
             "E2C_DATA_DIR": str(self.data_dir),
             "CONSOLE_PORT": str(self.settings.console_port),
             **{f"{name.upper()}_PORT": str(self.settings.port(name)) for name in SERVICES},

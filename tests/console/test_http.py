@@ -34,13 +34,6 @@ def test_an_unknown_token_is_refused(console: Console, token: str) -> None:
     assert client.get("/finance", follow_redirects=False).headers["location"] == "/signin"
 
 
-@pytest.mark.parametrize("token", [tokens.OPS])
-def test_a_role_without_a_console_page_is_refused(console: Console, token: str) -> None:
-    client, answer = signin(console, token)
-    assert answer.status_code == 403
-    assert "e2c_session" not in client.cookies
-
-
 def test_sign_in_without_the_form_secret_is_refused(console: Console) -> None:
     client = httpx.Client(base_url=console.url, timeout=10)
     client.get("/signin")

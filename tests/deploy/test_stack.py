@@ -191,15 +191,15 @@ def e2c(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def console_signs_in(url: str, tokens_file: Path) -> int:
+def console_signs_in(url: str, tokens_file: Path) -> tuple[int, httpx.Response]:
     """Signs in to the stack's console with the tokens file's admin token: the finance
-    page's status."""
+    page's status and the operations page."""
     [admin_token] = load_tokens(tokens_file)
-    with httpx.Client(base_url=url, timeout=10) as client:
+    with httpx.Client(base_url=url, timeout=30) as client:
         form = client.get("/signin").text
         csrf = form.split('name="csrf" value="', 1)[1].split('"', 1)[0]
         client.post("/signin", data={"token": admin_token, "csrf": csrf})
-        return client.get("/finance").status_code
+        return client.get("/finance").status_code, client.get("/operations")
 
 
 def test_stack_up_leaves_nothing_readable_by_group_or_others(tmp_path: Path) -> None:
@@ -213,7 +213,7 @@ def test_stack_up_leaves_nothing_readable_by_group_or_others(tmp_path: Path) -> 
         status = e2c(env, "stack", "status")
         hint = e2c(env, "stack", "console")
         console_url = f"http://127.0.0.1:{env['CONSOLE_PORT']}"
-        signed_in = console_signs_in(console_url, data_dir / "tokens.json")
+        signed_in, operations = console_signs_in(console_url, data_dir / "tokens.json")
     finally:
         down = e2c(env, "stack", "down")
     assert down.returncode == 0, down.stderr[-3000:]
@@ -222,6 +222,8 @@ def test_stack_up_leaves_nothing_readable_by_group_or_others(tmp_path: Path) -> 
                for line in status.stdout.splitlines())
     assert console_url in hint.stdout and str(data_dir / "tokens.json") in hint.stdout
     assert signed_in == 200
+    # The stack gave its console the ops Kafka access: the replay button is offered.
+    assert operations.status_code == 200 and 'id="no-replay"' not in operations.text
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{console_url}/health", timeout=2)
 
