@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     # The console's session cookie: its lifetime, and `Secure` (on behind HTTPS).
     console_session_minutes: float = Field(default=480, gt=0, alias="E2C_CONSOLE_SESSION_MINUTES")
     console_secure_cookie: bool = Field(default=False, alias="E2C_CONSOLE_SECURE_COOKIE")
+    # Unknown tokens one address may try in a minute before its sign-ins answer 429.
+    console_signin_refusals_per_minute: int = Field(
+        default=10, ge=1, alias="E2C_CONSOLE_SIGNIN_REFUSALS_PER_MINUTE"
+    )
     consumer_batch_size: int = Field(default=500, ge=1, alias="E2C_CONSUMER_BATCH_SIZE")
     # (1.1) Erased personal data leaves every copy within this many days (a float: a test
     # or an operator proving it shortens it to seconds); `shared.erasure` derives the rest.
