@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     aids_port: int = Field(default=SERVICE_PORTS["aids"], alias="AIDS_PORT")
     outcomes_port: int = Field(default=SERVICE_PORTS["outcomes"], alias="OUTCOMES_PORT")
     console_port: int = Field(default=CONSOLE_PORT, alias="CONSOLE_PORT")
+    # Where the console reaches each service's HTTP API (compose: http://aids:8002); unset,
+    # http://<E2C_HOST>:<its port> (127.0.0.1 when the host is a wildcard).
+    referrals_url: str | None = Field(default=None, alias="REFERRALS_URL")
+    aids_url: str | None = Field(default=None, alias="AIDS_URL")
+    outcomes_url: str | None = Field(default=None, alias="OUTCOMES_URL")
     # The console's session cookie: its lifetime, and `Secure` (on behind HTTPS).
     console_session_minutes: float = Field(default=480, gt=0, alias="E2C_CONSOLE_SESSION_MINUTES")
     console_secure_cookie: bool = Field(default=False, alias="E2C_CONSOLE_SECURE_COOKIE")
@@ -129,4 +134,12 @@ class Settings(BaseSettings):
 
     def port(self, service: str) -> int:
         return getattr(self, f"{service}_port")
+
+    def service_url(self, service: str) -> str:
+        """The base URL of a service's HTTP API, as a client on this host reaches it."""
+        url: str | None = getattr(self, f"{service}_url")
+        if url:
+            return url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port(service)}"
 
