@@ -145,7 +145,7 @@ async def signin(request: Request) -> Response:
     wait = limit.retry_after(address)
     if wait:
         response = signin_page(request, 429, "Trop de jetons refusés depuis votre adresse : "
-                                             f"réessayez dans {wait} s.")
+                                             f"réessayez dans {wait}\u00a0s.")
         response.headers["Retry-After"] = str(wait)
         return response
     form = await form_of(request)

@@ -5,17 +5,31 @@ in the test (its own limit of 3, so the suite's console is not slowed) against t
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from selenium import webdriver
+from selenium.webdriver.common.by import By
 
 from console.app import create_app
-from shared.settings import Settings
+from deploy.harness import ServiceProcesses, free_port
+from shared.private_files import open_private_append
+from shared.settings import PROJECT_ROOT, Settings
 from tests import tokens
-from tests.console.conftest import CSRF
+from tests.console.conftest import (
+    CSRF,
+    Console,
+    _wait_health,
+    screenshot,
+    sign_in,
+    text_of,
+)
 
 pytestmark = pytest.mark.infra
 
@@ -79,3 +93,43 @@ async def test_good_tokens_and_pageless_roles_never_count(console_app: FastAPI) 
                 assert answer.status_code in wanted, answer.status_code
     async with client_from(console_app, GUESSER) as person:
         assert (await try_token(person, "unknown-" + "x" * 32)).status_code == 401
+
+
+@pytest.fixture
+def braked_console(stack: ServiceProcesses) -> Iterator[Console]:
+    """A console process of its own that stops an address after one unknown token."""
+    port = free_port()
+    env = {name: value for name, value in os.environ.items()
+           if not name.startswith("E2C_KAFKA_") and not name.endswith("_DATABASE_URL")}
+    env.update(CONSOLE_PORT=str(port), E2C_CONSOLE_SIGNIN_REFUSALS_PER_MINUTE="1",
+               PYTHONUNBUFFERED="1",
+               **{f"{name.upper()}_PORT": str(stack.services[name].port)
+                  for name in ("referrals", "aids", "outcomes")})
+    log_path = stack.data_dir / "console-braked.log"
+    with open_private_append(log_path) as log:
+        process = subprocess.Popen([sys.executable, "-m", "console"], env=env, stdout=log,
+                                   stderr=subprocess.STDOUT, cwd=PROJECT_ROOT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_health(url, process)
+        yield Console(url, process, log_path)
+    finally:
+        process.terminate()
+        process.wait(20)
+
+
+def test_the_browser_shows_why_and_how_long_in_french(
+    fresh_browser: webdriver.Chrome, braked_console: Console
+) -> None:
+    browser = fresh_browser
+    sign_in(browser, braked_console, "a-guess-" + "g" * 32)
+    assert "Jeton inconnu" in text_of(browser.find_element(By.CSS_SELECTOR, "[role=alert]"))
+
+    sign_in(browser, braked_console, tokens.FINANCE)
+
+    alert = text_of(browser.find_element(By.CSS_SELECTOR, "[role=alert]"))
+    assert alert.startswith("Trop de jetons refusés depuis votre adresse : réessayez dans ")
+    assert browser.get_cookie("e2c_session") is None
+    screenshot(browser, "signin-429")
+    browser.set_window_size(375, 800)
+    screenshot(browser, "signin-429-phone")
