@@ -24,6 +24,7 @@ from console import (
 )
 from console.clients import Refused, ServiceClients
 from console.sessions import Sessions
+from console.signin_limit import SigninLimit
 from shared.http import NO_TELEMETRY, BodyLimit
 from shared.settings import Settings
 
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.sessions = Sessions(settings.console_session_minutes * 60)
     app.state.clients = ServiceClients(settings)
+    app.state.signin_limit = SigninLimit(settings.console_signin_refusals_per_minute)
     app.state.templates = templates()
     for router in ROUTERS:
         app.include_router(router)

@@ -42,10 +42,8 @@ class Verdict:
 
 class ServiceClients:
     def __init__(self, settings: Settings) -> None:
-        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
         self._clients = {
-            name: httpx.AsyncClient(base_url=f"http://{host}:{settings.port(name)}",
-                                    timeout=TIMEOUT)
+            name: httpx.AsyncClient(base_url=settings.service_url(name), timeout=TIMEOUT)
             for name in SERVICE_PORTS
         }
 

@@ -19,6 +19,7 @@ from starlette.responses import RedirectResponse, Response
 from console import formats
 from console.clients import Refused, ServiceClients
 from console.sessions import Session, Sessions, same_secret
+from console.signin_limit import SigninLimit
 from shared.http import bounded_int
 from shared.schools import School, load_schools
 
@@ -147,6 +148,14 @@ def signin_page(request: Request, status: int = 200, message: str = "") -> Respo
 
 @router.post("/signin")
 async def signin(request: Request) -> Response:
+    limit: SigninLimit = _state(request).signin_limit
+    address = request.client.host if request.client else ""
+    wait = limit.retry_after(address)
+    if wait:
+        response = signin_page(request, 429, "Trop de jetons refusés depuis votre adresse : "
+                                             f"réessayez dans {wait}\u00a0s.")
+        response.headers["Retry-After"] = str(wait)
+        return response
     form = await form_of(request)
     if not same_secret(form.get("csrf"), request.cookies.get(SIGNIN_COOKIE, "")) or not (
         request.cookies.get(SIGNIN_COOKIE)
@@ -156,6 +165,7 @@ async def signin(request: Request) -> Response:
     clients: ServiceClients = _state(request).clients
     verdict = await clients.pages_of(token, now().year) if token else None
     if verdict is None or not verdict.known:
+        limit.refused(address)
         return signin_page(request, 401, "Jeton inconnu.")
     if not verdict.pages:
         return signin_page(request, 403, "Ce jeton n'ouvre aucune page de la console.")

@@ -779,8 +779,13 @@ def _stack_console(_args: argparse.Namespace) -> int:
 
     stack = LocalStack()
     print(f"Console: {stack.console_url()}")
-    print(f"  sign in with a token of {stack.tokens_path()} whose role is finance or admin")
-    print("  (the token is exchanged once for a session cookie; `make down` stops it all)")
+    print(f"  sign in with a token of {stack.tokens_path()}, e.g. its admin token")
+    roles = sorted(set(stack_tokens(stack.settings).values()))
+    print(f"  (roles in that file: {', '.join(roles) or 'none'}; each sees the pages its role"
+          " may read)")
+    print("  the token is exchanged once for a session cookie; `make down` stops it all")
+    simulated = date.today().year - 1  # `e2c simulate`'s default year, as `make run` runs it
+    print(f"  the year `make run` simulates: {stack.console_url()}/finance?year={simulated}")
     return 0
 
 

@@ -8,10 +8,12 @@ The simulation, the demo, the chaos run, the benchmark and the tests publish thr
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from deploy import kafka_security
 from deploy.kafka_security import FINANCE, STAFF
@@ -39,22 +41,56 @@ def writer_accesses(kafka: LocalKafka) -> dict[str, KafkaAccess]:
     return {topic: kafka_security.access(kafka, role) for topic, role in writer_roles().items()}
 
 
+# How long `Writers.start` keeps trying a broker that does not answer (e.g. restarting in
+# the chaos run), and the pauses between tries: doubling from FIRST to LONGEST.
+START_DEADLINE_SECONDS = 120.0
+FIRST_PAUSE_SECONDS, LONGEST_PAUSE_SECONDS = 0.25, 5.0
+
+ProducerFactory = Callable[..., AIOKafkaProducer]
+
+
 class Writers:
     """One producer per role; `send` picks the one allowed to write the topic."""
 
-    def __init__(self, accesses: Mapping[str, KafkaAccess], **options: Any) -> None:
+    def __init__(self, accesses: Mapping[str, KafkaAccess], *,
+                 start_deadline: float = START_DEADLINE_SECONDS,
+                 producer_factory: ProducerFactory = AIOKafkaProducer, **options: Any) -> None:
         self.accesses = dict(accesses)
         self.options = options
+        self.start_deadline = start_deadline
+        self._new_producer = producer_factory
         self._producers: dict[str, AIOKafkaProducer] = {}
 
     async def start(self) -> None:
+        """A producer per principal; a broker that cannot be reached is tried again with
+        backoff until `start_deadline` seconds have passed (then its error is raised)."""
+        deadline = time.monotonic() + self.start_deadline
         by_principal: dict[str, AIOKafkaProducer] = {}
-        for topic, access in self.accesses.items():
-            if access.username not in by_principal:
-                producer = AIOKafkaProducer(**access.client_options(), **self.options)
+        try:
+            for topic, access in self.accesses.items():
+                if access.username not in by_principal:
+                    by_principal[access.username] = await self._started(access, deadline)
+                self._producers[topic] = by_principal[access.username]
+        except BaseException:
+            self._producers.clear()
+            for producer in by_principal.values():
+                await producer.stop()
+            raise
+
+    async def _started(self, access: KafkaAccess, deadline: float) -> AIOKafkaProducer:
+        pause = FIRST_PAUSE_SECONDS
+        while True:
+            # A producer whose start failed is not started again: each try has a new one.
+            producer = self._new_producer(**access.client_options(), **self.options)
+            try:
                 await producer.start()
-                by_principal[access.username] = producer
-            self._producers[topic] = by_principal[access.username]
+                return producer
+            except KafkaError as error:
+                await producer.stop()
+                if not error.retriable or time.monotonic() + pause > deadline:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, LONGEST_PAUSE_SECONDS)
 
     async def stop(self) -> None:
         for producer in {id(p): p for p in self._producers.values()}.values():

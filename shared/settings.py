@@ -46,9 +46,18 @@ class Settings(BaseSettings):
     aids_port: int = Field(default=SERVICE_PORTS["aids"], alias="AIDS_PORT")
     outcomes_port: int = Field(default=SERVICE_PORTS["outcomes"], alias="OUTCOMES_PORT")
     console_port: int = Field(default=CONSOLE_PORT, alias="CONSOLE_PORT")
+    # Where the console reaches each service's HTTP API (compose: http://aids:8002); unset,
+    # http://<E2C_HOST>:<its port> (127.0.0.1 when the host is a wildcard).
+    referrals_url: str | None = Field(default=None, alias="REFERRALS_URL")
+    aids_url: str | None = Field(default=None, alias="AIDS_URL")
+    outcomes_url: str | None = Field(default=None, alias="OUTCOMES_URL")
     # The console's session cookie: its lifetime, and `Secure` (on behind HTTPS).
     console_session_minutes: float = Field(default=480, gt=0, alias="E2C_CONSOLE_SESSION_MINUTES")
     console_secure_cookie: bool = Field(default=False, alias="E2C_CONSOLE_SECURE_COOKIE")
+    # Unknown tokens one address may try in a minute before its sign-ins answer 429.
+    console_signin_refusals_per_minute: int = Field(
+        default=10, ge=1, alias="E2C_CONSOLE_SIGNIN_REFUSALS_PER_MINUTE"
+    )
     consumer_batch_size: int = Field(default=500, ge=1, alias="E2C_CONSUMER_BATCH_SIZE")
     # (1.1) Erased personal data leaves every copy within this many days (a float: a test
     # or an operator proving it shortens it to seconds); `shared.erasure` derives the rest.
@@ -125,4 +134,12 @@ class Settings(BaseSettings):
 
     def port(self, service: str) -> int:
         return getattr(self, f"{service}_port")
+
+    def service_url(self, service: str) -> str:
+        """The base URL of a service's HTTP API, as a client on this host reaches it."""
+        url: str | None = getattr(self, f"{service}_url")
+        if url:
+            return url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port(service)}"
 

@@ -20,6 +20,8 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.expected_conditions import staleness_of
+from selenium.webdriver.support.wait import WebDriverWait
 
 from deploy.harness import ServiceProcesses, free_port
 from shared.contract import Topic
@@ -175,9 +177,23 @@ def signin(console: Console, token: str) -> tuple[httpx.Client, httpx.Response]:
 
 
 def sign_in(browser: webdriver.Chrome, console: Console, token: str) -> None:
+    """Signs in and returns once the answer's page is loaded. `click()` returns as soon as
+    the form is sent: a `get` made then races the sign-in's redirects (POST -> / ->
+    /finance), and the page left at the end may be the menu's /finance of this year, not the
+    page the test asked for."""
     browser.get(f"{console.url}/signin")
     browser.find_element(By.ID, "token").send_keys(token)
+    page = browser.find_element(By.TAG_NAME, "html")
     browser.find_element(By.CSS_SELECTOR, "form[action='/signin'] button").click()
+    wait_for_page_after(browser, page)
+
+
+def wait_for_page_after(browser: webdriver.Chrome, page: Any, timeout: float = 15) -> None:
+    """Until the document holding `page` is replaced (redirects make no document of their
+    own: the next one is the last answer's) and the new one is loaded."""
+    WebDriverWait(browser, timeout).until(staleness_of(page))
+    WebDriverWait(browser, timeout).until(
+        lambda b: b.execute_script("return document.readyState") == "complete")
 
 
 def text_of(element: Any) -> str:

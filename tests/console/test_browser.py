@@ -4,7 +4,10 @@ roles and forged requests are refused. Screenshots go to var/screenshots/."""
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -14,8 +17,17 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
 
 from console.formats import euros, month
+from deploy.harness import free_port
 from tests import tokens
-from tests.console.conftest import AidYear, Console, cents_of, screenshot, sign_in, text_of
+from tests.console.conftest import (
+    AidYear,
+    Console,
+    cents_of,
+    screenshot,
+    sign_in,
+    text_of,
+    wait_for_page_after,
+)
 
 pytestmark = pytest.mark.infra
 
@@ -34,10 +46,11 @@ def test_finance_page_shows_the_report_and_charts_hold_the_tables_series(
     fresh_browser: webdriver.Chrome, console: Console, aid_year: AidYear, stack: Any
 ) -> None:
     browser, year = fresh_browser, aid_year.year
-    sign_in(browser, console, tokens.FINANCE)
+    sign_in(browser, console, tokens.FINANCE)  # returns on its landing page: no race below
     started = time.monotonic()
     browser.get(f"{console.url}/finance?year={year}")
     assert time.monotonic() - started < 1.0
+    assert text_of(browser.find_element(By.TAG_NAME, "h1")) == f"Finances {year}"
     expected = report(stack.services["aids"].url, year)
 
     total = sum(expected["by_kind"][kind]["amount_cents"] for kind in KINDS)
@@ -86,22 +99,57 @@ def test_sign_in_page_and_refusals_in_the_browser(
     assert browser.execute_script("return document.cookie") == ""
 
 
+@pytest.fixture
+def forging_site(console: Console) -> Iterator[str]:
+    """Another site: http://localhost:<port>/ (the console is at 127.0.0.1, so a different
+    site for the browser, not only another origin) serving a page whose script posts a form
+    to the console's /signout at once, with a guessed CSRF token."""
+    page = ("<!doctype html><title>forged</title><form id=f method=post action='"
+            f"{console.url}/signout'><input name=csrf value=guess></form>"
+            "<script>document.getElementById('f').submit()</script>").encode()
+
+    class Forged(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Forged)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://localhost:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
 def test_a_forged_cross_site_form_does_not_sign_out(
-    fresh_browser: webdriver.Chrome, console: Console, aid_year: AidYear
+    fresh_browser: webdriver.Chrome, console: Console, aid_year: AidYear, forging_site: str
 ) -> None:
-    """A page of another origin posts to the console: the browser keeps the Strict cookie
-    away, and the CSRF token is missing anyway; the session stays open."""
+    """A page of another site posts to the console: the browser keeps the Strict cookie
+    away, the Origin is not the console's, the CSRF token is a guess; the session stays open."""
     browser = fresh_browser
     sign_in(browser, console, tokens.FINANCE)
-    forged = ("data:text/html,<form id=f method=post action='" + console.url + "/signout'>"
-              "<input name=csrf value=guess></form><script>f.submit()</script>")
-    browser.get(forged)
-    WebDriverWait(browser, 10).until(lambda b: b.current_url.startswith(console.url))
-    assert browser.current_url == f"{console.url}/signout"
+    assert browser.current_url.startswith(f"{console.url}/finance")
+    signout = f"{console.url}/signout"
+    browser.get(forging_site)
+    WebDriverWait(browser, 15).until(lambda b: b.current_url == signout)
+    WebDriverWait(browser, 15).until(
+        lambda b: b.execute_script("return document.readyState") == "complete")
     assert "ne vient pas de la console" in text_of(browser.find_element(By.ID, "error"))
     browser.get(f"{console.url}/finance?year={aid_year.year}")
     assert browser.find_element(By.ID, "total")
-    browser.find_element(By.CSS_SELECTOR, "form.signout button").click()
-    assert browser.current_url.endswith("/signin")
+    sign_out = browser.find_element(By.CSS_SELECTOR, "form.signout button")
+    page = browser.find_element(By.TAG_NAME, "html")
+    sign_out.click()
+    wait_for_page_after(browser, page)
+    assert browser.current_url == f"{console.url}/signin"
     browser.get(f"{console.url}/finance")
-    assert browser.current_url.endswith("/signin")
+    assert browser.current_url == f"{console.url}/signin"

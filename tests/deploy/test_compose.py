@@ -37,6 +37,7 @@ DOCKERFILE = REPO_ROOT / "deploy" / "Dockerfile"
 INFRA_SERVICES = ("kafka", "redis", "postgres")
 APP_SERVICES = tuple(SERVICE_PORTS)  # referrals, aids, outcomes
 SETUP_SERVICE = "kafka-setup"  # one shot: the broker's users, ACLs and topics
+CONSOLE_SERVICE = "console"  # pages over the services' HTTP APIs
 # What the operator must give: no default exists for any of them.
 REQUIRED = {
     "E2C_TOKENS_FILE": "/srv/e2c/tokens.json",
@@ -177,10 +178,40 @@ def normalised() -> dict[str, list[str]]:
     return _blocks(_config(REQUIRED)["services"], 2)
 
 
-def test_config_lists_the_seven_services() -> None:
+def test_config_lists_the_eight_services() -> None:
     result = _compose("config", "--services")
     assert result.returncode == 0, f"docker-compose config --services failed:\n{result.stderr}"
-    assert set(result.stdout.split()) == {*INFRA_SERVICES, SETUP_SERVICE, *APP_SERVICES}
+    assert set(result.stdout.split()) == {*INFRA_SERVICES, SETUP_SERVICE, *APP_SERVICES,
+                                          CONSOLE_SERVICE}
+
+
+def test_the_console_reads_the_services_by_name_and_is_published_on_loopback(
+    normalised: dict[str, list[str]],
+) -> None:
+    """The services' image, `python -m console`, each service's API by its compose name;
+    no secret, store or broker of its own; started once the services are healthy."""
+    keys = _blocks(normalised[CONSOLE_SERVICE], 4)
+    assert "dockerfile: deploy/Dockerfile" in " ".join(line.strip() for line in keys["build"])
+    assert [line.strip() for line in keys["command"]] == ["- console"]
+    env = _environment(keys["environment"])
+    assert {name: env[f"{name.upper()}_URL"] for name in SERVICE_PORTS} == {
+        name: f"http://{name}:{port}" for name, port in SERVICE_PORTS.items()}
+    assert (env["E2C_HOST"], env["CONSOLE_PORT"]) == ("0.0.0.0", "8000")
+    assert env["E2C_CONSOLE_SECURE_COOKIE"] == "false"
+    assert not [name for name in env if "KAFKA" in name or "DATABASE" in name
+                or name in ("REDIS_URL", "E2C_TOKENS_FILE")]
+    assert "secrets" not in keys and "volumes" not in keys
+    assert _items(keys["ports"]) == ["127.0.0.1:8000:8000/tcp"]
+    assert _conditions(normalised[CONSOLE_SERVICE]) == {
+        name: ["condition: service_healthy"] for name in SERVICE_PORTS}
+    assert "http://localhost:8000/health" in " ".join(keys["healthcheck"])
+    assert "restart: unless-stopped" in [line.strip() for line in normalised[CONSOLE_SERVICE]]
+
+
+def test_the_image_holds_the_console() -> None:
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^COPY console /src/console$", text, re.MULTILINE)
+    assert re.search(r"^EXPOSE .*\b8000\b", text, re.MULTILINE)
 
 
 def _conditions(service: list[str]) -> dict[str, list[str]]:
