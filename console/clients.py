@@ -69,24 +69,17 @@ class ServiceClients:
 
     async def outcomes_report(self, token: str, year: int) -> dict[str, Any]:
         return await self.json("outcomes", "/reports/outcomes", token, {"year": year})
-    async def own_agency(self, token: str, year: int) -> str | None:
-        """A partner token's agency, as its funnel of `year` (else the year before) names it;
-        None for other roles, or a partner whose agency has no referral in those years."""
+    async def own_agency(self, token: str) -> str | None:
+        """A partner token's agency, as the referrals service names it; None for another
+        role (admin must name an agency, the others may not list referrals)."""
         try:
             probe = await self._get("referrals", "/referrals", token, PARTNER_PROBE)
         except httpx.HTTPError:
             return None
         if probe.status_code != 200:
             return None
-        for asked in (year, year - 1):
-            try:
-                funnel = await self.funnel(token, asked, None)
-            except Refused:
-                return None
-            if len(funnel["by_agency"]) == 1:
-                [agency_id] = funnel["by_agency"]
-                return str(agency_id)
-        return None
+        agency_id = probe.json().get("agency_id")
+        return str(agency_id) if agency_id else None
 
     async def funnel(self, token: str, year: int, agency_id: str | None) -> dict[str, Any]:
         params: dict[str, Any] = {"year": year}

@@ -169,7 +169,7 @@ async def signin(request: Request) -> Response:
         return signin_page(request, 401, "Jeton inconnu.")
     if not verdict.pages:
         return signin_page(request, 403, "Ce jeton n'ouvre aucune page de la console.")
-    agency_id = await clients.own_agency(token, now().year) if (
+    agency_id = await clients.own_agency(token) if (
         "partners" in verdict.pages) else None
     sessions: Sessions = _state(request).sessions
     response = RedirectResponse("/", 303)

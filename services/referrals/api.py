@@ -168,6 +168,7 @@ class ReferralDetail(ReferralSummary):
 
 
 class ReferralPage(_Answer):
+    agency_id: str = Field(description="the agency listed (a partner token's own)")
     items: list[ReferralSummary] = Field(description="by last change, oldest first")
     page: int
     page_size: int
@@ -377,6 +378,7 @@ def read_page(store: ReferralStore, query: ListQuery, caller: Caller) -> Referra
                     [referral.referral_id for referral in found.items])
     more = query.page * query.page_size < found.total
     return ReferralPage(
+        agency_id=query.agency_id,
         items=[summary(referral, with_candidate) for referral in found.items],
         page=query.page,
         page_size=query.page_size,

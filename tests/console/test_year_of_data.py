@@ -30,6 +30,9 @@ SECOND = 1.0
 
 PAGES: tuple[tuple[str, str], ...] = (
     (f"/finance?year={YEAR}", tokens.FINANCE),
+    (f"/indicators?year={YEAR}", tokens.OUTCOMES),
+    (f"/partners/mission-locale-1?year={YEAR}", tokens.ADMIN),  # an agency of the plan
+    ("/operations", tokens.OPS),
 )
 
 

@@ -291,6 +291,7 @@ def test_a_partner_lists_its_own_referrals_with_candidates(
     assert (page["page"], page["page_size"], page["total"], page["next_page"]) == (
         1, 100, 5, None
     )
+    assert page["agency_id"] == OWN  # how a partner's tools learn their token's agency
     first = page["items"][0]
     assert set(first["candidate"]) == CANDIDATE_FIELDS
     assert "history" not in first
