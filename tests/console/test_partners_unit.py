@@ -97,8 +97,8 @@ def test_a_referrals_history_in_paris_time_and_a_received_one_without_history() 
     page = referral_page(detail)
     assert page.decided
     assert [(h.kind, h.status, h.at) for h in page.history] == [
-        ("Orientation", "Acceptée", "02/12/2026 00:30"),
-        ("Entrée en formation", "Entrée en formation", "01/07/2026 00:15")]
+        ("Orientation", "Acceptée", "02/12/2026 00:30:00"),
+        ("Entrée en formation", "Entrée en formation", "01/07/2026 00:15:00")]
     received = referral_page({"referral_id": "ML-9", "status": "received",
                               "agency_id": "ml-x", "event_id": "e",
                               "received_at": "2026-12-01T10:00:00Z"})

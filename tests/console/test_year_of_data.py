@@ -49,7 +49,8 @@ async def simulated_year(stack: ServiceProcesses) -> SimulatedYear:
                              stack.services["outcomes"].url, tokens.ADMIN)
     outcome = await Simulation(plan, endpoints, progress=Progress(live=False),
                                timeout=120).run()
-    assert outcome.differences == []  # the services report what the plan decided
+    # The services report what the plan decided (every difference named if not).
+    assert outcome.differences == [], "\n".join(outcome.differences)
     print(f"\n{YEAR}: {plan.input_count()} inputs published and answered in "
           f"{outcome.seconds:.1f} s")
     return SimulatedYear(plan, outcome.seconds)
