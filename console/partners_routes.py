@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from console.clients import Refused
-from console.pages import PageError, page_session, read_services, render, year_of
+from console.pages import PageError, page_session, read_services, render, school_names, year_of
 from console.partners import (
     DATE,
     MAX_AGENCY_ID,
@@ -126,7 +126,8 @@ async def agency(request: Request, agency_id: str) -> Response:
             raise
         referrals = None  # a role that reads funnels but not referrals (outcomes)
     return render(request, "partners.html", year=year, filters=filters, stages=STAGE_LABELS,
-                  page=partners_page(agency_id, funnel, referrals))
+                  page=partners_page(agency_id, funnel, referrals),
+                  schools=school_names(request))
 
 
 @router.get("/partners/{agency_id}/referrals/{referral_id}")
@@ -144,4 +145,4 @@ async def referral(request: Request, agency_id: str, referral_id: str) -> Respon
     if detail.get("agency_id") != agency_id:
         raise PageError(404, "Cette orientation n'est pas de cette structure.")
     return render(request, "partners_referral.html", year=year, agency_id=agency_id,
-                  page=referral_page(detail))
+                  page=referral_page(detail), schools=school_names(request))

@@ -135,6 +135,19 @@ async def publish(
         await producer.stop()
 
 
+async def _has_read(client: httpx.AsyncClient, service_url: str, topic: str) -> bool:
+    """Whether the service's consumer group has read `topic` to its end (its lag there is 0,
+    as `/ops/pipeline` reports it); False while the service cannot tell."""
+    try:
+        answer = await client.get(f"{service_url}/ops/pipeline", params={"limit": 0})
+    except httpx.HTTPError:
+        return False
+    if answer.status_code != 200:
+        return False
+    rows = [row for row in answer.json().get("lag") or [] if row["topic"] == topic]
+    return bool(rows) and all(row["lag"] == 0 for row in rows)
+
+
 @dataclass
 class Phase:
     name: str
@@ -178,6 +191,8 @@ class Simulation:
                             if m[0] != Topic.BUDGETS_SUBMITTED]
                 await self.answers.wait_for(answered, phase.name, self.progress, self.timeout)
                 self._learn_trainees()
+                if phase.name == "enrollments":
+                    await self._enrollments_known()
             if before_reports is not None:
                 await before_reports()
             after = await self._settled_reports(before)
@@ -281,6 +296,20 @@ class Simulation:
             if time.monotonic() > deadline:
                 return after
             await asyncio.sleep(0.5)
+
+    async def _enrollments_known(self) -> None:
+        """Waits until aids and outcomes have read every enrollment decision, as a school asks
+        for aid or records an exit only after the enrollment: a request whose enrollment the
+        service has not read yet is held, and refused once the hold is over (a few seconds in
+        the test stack, when a loaded machine lets a consumer fall behind)."""
+        deadline = time.monotonic() + self.timeout
+        headers = {"Authorization": f"Bearer {self.endpoints.token}"}
+        async with httpx.AsyncClient(timeout=10, headers=headers) as client:
+            for url in (self.endpoints.aids_url, self.endpoints.outcomes_url):
+                while not await _has_read(client, url, Topic.ENROLLMENTS_DECIDED):
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"{url} has not read every enrollment decision")
+                    await asyncio.sleep(0.25)
 
     def _final_decisions(self) -> Counter[str]:
         final = Counter[str]()
