@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.wait import WebDriverWait
 
 from deploy.harness import ServiceProcesses, free_port
@@ -191,9 +191,20 @@ def sign_in(browser: webdriver.Chrome, console: Console, token: str) -> None:
 def wait_for_page_after(browser: webdriver.Chrome, page: Any, timeout: float = 15) -> None:
     """Until the document holding `page` is replaced (redirects make no document of their
     own: the next one is the last answer's) and the new one is loaded."""
-    WebDriverWait(browser, timeout).until(staleness_of(page))
-    WebDriverWait(browser, timeout).until(
+    WebDriverWait(browser, timeout).until(lambda _: _replaced(page))
+    WebDriverWait(browser, timeout, ignored_exceptions=(WebDriverException,)).until(
         lambda b: b.execute_script("return document.readyState") == "complete")
+
+
+def _replaced(page: Any) -> bool:
+    """Whether `page`'s element left the document. Besides a stale reference, Chromium may
+    answer a node of a document being replaced with "Node with given id does not belong to
+    the document": gone too."""
+    try:
+        page.is_enabled()
+    except WebDriverException:  # StaleElementReferenceException among them
+        return True
+    return False
 
 
 def text_of(element: Any) -> str:

@@ -224,7 +224,8 @@ async def test_forged_replays_replay_nothing(
               "<input name=event_id value='" + letter["event_id"] + "'></form>"
               "<script>f.submit()</script>")
     browser.get(forged)
-    WebDriverWait(browser, 10).until(lambda b: b.current_url.startswith(ops_console.url))
+    replay = f"{ops_console.url}/operations/replay"
+    WebDriverWait(browser, 15).until(lambda b: b.current_url == replay)
     assert "ne vient pas de la console" in text_of(browser.find_element(By.ID, "error"))
 
     assert await end_offsets(ops, SOURCE) == before  # nothing was replayed
