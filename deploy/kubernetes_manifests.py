@@ -345,7 +345,8 @@ def app_manifests(app: str) -> list[Manifest]:
             "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": labels}}]
     budget = {"maxUnavailable": 1} if app == CONSOLE else {"minAvailable": 1}
     return [
-        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": labels},
+        {"apiVersion": "apps/v1", "kind": "Deployment",
+         "metadata": {"name": name, "labels": labels},
          "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
                   "template": {"metadata": {"labels": labels}, "spec": pod}}},
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "labels": labels},
