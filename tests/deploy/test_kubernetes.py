@@ -65,16 +65,34 @@ def test_the_files_are_what_the_code_generates() -> None:
     assert generator.main(["--check"]) == 0
 
 
-def test_the_check_fails_when_the_code_changes(monkeypatch: pytest.MonkeyPatch,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_check_fails_when_the_codes_acls_change(monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
     real = generator.grants
     monkeypatch.setattr(generator, "grants", lambda principal: [
         *real(principal), Grant("topic", "e2c.somewhere.v1", "write")])
 
     assert generator.main(["--check"]) == 1
-    assert "differs: deploy/kubernetes/users.yaml" in capsys.readouterr().out
-    assert (ROOT / "users.yaml").read_text(encoding="utf-8") != generator.render(
-        generator.users())
+    assert capsys.readouterr().out == "differs: deploy/kubernetes/users.yaml\n"
+
+
+def test_the_check_fails_when_the_codes_topic_settings_change(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real = generator.topic_config
+    monkeypatch.setattr(generator, "topic_config", lambda *args: {
+        **real(*args), "retention.ms": "86400000"})
+
+    assert generator.main(["--check"]) == 1
+    assert capsys.readouterr().out == "differs: deploy/kubernetes/topics.yaml\n"
+
+
+def test_the_check_fails_when_the_code_has_another_topic(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(generator, "BROKER_TOPICS", (*BROKER_TOPICS, "e2c.new.v1"))
+
+    assert generator.main(["--check"]) == 1
+    assert capsys.readouterr().out == "differs: deploy/kubernetes/topics.yaml\n"
 
 
 # --- core kinds: the Kubernetes schemas ----------------------------------------------------
