@@ -8,9 +8,9 @@ creates (`shared.kafka.topic_config`, `deploy.system.BROKER_TOPICS`); the users'
 `deploy.kafka_security.grants`; the broker-wide delays from `shared.erasure`; the probes
 from `shared.health`. What an operator chooses (sizes, replicas, names) is set here once.
 
-Strimzi (`kafka.strimzi.io/v1beta2`) runs the broker and its topic and user operators;
-CloudNativePG (`postgresql.cnpg.io/v1`) the PostgreSQL cluster. A dev tool: it needs PyYAML,
-which the test extras bring (kubernetes-validate depends on it).
+Strimzi 1.x (`kafka.strimzi.io/v1`: 1.0 removed v1beta2) runs the broker and its topic and
+user operators; CloudNativePG (`postgresql.cnpg.io/v1`, 1.25 or later) the PostgreSQL cluster.
+A dev tool: it needs PyYAML, which the test extras bring (kubernetes-validate depends on it).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent / "kubernetes"
 CLUSTER = "e2c"  # the Strimzi Kafka cluster's name
 BROKERS = 3
 MIN_INSYNC_REPLICAS = 2
-KAFKA_VERSION = "4.1.0"  # a version the Strimzi release installed supports
+KAFKA_VERSION = "4.3.1"  # Strimzi 1.2's default (it supports 4.2.x and 4.3.x)
 BOOTSTRAP = f"{CLUSTER}-kafka-bootstrap:9093"  # the TLS listener Strimzi's Service exposes
 CLUSTER_CA_SECRET = f"{CLUSTER}-cluster-ca-cert"  # made by Strimzi, key ca.crt
 USER_SECRET_PREFIX = "e2c-kafka-"  # the User Operator's Secret of user U: e2c-kafka-U
@@ -77,7 +77,7 @@ def broker_config(bound: ErasureBound) -> dict[str, Any]:
 
 def kafka(bound: ErasureBound) -> list[Manifest]:
     pool = {
-        "apiVersion": "kafka.strimzi.io/v1beta2",
+        "apiVersion": "kafka.strimzi.io/v1",
         "kind": "KafkaNodePool",
         "metadata": {"name": "dual-role", "labels": {"strimzi.io/cluster": CLUSTER}},
         "spec": {
@@ -92,10 +92,10 @@ def kafka(bound: ErasureBound) -> list[Manifest]:
         },
     }
     cluster = {
-        "apiVersion": "kafka.strimzi.io/v1beta2",
+        "apiVersion": "kafka.strimzi.io/v1",
         "kind": "Kafka",
-        "metadata": {"name": CLUSTER, "annotations": {"strimzi.io/node-pools": "enabled",
-                                                      "strimzi.io/kraft": "enabled"}},
+        # KRaft with node pools: Strimzi 1.x knows nothing else (no annotation needed).
+        "metadata": {"name": CLUSTER},
         "spec": {
             "kafka": {
                 "version": KAFKA_VERSION,
@@ -118,7 +118,7 @@ def cluster_topic_config(topic: str, bound: ErasureBound) -> dict[str, str]:
 
 def topics(bound: ErasureBound, partitions: int) -> list[Manifest]:
     return [{
-        "apiVersion": "kafka.strimzi.io/v1beta2",
+        "apiVersion": "kafka.strimzi.io/v1",
         "kind": "KafkaTopic",
         "metadata": {"name": topic, "labels": {"strimzi.io/cluster": CLUSTER}},
         "spec": {"topicName": topic, "partitions": partitions, "replicas": BROKERS,
@@ -136,13 +136,13 @@ def strimzi_acl(grant: Grant) -> dict[str, Any]:
 
 def users() -> list[Manifest]:
     admin = {
-        "apiVersion": "kafka.strimzi.io/v1beta2",
+        "apiVersion": "kafka.strimzi.io/v1",
         "kind": "KafkaUser",
         "metadata": {"name": ADMIN_USER, "labels": {"strimzi.io/cluster": CLUSTER}},
         "spec": {"authentication": {"type": "scram-sha-512"}},
     }
     return [admin, *({
-        "apiVersion": "kafka.strimzi.io/v1beta2",
+        "apiVersion": "kafka.strimzi.io/v1",
         "kind": "KafkaUser",
         "metadata": {"name": principal, "labels": {"strimzi.io/cluster": CLUSTER}},
         "spec": {
