@@ -32,8 +32,9 @@ demo: install
 lint: install
 	$(BIN)/ruff check .
 
-docs: install                     ## docs/asyncapi.json, docs/schemas/ and docs/openapi/ from the code (ARGS=--check compares)
+docs: install                     ## docs/asyncapi.json, docs/schemas/, docs/openapi/ and deploy/kubernetes/ from the code (ARGS=--check compares)
 	$(BIN)/python -m deploy.contract_docs $(ARGS)
+	$(BIN)/python -m deploy.kubernetes_manifests $(ARGS)
 
 bench: bench-pipeline bench-reports  ## the benchmarks (never tests): pipeline vs raw Kafka, report cost
 
