@@ -193,6 +193,8 @@ def redis() -> list[Manifest]:
         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"},
                       "limits": {"memory": "256Mi"}},
         "securityContext": container_security(),
+        # Nothing is saved (a cache); its working directory must still be writable.
+        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
     }
     return [
         {"apiVersion": "apps/v1", "kind": "Deployment",
@@ -201,7 +203,8 @@ def redis() -> list[Manifest]:
                   "template": {"metadata": {"labels": labels},
                                "spec": {"securityContext": {"runAsNonRoot": True,
                                                             "runAsUser": 999},
-                                        "containers": [container]}}}},
+                                        "containers": [container],
+                                        "volumes": [{"name": "data", "emptyDir": {}}]}}}},
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": REDIS, "labels": labels},
          "spec": {"selector": labels, "ports": [{"name": "redis", "port": 6379,
                                                  "targetPort": "redis"}]}},
