@@ -392,9 +392,17 @@ def manifests(bound: ErasureBound | None = None,
     }
 
 
+class _PlainDumper(yaml.SafeDumper):
+    """Writes a mapping used twice (a Deployment's labels) in full, not as an alias."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def render(documents: Sequence[Manifest]) -> str:
     return HEADER + "".join(
-        "---\n" + yaml.safe_dump(document, sort_keys=False, width=100) for document in documents
+        "---\n" + yaml.dump(document, Dumper=_PlainDumper, sort_keys=False, width=100)
+        for document in documents
     )
 
 
