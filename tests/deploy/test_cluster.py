@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -19,8 +20,10 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from deploy import kafka_security
-from deploy.harness import free_port_range
+from deploy.harness import free_port, free_port_range
 from deploy.local_kafka import LocalKafkaCluster, partition_leaders
+from deploy.local_postgres import ensure_installed as ensure_postgres
+from deploy.stack import SERVICES, LocalStack, StackError
 from deploy.system import BROKER_TOPICS
 from shared.kafka import ensure_topics
 from shared.kafka_access import KafkaAccess
@@ -226,3 +229,52 @@ async def test_writes_go_on_through_the_sigkill_of_a_leader_and_nothing_is_lost(
     assert elected != leader
     assert await read_partition(access) == [number for number, _ in writer.acked]
 
+
+
+# --- `e2c stack up --brokers 3 --instances 2 --postgres` -----------------------------------
+
+
+def stack_settings(data_dir: Path) -> Settings:
+    """Settings on free ports (six in a row for the three nodes), so nothing here meets a
+    stack running on the defaults."""
+    ports = {
+        "kafka_port": free_port_range(2 * BROKERS),
+        "redis_url": f"redis://127.0.0.1:{free_port()}/0",
+        **{f"{name}_port": free_port() for name in SERVICES},
+        "console_port": free_port(),
+        **{f"{name}_database_url": None for name in SERVICES},
+    }
+    return Settings(data_dir=data_dir, **ports)  # type: ignore[arg-type]
+
+
+def test_several_instances_on_sqlite_are_refused(tmp_path: Path) -> None:
+    stack = LocalStack(stack_settings(tmp_path))
+    with pytest.raises(StackError, match="PostgreSQL"):
+        stack.up(echo=False, instances=2)
+    assert not stack.kafka.is_running()
+
+
+@infra
+def test_stack_up_with_three_brokers_and_two_instances_of_each_service(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ensure_postgres()
+    monkeypatch.setenv("E2C_POSTGRES_PORT", str(free_port()))
+    settings = stack_settings(tmp_path)
+    stack = LocalStack(settings)
+    try:
+        stack.up(echo=False, postgres=True, brokers=3, instances=2)
+        again = LocalStack(settings)  # as `e2c stack status` finds it, from its files
+        status = {part.name: part for part in again.status()}
+        nodes = [f"kafka-{i}" for i in (1, 2, 3)]
+        instances = [f"{name}{suffix}" for name in SERVICES for suffix in ("", "-2")]
+        assert [status[name].health for name in nodes] == ["up"] * 3
+        assert [status[name].health for name in instances] == ["ready"] * 6
+        assert status["postgres"].health == "up"
+        assert "kafka" not in status
+        assert again.kafka.replication_factor == 3
+    finally:
+        stack.down(purge=True, echo=False)
+    after = {part.name: part.health for part in LocalStack(settings).status()}
+    assert after["kafka"] == "down"  # no cluster recorded any more: the default again
+    assert not any(path.exists() for path in tmp_path.glob("run/*.pid"))
