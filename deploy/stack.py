@@ -243,8 +243,8 @@ class LocalStack:
         }
         if database_url is not None:
             env[_database_variable(name)] = database_url
+        env[f"{name.upper()}_PORT"] = str(self.instance_port(name, instance))
         if instance > 1:
-            env[f"{name.upper()}_PORT"] = str(self.instance_port(name, instance))
             env["E2C_INSTANCE_ID"] = label
         command = [sys.executable, "-m", f"services.{name}"]
         return spawn(command, PROJECT_ROOT, self.log_dir / f"{label}.log", service.pid_file,
