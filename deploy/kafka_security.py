@@ -238,7 +238,7 @@ def provision(kafka: LocalKafka, partitions: int) -> None:
     # Also from a coroutine (`deploy.chaos` starts its environment in one), as LocalKafka's
     # own start does.
     run_sync(ensure_topics(kafka.admin_access(), BROKER_TOPICS, partitions, kafka.erasure,
-                           JOURNALS))
+                           JOURNALS, kafka.replication_factor))
 
 
 def add_partner(kafka: LocalKafka, agency: str) -> KafkaAccess:

@@ -1,4 +1,5 @@
-"""A single-node KRaft Kafka broker run from the Maven Central jars (no Docker needed)."""
+"""KRaft Kafka run from the Maven Central jars (no Docker needed): one node, or a cluster
+of N nodes on loopback (each broker and controller, a controller quorum of N)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import hashlib
 import os
 import secrets
 import shutil
+import signal
 import stat
 import subprocess
+import time
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -21,7 +24,14 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from pydantic import SecretStr
 
-from deploy.processes import DetachedServer, command_line, port_open, spawn, tail
+from deploy.processes import (
+    DetachedServer,
+    command_line,
+    port_open,
+    process_exists,
+    spawn,
+    tail,
+)
 from shared.erasure import ErasureBound
 from shared.kafka import MAX_MESSAGE_BYTES
 from shared.kafka_access import SCRAM_MECHANISM, KafkaAccess
@@ -97,9 +107,17 @@ class LocalKafka(DetachedServer):
     def __init__(
         self, data_dir: Path, port: int = 9092, controller_port: int = 9093,
         authenticated: bool = True, erasure_max_days: float | None = None,
+        node_id: int = 1, voters: dict[int, int] | None = None, replication_factor: int = 1,
+        jar_cache: Path | None = None,
     ) -> None:
         super().__init__(data_dir, "kafka", port, _is_kafka_process)
         self.controller_port = controller_port
+        # In a cluster: this node's id, every voter's controller port, and the replication
+        # of the internal topics; alone: node 1, its own quorum, replication 1.
+        self.node_id = node_id
+        self.voters = voters or {node_id: controller_port}
+        self.replication_factor = replication_factor
+        self.jar_cache = jar_cache or self.data_dir / "cache"
         # The cleaner's and the retention check's pace follow the erasure bound.
         self.erasure = ErasureBound(erasure_max_days or Settings().erasure_max_days)
         # False only for `make bench`'s reference broker, which measures what SASL costs:
@@ -129,6 +147,16 @@ class LocalKafka(DetachedServer):
         self.stop()
         shutil.rmtree(self.home, ignore_errors=True)
 
+    def kill(self, timeout: float = 30) -> None:
+        """SIGKILL: the node dies with nothing flushed or handed over (a crash)."""
+        pid = self.pid
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + timeout
+            while process_exists(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        self.pid_file.unlink(missing_ok=True)
+
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         tails = (tail(path, lines) for path in (self.console_log, self.server_log))
         return "\n".join(text for text in tails if text)
@@ -157,6 +185,7 @@ class LocalKafka(DetachedServer):
             settings = server_settings(self.port, self.controller_port, self.log_dirs,
                                        self._admin_password())
         settings.update(self.erasure.broker_settings())
+        settings.update(node_settings(self.node_id, self.voters, self.replication_factor))
         return "".join(f"{key}={value}\n" for key, value in settings.items())
 
     def _format_storage(self, lib_dir: Path) -> None:
@@ -174,7 +203,7 @@ class LocalKafka(DetachedServer):
 
     def _launch(self) -> subprocess.Popen[bytes]:
         self._ensure_ports_free()
-        lib_dir = fetch_classpath(self.data_dir / "cache")
+        lib_dir = fetch_classpath(self.jar_cache)
         self._prepare(lib_dir)
         command = self._java_command(lib_dir, "kafka.Kafka", [str(self.properties_file)])
         return spawn(command, self.home, self.console_log, self.pid_file)
@@ -220,6 +249,26 @@ def server_settings(
         "share.coordinator.state.topic.replication.factor": 1,
         "share.coordinator.state.topic.min.isr": 1,
         "group.initial.rebalance.delay.ms": 0,
+    }
+
+
+def node_settings(
+    node_id: int, voters: dict[int, int], replication_factor: int
+) -> dict[str, str | int]:
+    """What makes a node one of a cluster: its id, the quorum, and the replication (with
+    `min.insync.replicas` 2 from three replicas: a write survives the loss of one node)."""
+    min_insync = 2 if replication_factor >= 3 else 1
+    quorum = ",".join(f"{voter}@127.0.0.1:{port}" for voter, port in sorted(voters.items()))
+    return {
+        "node.id": node_id,
+        "controller.quorum.voters": quorum,
+        "default.replication.factor": replication_factor,
+        "min.insync.replicas": min_insync,
+        "offsets.topic.replication.factor": replication_factor,
+        "transaction.state.log.replication.factor": replication_factor,
+        "transaction.state.log.min.isr": min_insync,
+        "share.coordinator.state.topic.replication.factor": replication_factor,
+        "share.coordinator.state.topic.min.isr": min_insync,
     }
 
 
@@ -280,6 +329,110 @@ def security_settings(admin_password: str) -> dict[str, str | int]:
         "super.users": f"User:{ADMIN_PRINCIPAL}",
         "allow.everyone.if.no.acl.found": "false",
     }
+
+
+class LocalKafkaCluster:
+    """N KRaft nodes on loopback under `<data_dir>/kafka`, one cluster id, one admin
+    password; every node is a broker and a voter of the controller quorum. Duck-types the
+    parts of LocalKafka that provisioning and the clients use (`home`, `bootstrap`,
+    `admin_access`, `erasure`, `replication_factor`)."""
+
+    name = "Kafka cluster"
+
+    def __init__(
+        self, data_dir: Path, brokers: int = 3, first_port: int | None = 9092,
+        authenticated: bool = True, erasure_max_days: float | None = None,
+        ports: list[tuple[int, int]] | None = None,
+    ) -> None:
+        """`ports`: (client, controller) per node; else consecutive pairs from `first_port`."""
+        self.data_dir = Path(data_dir).resolve()
+        self.home = self.data_dir / "kafka"
+        if ports is None:
+            start = 9092 if first_port is None else first_port
+            ports = [(start + 2 * i, start + 2 * i + 1) for i in range(brokers)]
+        voters = {i + 1: controller for i, (_client, controller) in enumerate(ports)}
+        self.replication_factor = min(3, brokers)
+        self.nodes = [
+            LocalKafka(self.home / f"node-{i + 1}", port=client, controller_port=controller,
+                       authenticated=authenticated, erasure_max_days=erasure_max_days,
+                       node_id=i + 1, voters=voters,
+                       replication_factor=self.replication_factor,
+                       jar_cache=self.data_dir / "cache")
+            for i, (client, controller) in enumerate(ports)
+        ]
+        self.erasure = self.nodes[0].erasure
+        self.authenticated = authenticated
+        self.admin_password_file = self.home / "admin.password"
+        self.cluster_id_file = self.home / "cluster.id"
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(node.bootstrap for node in self.nodes)
+
+    def node(self, node_id: int) -> LocalKafka:
+        return self.nodes[node_id - 1]
+
+    def admin_access(self) -> KafkaAccess:
+        return KafkaAccess(bootstrap=self.bootstrap, username=ADMIN_PRINCIPAL,
+                           password=SecretStr(read_secret(self.admin_password_file)))
+
+    def answers(self) -> bool:
+        """A quorum answers: a majority of the nodes serve the admin."""
+        if not self.admin_password_file.exists():
+            return False
+        serving = [node for node in self.nodes if node.answers()]
+        return len(serving) > len(self.nodes) // 2
+
+    def start(self, timeout: float = 120) -> None:
+        """Launches every node, then waits for each: a node alone cannot answer before the
+        quorum has a majority, so they cannot be started one after the other."""
+        private_dir(self.home)
+        password = read_or_create_secret(self.admin_password_file)
+        cluster_id = _persisted_cluster_id(self.cluster_id_file)
+        for node in self.nodes:
+            private_dir(node.home)
+            write_private(node.admin_password_file, password)
+            write_private(node.cluster_id_file, cluster_id)
+        fetch_classpath(self.data_dir / "cache")  # once, before the nodes race for it
+        with ThreadPoolExecutor(max_workers=len(self.nodes)) as pool:
+            for started in [pool.submit(node.start, timeout) for node in self.nodes]:
+                started.result()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def purge(self) -> None:
+        self.stop()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        return "\n".join(f"node {node.node_id}:\n{node.log_tail(lines)}" for node in self.nodes)
+
+
+async def partition_leaders(
+    access: KafkaAccess, topic: str, timeout: float = 30
+) -> dict[int, int]:
+    """Partition -> the node id that leads it now. The admin client asks a node picked at
+    random from its metadata, which can still name a node just killed: another is tried."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await _partition_leaders(access, topic)
+        except (KafkaError, OSError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
+async def _partition_leaders(access: KafkaAccess, topic: str) -> dict[int, int]:
+    admin = AIOKafkaAdminClient(**access.client_options(), request_timeout_ms=5000)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    return {p["partition"]: p["leader"] for p in described[0]["partitions"]}
 
 
 def new_cluster_id() -> str:

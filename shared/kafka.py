@@ -80,6 +80,7 @@ async def ensure_topics(
     partitions: int,
     bound: ErasureBound | None = None,
     journals: Collection[str] = (),
+    replication_factor: int = 1,
 ) -> None:
     """Create the missing topics and give the existing ones our settings where they differ
     (topics made by an older version, or a bound changed since). Only the admin may: the
@@ -91,7 +92,7 @@ async def ensure_topics(
         existing = set(await admin.list_topics())
         missing = [t for t in topics if t not in existing]
         if missing:
-            new = [NewTopic(t, num_partitions=partitions, replication_factor=1,
+            new = [NewTopic(t, num_partitions=partitions, replication_factor=replication_factor,
                             topic_configs=topic_config(t, bound, journals)) for t in missing]
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(new)
