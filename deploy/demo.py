@@ -56,7 +56,7 @@ async def run_demo(
 ) -> list[dict[str, Any]]:
     """Refers the demo's cases as a partner's principal; reads the answers as ops."""
     sent = [(demo_referral(k, s, o), what) for k, s, o, what in DEMO_PROFILES]
-    producer = AIOKafkaProducer(**partner.client_options(), linger_ms=5)
+    producer = AIOKafkaProducer(**partner.client_options(), linger_ms=5, acks="all")
     await producer.start()
     try:
         for event, _ in sent:

@@ -175,6 +175,7 @@ def build_context(spec: ServiceSpec, settings: Settings) -> ServiceContext:
         access.bootstrap,
         security=access.faststream_security(),
         client_id=topology.group_id,
+        acks="all",  # whatever it publishes survives the loss of a broker (min ISR 2 of 3)
         apply_types=False,  # the BatchConsumer validates each record itself
         middlewares=(KafkaPrometheusMiddleware(registry=registry,
                                                app_name=f"e2c_{topology.name}"),),
