@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 
 from deploy import kafka_security
-from deploy.local_kafka import LocalKafka
+from deploy.local_kafka import LocalKafka, LocalKafkaCluster
 from deploy.local_postgres import LocalPostgres
 from deploy.local_postgres import ensure_installed as ensure_postgres
 from deploy.local_redis import LocalRedis
@@ -136,7 +136,7 @@ class ServiceProcesses:
     Not `deploy.stack.LocalStack`, the operator's `e2c stack`: detached processes on the
     configured ports, found again through pid files, that starts its own Kafka and Redis."""
 
-    kafka: LocalKafka  # provisioned: its principals and topics exist
+    kafka: LocalKafka | LocalKafkaCluster  # provisioned: its principals and topics exist
     redis_url: str
     data_dir: Path
     services: dict[str, ServiceProcess] = field(default_factory=dict)
@@ -183,16 +183,23 @@ class ServiceProcesses:
 
 
 class Environment:
-    """A broker, a cache and (on demand) PostgreSQL of its own, on free ports under `data`
-    (emptied first): for the benchmark and the chaos run."""
+    """A broker (or a cluster of `brokers`), a cache and (on demand) PostgreSQL of its own,
+    on free ports under `data` (emptied first): for the benchmark and the chaos run."""
 
-    def __init__(self, data: Path, erasure_max_days: float | None = None) -> None:
+    def __init__(self, data: Path, erasure_max_days: float | None = None,
+                 brokers: int = 1) -> None:
         shutil.rmtree(data, ignore_errors=True)
         self.data = private_dir(data)
         # The admin token of every stack made here (written to each one's tokens file).
         self.admin_token = new_secret()
-        self.kafka = LocalKafka(self.data, port=free_port(), controller_port=free_port(),
-                                erasure_max_days=erasure_max_days)
+        self.kafka: LocalKafka | LocalKafkaCluster
+        if brokers == 1:
+            self.kafka = LocalKafka(self.data, port=free_port(), controller_port=free_port(),
+                                    erasure_max_days=erasure_max_days)
+        else:
+            self.kafka = LocalKafkaCluster(
+                self.data, brokers, erasure_max_days=erasure_max_days,
+                ports=[(free_port(), free_port()) for _ in range(brokers)])
         ensure_redis()
         self.redis = LocalRedis(self.data, port=free_port())
         self.postgres: LocalPostgres | None = None
