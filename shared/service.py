@@ -172,7 +172,7 @@ def build_context(spec: ServiceSpec, settings: Settings) -> ServiceContext:
     handlers = topology.handlers(settings)
     access = settings.kafka_access()
     broker = KafkaBroker(
-        access.bootstrap,
+        access.bootstrap_servers(),
         security=access.faststream_security(),
         client_id=topology.group_id,
         acks="all",  # whatever it publishes survives the loss of a broker (min ISR 2 of 3)

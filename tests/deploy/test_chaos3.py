@@ -10,8 +10,10 @@ import subprocess
 import sys
 
 import pytest
+from pydantic import SecretStr
 
 from deploy.chaos import longest_pauses
+from shared.kafka_access import KafkaAccess
 from shared.settings import PROJECT_ROOT
 
 pytestmark = pytest.mark.infra
@@ -49,3 +51,11 @@ def test_the_pause_is_the_longest_gap_that_overlaps_an_outage() -> None:
 
 def test_no_outage_leaves_every_gap_to_the_rest() -> None:
     assert longest_pauses([0.0, 2.0, 2.5], []) == (0.0, 2.0)
+
+
+def test_the_services_broker_gets_every_node_as_bootstrap() -> None:
+    """faststream takes a string as one address: "a:1,b:2" would be a host named "a:1,b"."""
+    access = KafkaAccess(bootstrap="127.0.0.1:9092,127.0.0.1:9094, 127.0.0.1:9096",
+                         username="referrals", password=SecretStr("unused"))
+
+    assert access.bootstrap_servers() == ["127.0.0.1:9092", "127.0.0.1:9094", "127.0.0.1:9096"]
