@@ -209,6 +209,7 @@ class DecisionWatch:
     def __init__(self, access: KafkaAccess) -> None:
         self.access = access
         self.arrivals: list[float] = []
+        self.by_topic: dict[str, list[float]] = {}
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
 
@@ -236,7 +237,9 @@ class DecisionWatch:
             while True:
                 batches = await consumer.getmany(timeout_ms=200)
                 now = time.monotonic()
-                self.arrivals.extend(now for records in batches.values() for _ in records)
+                for tp, records in batches.items():
+                    self.arrivals.extend(now for _ in records)
+                    self.by_topic.setdefault(tp.topic, []).extend(now for _ in records)
         finally:
             await consumer.stop()
 
@@ -433,6 +436,11 @@ def print_pauses(journal: Journal, watch: DecisionWatch) -> None:
         print(f"longest pause in decisions while a Kafka node was down: {during:.2f}s "
               f"(node down {', '.join(f'{up - down:.1f}s' for down, up in journal.broker_down)})")
     print(f"longest pause in decisions otherwise: {rest:.2f}s")
+    for topic, arrivals in sorted(watch.by_topic.items()):
+        during, rest = longest_pauses(arrivals, journal.broker_down)
+        shown = "none due" if during is None else f"{during:.2f}s"
+        print(f"  {topic}: {len(arrivals)} decisions, longest pause while a node was down "
+              f"{shown}, otherwise {rest:.2f}s")
 
 
 def main() -> None:
