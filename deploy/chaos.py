@@ -2,6 +2,7 @@
 
     python -m deploy.chaos --trainees 300 --duration 45   # the short form (CI runs it)
     make chaos                                   # the long form: a whole network year
+    make chaos ARGS="--brokers 3"                # on a cluster of three KRaft nodes
 
 On a broker, cache and services of its own (var/chaos/), it publishes a planned year at a
 steady rate while it kills every service with SIGKILL at random moments (at least twice
@@ -9,18 +10,28 @@ each) and restarts it, restarts the Kafka broker once, stops Redis for a while, 
 malformed messages among the good ones. Then it checks that every input has exactly one
 answer, that the finance and outcomes reports equal the plan's ground truth to the unit,
 that the dead letters hold exactly the malformed messages, and that no envelope is exceeded.
+
+With `--brokers 3` the broker is a cluster of three nodes (replication 3, min ISR 2) and each
+service runs `--instances` (2 by default) on one PostgreSQL store per service: instead of a
+broker restart, the node leading the busiest input partition is SIGKILLed and started again
+later, and each service kill hits one instance while the other goes on. The run watches the
+decision topics and prints the longest pause in decisions while a node was down, and the
+longest for the rest of the run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import itertools
 import json
 import random
 import signal
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +39,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer
 
 from deploy.harness import Environment, ServiceProcess, ServiceProcesses
+from deploy.local_kafka import LocalKafkaCluster, partition_leaders
 from deploy.ops import original_bytes
 from deploy.simulation.plan import YearPlan, plan_year
 from deploy.simulation.run import Endpoints, Outcome, Progress, Simulation
@@ -41,6 +53,9 @@ CHAOS_DIR = PROJECT_ROOT / "var" / "chaos"
 SERVICES = ("referrals", "aids", "outcomes")
 MALFORMED_TOPICS = (Topic.REFERRALS_SUBMITTED, Topic.AIDS_REQUESTED, Topic.EXITS_SUBMITTED,
                     Topic.ENROLLMENTS_SUBMITTED, Topic.BUDGETS_SUBMITTED)
+INPUT_TOPICS = (*MALFORMED_TOPICS, Topic.DEROGATIONS_SUBMITTED)
+DECISION_TOPICS = (Topic.REFERRALS_DECIDED, Topic.ENROLLMENTS_DECIDED, Topic.AIDS_DECIDED,
+                   Topic.EXITS_DECIDED)
 
 
 @dataclass
@@ -51,6 +66,7 @@ class Journal:
     lines: list[str] = field(default_factory=list)
     kills: dict[str, int] = field(default_factory=dict)
     malformed: dict[str, bytes] = field(default_factory=dict)  # marker -> original
+    broker_down: list[tuple[float, float]] = field(default_factory=list)  # monotonic
 
     def note(self, text: str) -> None:
         line = f"{time.monotonic() - self.started:6.1f}s  {text}"
@@ -69,10 +85,14 @@ class Chaos:
         self.pause = pause
 
     def schedule(self) -> list[str]:
-        """Two kills of each service in a random order, the broker and Redis in between."""
+        """Two kills of each service in a random order, the broker and Redis in between.
+        A cluster node is killed first, while the traffic flows (restarting services takes
+        longer than the traffic on a small machine): its outage overlaps the next kills."""
         kills = [name for name in SERVICES for _ in range(2)]
         self.rng.shuffle(kills)
         middle = len(kills) // 2
+        if isinstance(self.env.kafka, LocalKafkaCluster):
+            return ["kafka", *kills[:2], "redis", *kills[2:]]
         return [*kills[:2], "redis", *kills[2:middle], "kafka", *kills[middle:]]
 
     async def run(self) -> None:
@@ -80,11 +100,14 @@ class Chaos:
         await producer.start()
         try:
             steps = self.schedule()
+            outages: list[asyncio.Task[None]] = []
             per_step = max(1, self.malformed_count // len(steps))
             for step in steps:
                 await asyncio.sleep(self.pause * self.rng.uniform(0.5, 1.5))
                 await self._slip_malformed(producer, per_step)
-                if step == "kafka":
+                if step == "kafka" and isinstance(self.env.kafka, LocalKafkaCluster):
+                    outages.append(asyncio.create_task(self._node_outage(self.env.kafka)))
+                elif step == "kafka":
                     await producer.flush()
                     await asyncio.to_thread(self._restart_kafka)
                 elif step == "redis":
@@ -94,20 +117,40 @@ class Chaos:
             missing = self.malformed_count - len(self.journal.malformed)
             await self._slip_malformed(producer, missing)
             await producer.flush()
+            await asyncio.gather(*outages)
         finally:
             await producer.stop()
 
     def _kill_and_restart(self, name: str) -> None:
-        service: ServiceProcess = self.stack.services[name]
+        """SIGKILLs one instance of the service (picked at random when it runs several: the
+        others go on) and starts it again."""
+        label = self.rng.choice(instances_of(self.stack, name))
+        service: ServiceProcess = self.stack.services[label]
         assert service.process is not None
         service.process.send_signal(signal.SIGKILL)
         service.process.wait()
         service.process = None
         self.journal.kills[name] = self.journal.kills.get(name, 0) + 1
-        self.journal.note(f"SIGKILL {name} (kill {self.journal.kills[name]})")
+        self.journal.note(f"SIGKILL {label} (kill {self.journal.kills[name]} of {name})")
         time.sleep(self.rng.uniform(0.2, 2.0))
         service.start(timeout=120, wait="live")
-        self.journal.note(f"restarted {name}")
+        self.journal.note(f"restarted {label}")
+
+    async def _node_outage(self, cluster: LocalKafkaCluster) -> None:
+        """SIGKILLs the node that leads the busiest input partition, keeps it down while the
+        traffic and the other faults go on, then starts it again."""
+        admin = cluster.admin_access()
+        topic, partition = await busiest_partition(admin)
+        leader = (await partition_leaders(admin, topic))[partition]
+        node = cluster.node(leader)
+        down = time.monotonic()
+        await asyncio.to_thread(node.kill)
+        self.journal.note(f"SIGKILL Kafka node {leader}, leader of {topic}[{partition}], "
+                          "the busiest input partition")
+        await asyncio.sleep(self.pause * 3)
+        await asyncio.to_thread(node.start, 120)
+        self.journal.broker_down.append((down, time.monotonic()))
+        self.journal.note(f"Kafka node {leader} back")
 
     def _restart_kafka(self) -> None:
         self.journal.note("stopping the Kafka broker")
@@ -139,6 +182,84 @@ class Chaos:
             await producer.send(topic, raw, key=f"chaos-{marker[:8]}".encode())
         if count:
             self.journal.note(f"{count} malformed messages slipped in")
+
+
+def instances_of(stack: ServiceProcesses, name: str) -> list[str]:
+    return [label for label, service in stack.services.items() if service.name == name]
+
+
+async def busiest_partition(access: KafkaAccess) -> tuple[str, int]:
+    """The input partition that holds the most records now."""
+    partitions = await topic_partitions(access, list(INPUT_TOPICS))
+    consumer = AIOKafkaConsumer(**access.client_options(), group_id=None,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets(partitions)
+    finally:
+        await consumer.stop()
+    busiest = max(ends, key=lambda tp: ends[tp])
+    return busiest.topic, busiest.partition
+
+
+class DecisionWatch:
+    """When each decision arrives (monotonic clock), read as the partners read them: from
+    every decision topic, from the end at the start of the run."""
+
+    def __init__(self, access: KafkaAccess) -> None:
+        self.access = access
+        self.arrivals: list[float] = []
+        self.by_topic: dict[str, list[float]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._watch())
+        await self._ready.wait()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _watch(self) -> None:
+        partitions = await topic_partitions(self.access, list(DECISION_TOPICS))
+        consumer = AIOKafkaConsumer(**self.access.client_options(), group_id=None,
+                                    enable_auto_commit=False)
+        await consumer.start()
+        try:
+            consumer.assign(partitions)
+            await consumer.seek_to_end(*partitions)
+            for tp in partitions:
+                await consumer.position(tp)
+            self._ready.set()
+            while True:
+                batches = await consumer.getmany(timeout_ms=200)
+                now = time.monotonic()
+                for tp, records in batches.items():
+                    self.arrivals.extend(now for _ in records)
+                    self.by_topic.setdefault(tp.topic, []).extend(now for _ in records)
+        finally:
+            await consumer.stop()
+
+
+def longest_pauses(
+    arrivals: list[float], windows: list[tuple[float, float]]
+) -> tuple[float | None, float]:
+    """The longest gap between two decisions that overlaps one of `windows` (None when no
+    decisions came both before and after a window's start or end), and the longest of the
+    other gaps."""
+    during: float | None = None
+    rest = 0.0
+    times = sorted(arrivals)
+    for before, after in itertools.pairwise(times):
+        gap = after - before
+        if any(before < up and after > down for down, up in windows):
+            during = gap if during is None else max(during, gap)
+        else:
+            rest = max(rest, gap)
+    return during, rest
 
 
 async def dead_letters(reader: KafkaAccess) -> list[dict[str, Any]]:
@@ -222,14 +343,29 @@ def check_envelopes(outcome: Outcome, plan: YearPlan) -> list[str]:
     return problems
 
 
-async def run_chaos(trainees: int, seed: int, duration: float, malformed: int) -> int:
-    env = Environment(CHAOS_DIR)
+def start_services(env: Environment, stack: ServiceProcesses, instances: int) -> None:
+    """Each service once on SQLite, or `instances` times on one PostgreSQL store of its own;
+    the instances of a service start together."""
+    for name in SERVICES:
+        extra = {"E2C_LOG_LEVEL": "WARNING"}
+        if instances > 1:
+            extra[f"{name.upper()}_DATABASE_URL"] = env.database(f"e2c_chaos_{name}")
+        labels = [f"-{i + 1}" if instances > 1 else "" for i in range(instances)]
+        added = [stack.add(name, label, extra) for label in labels]
+        with ThreadPoolExecutor(max_workers=len(added)) as pool:
+            for started in [pool.submit(service.start, None, 120) for service in added]:
+                started.result()
+
+
+async def run_chaos(trainees: int, seed: int, duration: float, malformed: int,
+                    brokers: int = 1, instances: int = 1) -> int:
+    env = Environment(CHAOS_DIR, brokers=brokers)
     stack = env.stack("services")
     journal = Journal()
+    watch: DecisionWatch | None = None
     try:
         env.start()  # inside: a start that fails halfway still stops what it started
-        for name in SERVICES:
-            stack.add(name, "", {"E2C_LOG_LEVEL": "WARNING"}).start(timeout=120)
+        start_services(env, stack, instances)
         plan = plan_year(2024, trainees, seed)
         # The traffic and the faults both span `duration`: every fault hits a live pipeline.
         rate = plan.input_count() / duration
@@ -237,8 +373,11 @@ async def run_chaos(trainees: int, seed: int, duration: float, malformed: int) -
         journal.note(f"replaying a year of {trainees} trainees: {plan.input_count()} inputs "
                      f"at {rate:.0f}/s over about {duration:.0f}s, {malformed} malformed "
                      "among them")
-        endpoints = Endpoints.of(env.kafka, stack.services["aids"].url,
-                                 stack.services["outcomes"].url, env.admin_token)
+        endpoints = Endpoints.of(env.kafka, stack.services[instances_of(stack, "aids")[0]].url,
+                                 stack.services[instances_of(stack, "outcomes")[0]].url,
+                                 env.admin_token)
+        watch = DecisionWatch(endpoints.reader)
+        await watch.start()
         chaos = asyncio.create_task(Chaos(env, stack, journal, seed, malformed, pause).run())
 
         async def settle() -> None:
@@ -256,9 +395,13 @@ async def run_chaos(trainees: int, seed: int, duration: float, malformed: int) -
             problems.append(f"{Topic.DEADLETTER} end offsets by partition: "
                             f"{await dead_letter_ends(endpoints.reader)}; services' counters: "
                             f"{dead_letter_counters(stack)}")
+        await watch.stop()
         summary(journal, plan, outcome, letters, problems)
+        print_pauses(journal, watch)
         return 1 if problems else 0
     finally:
+        if watch is not None:
+            await watch.stop()
         stack.stop_all()
         env.stop()
 
@@ -266,8 +409,10 @@ async def run_chaos(trainees: int, seed: int, duration: float, malformed: int) -
 def summary(journal: Journal, plan: YearPlan, outcome: Outcome, letters: list[dict[str, Any]],
             problems: list[str]) -> None:
     print("\nwhat the chaos did:")
+    broker = ("a Kafka node SIGKILLed and started again" if journal.broker_down
+              else "the Kafka broker restarted once")
     print(f"  kills: {', '.join(f'{n} x{c}' for n, c in sorted(journal.kills.items()))}; "
-          "the Kafka broker restarted once; Redis stopped once")
+          f"{broker}; Redis stopped once")
     print(f"  malformed messages sent: {len(journal.malformed)}")
     print("what it found:")
     print(f"  inputs: {plan.input_count()}, answered: {len(outcome.answers)}")
@@ -282,6 +427,22 @@ def summary(journal: Journal, plan: YearPlan, outcome: Outcome, letters: list[di
               "no envelope exceeded")
 
 
+def print_pauses(journal: Journal, watch: DecisionWatch) -> None:
+    during, rest = longest_pauses(watch.arrivals, journal.broker_down)
+    print(f"decisions seen: {len(watch.arrivals)}")
+    if journal.broker_down and during is None:
+        print("no decision was due while a Kafka node was down: no pause measured")
+    elif journal.broker_down:
+        print(f"longest pause in decisions while a Kafka node was down: {during:.2f}s "
+              f"(node down {', '.join(f'{up - down:.1f}s' for down, up in journal.broker_down)})")
+    print(f"longest pause in decisions otherwise: {rest:.2f}s")
+    for topic, arrivals in sorted(watch.by_topic.items()):
+        during, rest = longest_pauses(arrivals, journal.broker_down)
+        shown = "none due" if during is None else f"{during:.2f}s"
+        print(f"  {topic}: {len(arrivals)} decisions, longest pause while a node was down "
+              f"{shown}, otherwise {rest:.2f}s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -290,8 +451,16 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=180,
                         help="seconds over which the inputs and the faults are spread")
     parser.add_argument("--malformed", type=int, default=40)
+    parser.add_argument("--brokers", type=int, default=1,
+                        help="Kafka nodes: 1 (restarted once) or 3 (the busiest partition's "
+                             "leader SIGKILLed)")
+    parser.add_argument("--instances", type=int, default=None,
+                        help="instances of each service, on PostgreSQL when more than one "
+                             "(default: 2 with several brokers, else 1)")
     args = parser.parse_args()
-    sys.exit(asyncio.run(run_chaos(args.trainees, args.seed, args.duration, args.malformed)))
+    instances = args.instances or (2 if args.brokers > 1 else 1)
+    sys.exit(asyncio.run(run_chaos(args.trainees, args.seed, args.duration, args.malformed,
+                                   args.brokers, instances)))
 
 
 if __name__ == "__main__":

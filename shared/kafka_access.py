@@ -41,6 +41,11 @@ class KafkaAccess(BaseModel):
             options["ssl_context"] = self._ssl_context()
         return options
 
+    def bootstrap_servers(self) -> list[str]:
+        """Every node of `bootstrap`, one address each: faststream takes a string as one
+        single address, so a cluster's "a:1,b:2,c:3" must be given as a list."""
+        return [address.strip() for address in self.bootstrap.split(",") if address.strip()]
+
     def faststream_security(self) -> SASLScram512:
         """The same credentials for a faststream `KafkaBroker(security=...)`."""
         if self.security_protocol == "SASL_SSL":

@@ -172,9 +172,10 @@ def build_context(spec: ServiceSpec, settings: Settings) -> ServiceContext:
     handlers = topology.handlers(settings)
     access = settings.kafka_access()
     broker = KafkaBroker(
-        access.bootstrap.split(","),  # faststream takes a string as one address
+        access.bootstrap_servers(),  # faststream takes a string as one address
         security=access.faststream_security(),
         client_id=topology.group_id,
+        acks="all",  # whatever it publishes survives the loss of a broker (min ISR 2 of 3)
         apply_types=False,  # the BatchConsumer validates each record itself
         middlewares=(KafkaPrometheusMiddleware(registry=registry,
                                                app_name=f"e2c_{topology.name}"),),
