@@ -257,16 +257,12 @@ async def _stage(kafka: LocalKafka, producer: Writers, topic: Topic, answers: To
                  ) -> tuple[Figure, dict[str, str | None]]:
     """Publishes every input at once, waits for every answer; returns the stage's figure and
     each input key's `trainee_id` in its answer (None when refused)."""
-    sent: dict[str, float] = {}
+    sent = {event["event_id"]: 0.0 for _, event in inputs}
     received: dict[str, float] = {}
     trainee_of_request: dict[str, str | None] = {}
-
-    async def remember(answer: dict[str, Any]) -> None:
-        trainee_of_request[answer["request_event_id"]] = answer.get("trainee_id")
-
     consumer = await _answers_at_end(kafka, [answers])
-    reading = asyncio.create_task(
-        _read(consumer, received, "request_event_id", len(inputs), remember))
+    reading = asyncio.create_task(_answers_to(consumer, set(sent), received,
+                                              trainee_of_request, name))
     futures = []
     for key, event in inputs:
         sent[event["event_id"]] = time.time()
@@ -277,6 +273,27 @@ async def _stage(kafka: LocalKafka, producer: Writers, topic: Topic, answers: To
     await consumer.stop()
     trainees = {key: trainee_of_request.get(event["event_id"]) for key, event in inputs}
     return figure(name, sent, received), trainees
+
+
+async def _answers_to(consumer: AIOKafkaConsumer, wanted: set[str], received: dict[str, float],
+                      trainee_of_request: dict[str, str | None], name: str) -> None:
+    """Reads until every input in `wanted` is answered; answers to other inputs (an earlier
+    run's, on the same broker) are counted apart, never taken for ours."""
+    foreign: set[str] = set()
+    while not wanted <= received.keys():
+        batches = await consumer.getmany(timeout_ms=500, max_records=5000)
+        now = time.time()
+        for records in batches.values():
+            for record in records:
+                body = json.loads(record.value)
+                request = body.get("request_event_id")
+                if request in wanted and request not in received:
+                    received[request] = now
+                    trainee_of_request[request] = body.get("trainee_id")
+                elif request not in wanted:
+                    foreign.add(str(request))
+    if foreign:
+        print(f"{name}: {len(foreign)} answers to inputs of earlier runs seen meanwhile")
 
 
 # --- 3. lifecycle -------------------------------------------------------------------------------
