@@ -8,7 +8,7 @@ ARGS   ?=
 .PHONY: run test up down status demo simulate chaos install system-deps lint docs clean bench bench-pipeline bench-reports migration
 
 run: install system-deps          ## start the whole stack and the console, simulate a small year through it, leave it running
-	$(BIN)/e2c stack up
+	$(BIN)/e2c stack up $(ARGS)
 	$(BIN)/e2c demo
 	$(BIN)/e2c simulate --trainees 1000
 	@echo "The stack is still running: 'make status' to look, 'make down' to stop it."
@@ -18,7 +18,7 @@ test: install system-deps         ## the whole suite against real Kafka, Redis a
 	$(BIN)/python -m pytest $(ARGS)
 
 up: install system-deps
-	$(BIN)/e2c stack up
+	$(BIN)/e2c stack up $(ARGS)
 
 down: install
 	$(BIN)/e2c stack down $(ARGS)

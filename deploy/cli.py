@@ -41,6 +41,16 @@ def _parser() -> argparse.ArgumentParser:
         help="keep the services' stores in a local PostgreSQL (port 5433 or E2C_POSTGRES_PORT) "
         "instead of SQLite; *_DATABASE_URL variables already set are kept",
     )
+    up.add_argument(
+        "--brokers", type=_positive, metavar="N",
+        help="Kafka as N KRaft nodes on loopback (3: topics with 3 replicas, 2 in sync); "
+        "default: what the running stack has, else 1",
+    )
+    up.add_argument(
+        "--instances", type=_positive, metavar="N",
+        help="N instances of each service sharing its store (N > 1 needs --postgres); "
+        "default: what the running stack has, else 1",
+    )
     up.set_defaults(run=_stack_up)
     down = stack_commands.add_parser("down", help="stop everything")
     down.add_argument(
@@ -290,6 +300,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def _date(text: str) -> date:
     return date.fromisoformat(text)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError("a whole number, 1 or more")
+    return int(text)
 
 
 def _year(text: str) -> int:
@@ -743,12 +759,12 @@ def _catch_up_access(stack: LocalStack, service: str) -> tuple[KafkaAccess, bool
 
 
 def _stack_up(args: argparse.Namespace) -> int:
-    from deploy.stack import LocalStack
+    from deploy.stack import LocalStack, StackError
     from shared.http import TokensFileError
 
     try:
-        LocalStack().up(postgres=args.postgres)
-    except TokensFileError as error:
+        LocalStack().up(postgres=args.postgres, brokers=args.brokers, instances=args.instances)
+    except (TokensFileError, StackError) as error:
         raise SystemExit(f"e2c: {error}") from None
     return 0
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 
 from deploy import kafka_security
-from deploy.local_kafka import LocalKafka
+from deploy.local_kafka import LocalBrokers, LocalKafka, LocalKafkaCluster
 from deploy.local_postgres import LocalPostgres
 from deploy.local_postgres import ensure_installed as ensure_postgres
 from deploy.local_redis import LocalRedis
@@ -42,6 +42,26 @@ def free_port() -> int:
         if port not in _HANDED_OUT:
             _HANDED_OUT.add(port)
             return port
+
+
+def free_port_range(count: int) -> int:
+    """The first of `count` consecutive ports free now and never handed out before (a
+    `LocalKafkaCluster` takes two per node from its first port)."""
+    while True:
+        first = free_port()
+        wanted = range(first + 1, first + count)
+        if all(port not in _HANDED_OUT and _bindable(port) for port in wanted):
+            _HANDED_OUT.update(wanted)
+            return first
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 @dataclass
@@ -136,7 +156,7 @@ class ServiceProcesses:
     Not `deploy.stack.LocalStack`, the operator's `e2c stack`: detached processes on the
     configured ports, found again through pid files, that starts its own Kafka and Redis."""
 
-    kafka: LocalKafka  # provisioned: its principals and topics exist
+    kafka: LocalBrokers  # provisioned: its principals and topics exist
     redis_url: str
     data_dir: Path
     services: dict[str, ServiceProcess] = field(default_factory=dict)
@@ -186,13 +206,20 @@ class Environment:
     """A broker, a cache and (on demand) PostgreSQL of its own, on free ports under `data`
     (emptied first): for the benchmark and the chaos run."""
 
-    def __init__(self, data: Path, erasure_max_days: float | None = None) -> None:
+    def __init__(
+        self, data: Path, erasure_max_days: float | None = None, brokers: int = 1
+    ) -> None:
         shutil.rmtree(data, ignore_errors=True)
         self.data = private_dir(data)
         # The admin token of every stack made here (written to each one's tokens file).
         self.admin_token = new_secret()
-        self.kafka = LocalKafka(self.data, port=free_port(), controller_port=free_port(),
-                                erasure_max_days=erasure_max_days)
+        self.kafka: LocalBrokers = (
+            LocalKafka(self.data, port=free_port(), controller_port=free_port(),
+                       erasure_max_days=erasure_max_days)
+            if brokers == 1
+            else LocalKafkaCluster(self.data, brokers, free_port_range(2 * brokers),
+                                   erasure_max_days=erasure_max_days)
+        )
         ensure_redis()
         self.redis = LocalRedis(self.data, port=free_port())
         self.postgres: LocalPostgres | None = None

@@ -41,7 +41,7 @@ from confluent_kafka.admin import (
 )
 from pydantic import SecretStr
 
-from deploy.local_kafka import LocalKafka, run_sync
+from deploy.local_kafka import LocalBrokers, run_sync
 from deploy.system import BROKER_TOPICS, JOURNALS, TOPOLOGIES
 from shared.contract import Topic
 from shared.kafka import ensure_topics
@@ -211,12 +211,12 @@ def new_password() -> str:
     return secrets.token_urlsafe(32)
 
 
-def credentials_of(kafka: LocalKafka) -> Credentials:
+def credentials_of(kafka: LocalBrokers) -> Credentials:
     """The stack's principals (but the admin, whose password the broker keeps itself)."""
     return Credentials(kafka.home / "principals.json")
 
 
-def access(kafka: LocalKafka, principal: str) -> KafkaAccess:
+def access(kafka: LocalBrokers, principal: str) -> KafkaAccess:
     """How `principal` connects to the stack's broker."""
     if principal == ADMIN:
         return kafka.admin_access()
@@ -230,7 +230,7 @@ def access(kafka: LocalKafka, principal: str) -> KafkaAccess:
                        password=SecretStr(password))
 
 
-def provision(kafka: LocalKafka, partitions: int) -> None:
+def provision(kafka: LocalBrokers, partitions: int) -> None:
     """Each role's user and ACLs, each known partner's, and every topic with its settings:
     the first start creates them, each later start puts them back as the code says."""
     passwords = credentials_of(kafka).ensure(role for role in FIXED_ROLES if role != ADMIN)
@@ -238,10 +238,10 @@ def provision(kafka: LocalKafka, partitions: int) -> None:
     # Also from a coroutine (`deploy.chaos` starts its environment in one), as LocalKafka's
     # own start does.
     run_sync(ensure_topics(kafka.admin_access(), BROKER_TOPICS, partitions, kafka.erasure,
-                           JOURNALS))
+                           JOURNALS, kafka.replication_factor))
 
 
-def add_partner(kafka: LocalKafka, agency: str) -> KafkaAccess:
+def add_partner(kafka: LocalBrokers, agency: str) -> KafkaAccess:
     """A new password for the agency's principal (replacing any earlier one), its ACLs.
 
     The broker does not re-authenticate a live session (`connections.max.reauth.ms` is not
@@ -256,7 +256,7 @@ def add_partner(kafka: LocalKafka, agency: str) -> KafkaAccess:
     return access(kafka, principal)
 
 
-def ensure_partner(kafka: LocalKafka, agency: str) -> KafkaAccess:
+def ensure_partner(kafka: LocalBrokers, agency: str) -> KafkaAccess:
     """The agency's principal as it is, or a new one when the stack has none."""
     principal = partner_principal(agency)
     if principal in credentials_of(kafka).load():
@@ -264,7 +264,7 @@ def ensure_partner(kafka: LocalKafka, agency: str) -> KafkaAccess:
     return add_partner(kafka, agency)
 
 
-def remove_partner(kafka: LocalKafka, agency: str) -> bool:
+def remove_partner(kafka: LocalBrokers, agency: str) -> bool:
     """Revokes the agency's principal: its ACLs, its SCRAM user and its kept password."""
     principal = partner_principal(agency)
     security = BrokerSecurity(kafka.admin_access())

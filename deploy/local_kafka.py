@@ -1,4 +1,5 @@
-"""A single-node KRaft Kafka broker run from the Maven Central jars (no Docker needed)."""
+"""KRaft Kafka run from the Maven Central jars (no Docker needed): one node, or a cluster
+of N nodes on loopback (`LocalKafkaCluster`)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from pydantic import SecretStr
 
 from deploy.processes import DetachedServer, command_line, port_open, spawn, tail
 from shared.erasure import ErasureBound
-from shared.kafka import MAX_MESSAGE_BYTES
+from shared.kafka import MAX_MESSAGE_BYTES, min_insync_replicas, replication_factor_for
+from shared.kafka import partition_leaders as partition_leaders  # part of this interface
 from shared.kafka_access import SCRAM_MECHANISM, KafkaAccess
 from shared.private_files import (
     OWNER_ONLY_UMASK,
@@ -94,11 +96,15 @@ class LocalKafka(DetachedServer):
     stop_timeout = 30.0
     ready_poll = 0.5
 
+    node_id = 1
+    replication_factor = 1  # of the topics the stack creates on it
+
     def __init__(
         self, data_dir: Path, port: int = 9092, controller_port: int = 9093,
         authenticated: bool = True, erasure_max_days: float | None = None,
+        folder: str = "kafka",
     ) -> None:
-        super().__init__(data_dir, "kafka", port, _is_kafka_process)
+        super().__init__(data_dir, folder, port, _is_kafka_process)
         self.controller_port = controller_port
         # The cleaner's and the retention check's pace follow the erasure bound.
         self.erasure = ErasureBound(erasure_max_days or Settings().erasure_max_days)
@@ -151,13 +157,17 @@ class LocalKafka(DetachedServer):
             self._format_storage(lib_dir)
 
     def _server_properties(self) -> str:
+        settings = self._settings()
+        return "".join(f"{key}={value}\n" for key, value in settings.items())
+
+    def _settings(self) -> dict[str, str | int]:
         if not self.authenticated:
             settings = open_server_settings(self.port, self.controller_port, self.log_dirs)
         else:
             settings = server_settings(self.port, self.controller_port, self.log_dirs,
                                        self._admin_password())
         settings.update(self.erasure.broker_settings())
-        return "".join(f"{key}={value}\n" for key, value in settings.items())
+        return settings
 
     def _format_storage(self, lib_dir: Path) -> None:
         cluster_id = _persisted_cluster_id(self.cluster_id_file)
@@ -374,3 +384,163 @@ def _addresses(bootstrap: str) -> list[tuple[str, int]]:
 def _is_kafka_process(pid: int) -> bool:
     args = command_line(pid)
     return bool(args) and Path(args[0]).name == "java" and "kafka.Kafka" in args
+
+
+# --- a cluster of N nodes on loopback ------------------------------------------------------
+
+# How soon the controllers notice a node gone (the defaults, 2 s and 9 s, make a leader
+# election after a crash take about ten seconds; loopback needs no such margin).
+FAILOVER_SETTINGS: dict[str, str | int] = {
+    "broker.heartbeat.interval.ms": 500,
+    "broker.session.timeout.ms": 3000,
+}
+
+
+def cluster_settings(node_id: int, voters: str, brokers: int) -> dict[str, str | int]:
+    """What a node of a cluster of `brokers` sets beyond a single node's settings: its id,
+    the controller quorum (static voters, every node), and replication of the internal
+    topics and of the topics created without an explicit factor."""
+    factor = replication_factor_for(brokers)
+    in_sync = min_insync_replicas(factor)
+    return {
+        "node.id": node_id,
+        "controller.quorum.voters": voters,
+        "default.replication.factor": factor,
+        "min.insync.replicas": in_sync,
+        "offsets.topic.replication.factor": factor,
+        "transaction.state.log.replication.factor": factor,
+        "transaction.state.log.min.isr": in_sync,
+        "share.coordinator.state.topic.replication.factor": factor,
+        "share.coordinator.state.topic.min.isr": in_sync,
+        **FAILOVER_SETTINGS,
+    }
+
+
+class ClusterNode(LocalKafka):
+    """Node `node_id` of a `LocalKafkaCluster`: broker and controller, its state under
+    `<data_dir>/kafka-<id>`, the cluster's id and admin password shared with the others."""
+
+    def __init__(
+        self, cluster: LocalKafkaCluster, node_id: int, port: int, controller_port: int,
+        voters: str,
+    ) -> None:
+        super().__init__(cluster.data_dir, port, controller_port, cluster.authenticated,
+                         cluster.erasure.max_days, folder=f"kafka-{node_id}")
+        self.name = f"Kafka node {node_id}"
+        self.node_id = node_id
+        self.voters = voters
+        self.brokers = len(voters.split(","))
+        self.replication_factor = replication_factor_for(self.brokers)
+        self.cluster_id_file = cluster.cluster_id_file
+        self.admin_password_file = cluster.admin_password_file
+
+    def _admin_password(self) -> str:
+        # Made by the cluster before any node starts: nodes never race to create it.
+        return read_secret(self.admin_password_file)
+
+    def _settings(self) -> dict[str, str | int]:
+        settings = super()._settings()
+        settings.update(cluster_settings(self.node_id, self.voters, self.brokers))
+        return settings
+
+
+class LocalKafkaCluster:
+    """N KRaft nodes on 127.0.0.1, each broker and controller (a quorum of N voters).
+
+    Node i (1..N) listens for clients on `first_port + 2(i-1)` and for the controllers on
+    the next port. Every listener authenticates as a single node's do (SASL/SCRAM for
+    clients and between brokers, PLAIN between controllers), with the one `admin` super
+    user formatted into every node's storage. What the nodes share (cluster id, admin
+    password, the stack's principals) lives in `<data_dir>/kafka-cluster`.
+    """
+
+    name = "Kafka cluster"
+
+    def __init__(
+        self, data_dir: Path, brokers: int = 3, first_port: int = 9092,
+        authenticated: bool = True, erasure_max_days: float | None = None,
+    ) -> None:
+        if brokers < 1:
+            raise ValueError("a cluster has one node or more")
+        self.data_dir = Path(data_dir).resolve()
+        self.home = self.data_dir / "kafka-cluster"
+        self.authenticated = authenticated
+        self.erasure = ErasureBound(erasure_max_days or Settings().erasure_max_days)
+        self.cluster_id_file = self.home / "cluster.id"
+        self.admin_password_file = self.home / "admin.password"
+        ports = [(first_port + 2 * i, first_port + 2 * i + 1) for i in range(brokers)]
+        voters = ",".join(f"{i + 1}@127.0.0.1:{controller}"
+                          for i, (_, controller) in enumerate(ports))
+        self.nodes: list[LocalKafka] = [
+            ClusterNode(self, i + 1, port, controller, voters)
+            for i, (port, controller) in enumerate(ports)
+        ]
+        self.bootstrap = ",".join(node.address for node in self.nodes)
+        self.replication_factor = replication_factor_for(brokers)
+
+    @property
+    def port(self) -> int:
+        """The first node's client port (one address of the bootstrap list)."""
+        return self.nodes[0].port
+
+    @property
+    def pid(self) -> int | None:
+        """A running node's pid (None when none runs)."""
+        return next((node.pid for node in self.nodes if node.pid is not None), None)
+
+    def node(self, node_id: int) -> LocalKafka:
+        if not 1 <= node_id <= len(self.nodes):
+            raise KeyError(f"no node {node_id} in a cluster of {len(self.nodes)}")
+        return self.nodes[node_id - 1]
+
+    def start(self, timeout: float | None = None) -> None:
+        """Launch every node that is not running, then wait for each: a node finishes its
+        start only once a majority of the controllers run, so none is waited for alone."""
+        private_dir(self.home)
+        read_or_create_secret(self.admin_password_file)
+        _persisted_cluster_id(self.cluster_id_file)
+        launched = [(node, node.launch()) for node in self.nodes]
+        for node, child in launched:
+            node.wait_answering(child, timeout)
+
+    def stop(self) -> None:
+        """SIGTERM to every node at once: stopped one by one, the last ones would wait for a
+        controller quorum that is gone before they shut down."""
+        with ThreadPoolExecutor(max_workers=len(self.nodes)) as pool:
+            list(pool.map(lambda node: node.stop(), self.nodes))
+
+    def is_running(self) -> bool:
+        return any(node.is_running() for node in self.nodes)
+
+    def purge(self) -> None:
+        """Stop the nodes and delete their data and the cluster's id, users and passwords."""
+        self.stop()
+        for node in self.nodes:
+            shutil.rmtree(node.home, ignore_errors=True)
+        shutil.rmtree(self.home, ignore_errors=True)
+
+    def admin_access(self) -> KafkaAccess:
+        """The super user, with every node in the bootstrap list."""
+        return KafkaAccess(bootstrap=self.bootstrap, username=ADMIN_PRINCIPAL,
+                           password=SecretStr(read_secret(self.admin_password_file)))
+
+    def answers(self) -> bool:
+        """True when the cluster answers an admin `describe_cluster` with a majority of its
+        brokers registered and alive."""
+        if not self.authenticated:
+            return open_broker_answers(self.bootstrap)
+        if not self.admin_password_file.exists():
+            return False
+        try:
+            described = run_sync(_describe_cluster(self.admin_access(), 5000))
+        except (TimeoutError, KafkaError, OSError):
+            return False
+        return len(described["brokers"]) > len(self.nodes) // 2
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        return "\n".join(f"--- {node.name}\n{node.log_tail(lines)}" for node in self.nodes)
+
+
+# Where the stack's principals, the admin password and the topics live: one node or many.
+LocalBrokers = LocalKafka | LocalKafkaCluster
+

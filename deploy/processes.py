@@ -50,6 +50,15 @@ class DetachedProcess:
             terminate(pid, timeout)
         self.pid_file.unlink(missing_ok=True)
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: no shutdown hook runs. Returns once it is gone."""
+        pid = self.pid
+        if pid is not None:
+            send_signal(pid, signal.SIGKILL)
+            wait_gone(pid, KILL_WAIT_SECONDS)
+            reap(pid)
+        self.pid_file.unlink(missing_ok=True)
+
 
 class DetachedServer(DetachedProcess, ABC):
     """A server we launch detached, then wait for until it answers on its port.
@@ -87,8 +96,17 @@ class DetachedServer(DetachedProcess, ABC):
 
     def start(self, timeout: float | None = None) -> None:
         """Launch it unless it runs, then wait until it answers (stopping it if it never does)."""
+        self.wait_answering(self.launch(), timeout)
+
+    def launch(self) -> subprocess.Popen[bytes] | None:
+        """Spawn it unless it runs, without waiting: the child, or None if it was running."""
+        return None if self.is_running() else self._launch()
+
+    def wait_answering(
+        self, child: subprocess.Popen[bytes] | None, timeout: float | None = None
+    ) -> None:
+        """Wait until it answers (stopping it if it never does)."""
         deadline = time.monotonic() + (self.start_timeout if timeout is None else timeout)
-        child = None if self.is_running() else self._launch()
         while time.monotonic() < deadline:
             if not self.alive(child):
                 self.pid_file.unlink(missing_ok=True)

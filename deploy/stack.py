@@ -4,6 +4,12 @@ processes.
 With `up(postgres=True)` a local PostgreSQL (port 5433, or E2C_POSTGRES_PORT) joins it and
 holds the services' stores, one database each; `run/postgres.port` records that it is part
 of the stack until `down`.
+
+With `up(brokers=3)` Kafka is a cluster of three KRaft nodes (client ports E2C_KAFKA_PORT,
++2, +4; controllers on the next port of each), and with `up(instances=N)` each service runs
+N instances (`<name>-2`... on its port +100, +200...) sharing its PostgreSQL store.
+`run/brokers` and `run/instances` record both until `down`. The default stays one broker
+and one instance of each service.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from pathlib import Path
 import httpx
 
 from deploy import kafka_security
-from deploy.local_kafka import LocalKafka, broker_answers
+from deploy.local_kafka import LocalBrokers, LocalKafka, LocalKafkaCluster, broker_answers
 from deploy.local_postgres import LocalPostgres
 from deploy.local_redis import LocalRedis, ensure_installed, redis_answers
 from deploy.processes import DetachedProcess, command_contains, spawn
@@ -34,7 +40,12 @@ SERVICES = tuple(SERVICE_PORTS)
 CONSOLE = "console"
 SERVICE_STOP_TIMEOUT = 20.0
 POSTGRES_PORT = 5433
+INSTANCE_PORT_STEP = 100  # instance k of a service listens on its port + 100 (k - 1)
 Say = Callable[[str], None]
+
+
+class StackError(Exception):
+    """A request the stack refuses as it stands (the message says what to do)."""
 
 
 @dataclass
@@ -52,34 +63,89 @@ class LocalStack:
         self.data_dir = self.settings.data_dir.resolve()
         self.run_dir = self.data_dir / "run"
         self.log_dir = self.data_dir / "logs"
-        self.kafka = LocalKafka(
-            self.data_dir, self.settings.kafka_port, self.settings.kafka_controller_port,
-            erasure_max_days=self.settings.erasure_max_days,
-        )
+        self.brokers_marker = self.run_dir / "brokers"
+        self.instances_marker = self.run_dir / "instances"
+        self.brokers = _recorded_count(self.brokers_marker)
+        self.instances = _recorded_count(self.instances_marker)
+        self.kafka: LocalBrokers = self._kafka_of(self.brokers)
         self.redis = LocalRedis(self.data_dir, _port_of(self.settings.redis_url, 6379))
         self.postgres_marker = self.run_dir / "postgres.port"
         self.postgres = LocalPostgres(self.data_dir, self._postgres_port())
 
     # --- up -------------------------------------------------------------------------------
 
-    def up(self, echo: bool = True, postgres: bool = False) -> None:
+    def up(
+        self, echo: bool = True, postgres: bool = False, brokers: int | None = None,
+        instances: int | None = None,
+    ) -> None:
         """Start what is not running; with `postgres` (or when it already is part of the
-        stack) the services keep their stores in the stack's PostgreSQL."""
+        stack) the services keep their stores in the stack's PostgreSQL. `brokers` and
+        `instances` (default: what the running stack has, else one) size Kafka and each
+        service; several instances need PostgreSQL (StackError otherwise)."""
         say: Say = print if echo else _quiet
+        self._size(brokers, instances, postgres)
         self._make_folders()
         tokens = self._ensure_tokens(say)  # first: a tokens file the services refuse stops here
+        self._record_size()
         self._ensure_kafka(say)
         redis_url = self._ensure_redis(say)
         database_urls: dict[str, str] = {}
         if postgres or self.uses_postgres():
             database_urls = self._ensure_postgres(say)
-        children = {name: self._start_service(name, redis_url, tokens, database_urls.get(name))
-                    for name in SERVICES}
-        for name in SERVICES:
-            self._wait_ready(name, children[name])
-            say(f"{name:<10} ready on http://127.0.0.1:{self.settings.port(name)}")
+        children = {
+            (name, k): self._start_service(name, redis_url, tokens, database_urls.get(name), k)
+            for name in SERVICES for k in range(1, self.instances + 1)
+        }
+        for (name, k), child in children.items():
+            self._wait_ready(name, child, instance=k)
+            say(f"{instance_label(name, k):<10} ready on "
+                f"http://127.0.0.1:{self.instance_port(name, k)}")
         self._wait_console(self._start_console())
         say(f"console    ready on {self.console_url()}")
+
+    def _size(self, brokers: int | None, instances: int | None, postgres: bool) -> None:
+        """Checks and takes the wanted size; a running stack keeps its number of brokers."""
+        if brokers is not None and brokers != self.brokers:
+            if self.kafka.is_running():
+                raise StackError(f"the stack runs {self.brokers} broker(s): `e2c stack down` "
+                                 f"first to start {brokers}")
+            if brokers < 1:
+                raise StackError("--brokers: 1 or more")
+            self.brokers = brokers
+            self.kafka = self._kafka_of(brokers)
+        if instances is not None:
+            if instances < 1:
+                raise StackError("--instances: 1 or more")
+            self.instances = instances
+        if self.instances > 1 and not (postgres or self.uses_postgres()
+                                       or self._every_store_given_on_postgresql()):
+            raise StackError(
+                f"{self.instances} instances of a service share its store: that needs "
+                "PostgreSQL (`--postgres`, or every *_DATABASE_URL on PostgreSQL), not SQLite")
+
+    def _every_store_given_on_postgresql(self) -> bool:
+        urls = [getattr(self.settings, f"{name}_database_url") or "" for name in SERVICES]
+        return all(url.startswith("postgresql") for url in urls)
+
+    def _record_size(self) -> None:
+        for marker, count in ((self.brokers_marker, self.brokers),
+                              (self.instances_marker, self.instances)):
+            if count > 1:
+                marker.write_text(f"{count}\n")
+            else:
+                marker.unlink(missing_ok=True)
+
+    def _kafka_of(self, brokers: int) -> LocalBrokers:
+        if brokers == 1:
+            return LocalKafka(
+                self.data_dir, self.settings.kafka_port, self.settings.kafka_controller_port,
+                erasure_max_days=self.settings.erasure_max_days,
+            )
+        return LocalKafkaCluster(self.data_dir, brokers, self.settings.kafka_port,
+                                 erasure_max_days=self.settings.erasure_max_days)
+
+    def instance_port(self, name: str, instance: int = 1) -> int:
+        return self.settings.port(name) + INSTANCE_PORT_STEP * (instance - 1)
 
     def _ensure_kafka(self, say: Say) -> None:
         """The stack's broker, with every role's user and ACLs and every topic (SASL/SCRAM
@@ -87,8 +153,10 @@ class LocalStack:
         started = time.monotonic()
         self.kafka.start()
         kafka_security.provision(self.kafka, self.settings.topic_partitions)
+        nodes = "" if self.brokers == 1 else (
+            f", {self.brokers} nodes, topics with {self.kafka.replication_factor} replicas")
         say(f"kafka      ready on {self.kafka.bootstrap} ({time.monotonic() - started:.1f}s), "
-            "SASL/SCRAM-SHA-512 with ACLs")
+            f"SASL/SCRAM-SHA-512 with ACLs{nodes}")
 
     def access(self, principal: str) -> KafkaAccess:
         """How a role connects to the stack's broker (`e2c stack client-config`)."""
@@ -154,10 +222,12 @@ class LocalStack:
         return path
 
     def _start_service(
-        self, name: str, redis_url: str, tokens: Path, database_url: str | None
+        self, name: str, redis_url: str, tokens: Path, database_url: str | None,
+        instance: int = 1,
     ) -> subprocess.Popen[bytes] | None:
-        """Starts the service unless it runs; returns the child it started."""
-        service = self._service(name)
+        """Starts the service's instance unless it runs; returns the child it started."""
+        label = instance_label(name, instance)
+        service = self._service(name, instance)
         if service.is_running():
             return None
         own = self.access(name)
@@ -173,8 +243,11 @@ class LocalStack:
         }
         if database_url is not None:
             env[_database_variable(name)] = database_url
+        if instance > 1:
+            env[f"{name.upper()}_PORT"] = str(self.instance_port(name, instance))
+            env["E2C_INSTANCE_ID"] = label
         command = [sys.executable, "-m", f"services.{name}"]
-        return spawn(command, PROJECT_ROOT, self.log_dir / f"{name}.log", service.pid_file,
+        return spawn(command, PROJECT_ROOT, self.log_dir / f"{label}.log", service.pid_file,
                      env)
 
     def _start_console(self) -> subprocess.Popen[bytes] | None:
@@ -229,16 +302,18 @@ class LocalStack:
         return "ready" if response.status_code == 200 else "degraded"
 
     def _wait_ready(
-        self, name: str, child: subprocess.Popen[bytes] | None = None, timeout: float = 90
+        self, name: str, child: subprocess.Popen[bytes] | None = None, timeout: float = 90,
+        instance: int = 1,
     ) -> None:
+        label = instance_label(name, instance)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not self._service(name).alive(child):
-                raise RuntimeError(f"{name} exited; see {self.log_dir / f'{name}.log'}")
-            if self._health(name) == "ready":
+            if not self._service(name, instance).alive(child):
+                raise RuntimeError(f"{label} exited; see {self.log_dir / f'{label}.log'}")
+            if self._health(name, instance) == "ready":
                 return
             time.sleep(0.3)
-        raise TimeoutError(f"{name} not ready after {timeout}s; see {self.log_dir}")
+        raise TimeoutError(f"{label} not ready after {timeout}s; see {self.log_dir}")
 
     # --- down -----------------------------------------------------------------------------
 
@@ -249,17 +324,20 @@ class LocalStack:
             say("console    stopped")
         console.stop(SERVICE_STOP_TIMEOUT)  # also clears a stale pid file
         for name in SERVICES:
-            service = self._service(name)
-            running = service.is_running()
-            service.stop(SERVICE_STOP_TIMEOUT)  # also clears a stale pid file
-            if running:
-                say(f"{name:<10} stopped")
+            for k in self._instances_found(name):
+                service = self._service(name, k)
+                running = service.is_running()
+                service.stop(SERVICE_STOP_TIMEOUT)  # also clears a stale pid file
+                if running:
+                    say(f"{instance_label(name, k):<10} stopped")
         if self.redis.is_running():
             self.redis.stop()
             say("redis      stopped")
         if self.kafka.is_running():
             self.kafka.stop()
-            say("kafka      stopped")
+            say(f"kafka      stopped ({self.brokers} node{'s' if self.brokers > 1 else ''})")
+        self.brokers_marker.unlink(missing_ok=True)
+        self.instances_marker.unlink(missing_ok=True)
         # has_cluster() first: it creates nothing, where is_running() may (the postgres user).
         if self.postgres.has_cluster() and self.postgres.is_running():
             self.postgres.stop()
@@ -267,6 +345,8 @@ class LocalStack:
         self.postgres_marker.unlink(missing_ok=True)
         if purge:
             self.kafka.purge()
+            for folder in (*self.data_dir.glob("kafka-*"), self.data_dir / "kafka"):
+                shutil.rmtree(folder, ignore_errors=True)
             if self.postgres.has_cluster():
                 say(f"postgres   cluster deleted ({self.postgres.purge()})")
             for folder in ("stores", "redis", "logs", "run", "demo"):
@@ -277,12 +357,7 @@ class LocalStack:
 
     def status(self) -> list[PartStatus]:
         parts = [
-            PartStatus(
-                "kafka",
-                self.kafka.pid,
-                self.kafka.port,
-                "up" if self._kafka_answers() else "down",
-            ),
+            *self._kafka_status(),
             PartStatus(
                 "redis",
                 self.redis.pid,
@@ -300,11 +375,9 @@ class LocalStack:
                 )
             )
         for name in SERVICES:
-            parts.append(
-                PartStatus(
-                    name, self._service(name).pid, self.settings.port(name), self._health(name)
-                )
-            )
+            for k in range(1, max(self.instances, *self._instances_found(name)) + 1):
+                parts.append(PartStatus(instance_label(name, k), self._service(name, k).pid,
+                                        self.instance_port(name, k), self._health(name, k)))
         parts.append(PartStatus("console", self._console().pid, self.settings.console_port,
                                 self._console_health()))
         return parts
@@ -345,9 +418,20 @@ class LocalStack:
         )
         self._wait_ready(name, child)
 
+    def _kafka_status(self) -> list[PartStatus]:
+        if isinstance(self.kafka, LocalKafka):
+            return [PartStatus("kafka", self.kafka.pid, self.kafka.port,
+                               "up" if self._kafka_answers() else "down")]
+        return [PartStatus(f"kafka-{node.node_id}", node.pid, node.port,
+                           "up" if self._node_answers(node) else "down")
+                for node in self.kafka.nodes]
+
     def _kafka_answers(self) -> bool:
         return self.kafka.admin_password_file.exists() and broker_answers(
             self.kafka.admin_access(), 3000)
+
+    def _node_answers(self, node: LocalKafka) -> bool:
+        return node.admin_password_file.exists() and broker_answers(node.admin_access(), 3000)
 
     # --- helpers --------------------------------------------------------------------------
 
@@ -373,16 +457,24 @@ class LocalStack:
                 return int(text)
         return POSTGRES_PORT
 
-    def _service(self, name: str) -> DetachedProcess:
+    def _service(self, name: str, instance: int = 1) -> DetachedProcess:
         marker = f"services.{name}"
         return DetachedProcess(
-            self.run_dir / f"{name}.pid", lambda pid: command_contains(pid, marker)
+            self.run_dir / f"{instance_label(name, instance)}.pid",
+            lambda pid: command_contains(pid, marker),
         )
 
-    def _health(self, name: str) -> str:
+    def _instances_found(self, name: str) -> list[int]:
+        """Instance 1 and every other one with a pid file (running or stale)."""
+        others = [path.stem.removeprefix(f"{name}-")
+                  for path in self.run_dir.glob(f"{name}-*.pid")]
+        return [1, *sorted(int(k) for k in others if k.isdigit())]
+
+    def _health(self, name: str, instance: int = 1) -> str:
         try:
             response = httpx.get(
-                f"http://127.0.0.1:{self.settings.port(name)}/health/ready", timeout=3
+                f"http://127.0.0.1:{self.instance_port(name, instance)}/health/ready",
+                timeout=3,
             )
         except httpx.HTTPError:
             return "down"
@@ -391,6 +483,17 @@ class LocalStack:
 
 def _quiet(_text: str) -> None:
     return None
+
+
+def instance_label(name: str, instance: int) -> str:
+    """`referrals` for the first instance, `referrals-2` for the second (as the tests name
+    them)."""
+    return name if instance == 1 else f"{name}-{instance}"
+
+
+def _recorded_count(marker: Path) -> int:
+    text = _read_text(marker)
+    return int(text) if text and text.strip().isdigit() and int(text) > 0 else 1
 
 
 def _database_variable(service: str) -> str:

@@ -13,7 +13,7 @@ import anyio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError, for_code
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.message import KafkaMessage
@@ -59,6 +59,29 @@ TOPIC_CONFIG = {"retention.ms": "-1", "max.message.bytes": str(MAX_MESSAGE_BYTES
 JOURNAL_CONFIG = {**TOPIC_CONFIG, "cleanup.policy": "compact"}
 
 
+# Replicas of each partition: three on a cluster of three brokers or more, so that a write
+# acknowledged by two of them (producers use acks=all) survives the loss of any one broker.
+MAX_REPLICATION_FACTOR = 3
+
+
+def replication_factor_for(brokers: int) -> int:
+    return max(1, min(MAX_REPLICATION_FACTOR, brokers))
+
+
+def min_insync_replicas(replication_factor: int) -> int:
+    """Two of three replicas must have a write before it is acknowledged; with fewer
+    replicas one is enough (else losing a broker of two would stop every write)."""
+    return 2 if replication_factor >= MAX_REPLICATION_FACTOR else 1
+
+
+def replication_config(replication_factor: int) -> dict[str, str]:
+    """The topic-level settings that follow the replication factor (none for one replica:
+    the broker's default of one applies)."""
+    if replication_factor <= 1:
+        return {}
+    return {"min.insync.replicas": str(min_insync_replicas(replication_factor))}
+
+
 def topic_config(
     topic: str, bound: ErasureBound, journals: Collection[str] = ()
 ) -> dict[str, str]:
@@ -80,30 +103,40 @@ async def ensure_topics(
     partitions: int,
     bound: ErasureBound | None = None,
     journals: Collection[str] = (),
+    replication_factor: int | None = None,
 ) -> None:
     """Create the missing topics and give the existing ones our settings where they differ
     (topics made by an older version, or a bound changed since). Only the admin may: the
-    stack does it, never a service, and the broker creates no topic on a first write."""
+    stack does it, never a service, and the broker creates no topic on a first write.
+
+    `replication_factor` None: `replication_factor_for` the brokers the cluster has now. A
+    topic keeps the replication factor it was created with."""
     bound = bound or ErasureBound(Settings().erasure_max_days)
     admin = AIOKafkaAdminClient(**admin_access.client_options())
     await admin.start()
     try:
+        if replication_factor is None:
+            cluster = await admin.describe_cluster()
+            replication_factor = replication_factor_for(len(cluster["brokers"]))
+        replicated = replication_config(replication_factor)
         existing = set(await admin.list_topics())
         missing = [t for t in topics if t not in existing]
         if missing:
-            new = [NewTopic(t, num_partitions=partitions, replication_factor=1,
-                            topic_configs=topic_config(t, bound, journals)) for t in missing]
+            new = [NewTopic(t, num_partitions=partitions,
+                            replication_factor=replication_factor,
+                            topic_configs={**topic_config(t, bound, journals), **replicated})
+                   for t in missing]
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(new)
         await _align_topic_configs(admin, [t for t in topics if t in existing], bound,
-                                   journals)
+                                   journals, replicated)
     finally:
         await admin.close()
 
 
 async def _align_topic_configs(
     admin: AIOKafkaAdminClient, topics: Sequence[str], bound: ErasureBound,
-    journals: Collection[str],
+    journals: Collection[str], replicated: dict[str, str],
 ) -> None:
     """Sets again the whole configuration of each topic that differs (AlterConfigs sets
     the given keys and resets the others: each topic's whole set is given)."""
@@ -114,16 +147,33 @@ async def _align_topic_configs(
     for response in await admin.describe_configs(resources):
         for _code, _message, _type, name, entries, *_ in response.resources:
             values = {entry[0]: entry[1] for entry in entries}
-            wanted = topic_config(name, bound, journals)
+            wanted = {**topic_config(name, bound, journals), **replicated}
             if any(values.get(key) != value for key, value in wanted.items()):
                 stale.append(name)
     if stale:
         log.info("topic settings set again on %s", ", ".join(stale))
         await admin.alter_configs(
             [ConfigResource(ConfigResourceType.TOPIC, topic,
-                            topic_config(topic, bound, journals))
+                            {**topic_config(topic, bound, journals), **replicated})
              for topic in stale]
         )
+
+
+async def partition_leaders(access: KafkaAccess, topic: str) -> dict[int, int]:
+    """Partition -> the node id of its leader, as the cluster's metadata says now (-1 for a
+    partition with no leader, e.g. while one is elected)."""
+    admin = AIOKafkaAdminClient(**access.client_options())
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    for found in described:
+        if found.get("error_code"):
+            # e.g. unknown topic: a node that has not yet caught up with its creation
+            raise for_code(found["error_code"])(topic)
+        return {p["partition"]: p["leader"] for p in found.get("partitions", [])}
+    raise RuntimeError(f"{topic}: not described by the broker")
 
 
 async def topic_partitions(

@@ -172,7 +172,7 @@ def build_context(spec: ServiceSpec, settings: Settings) -> ServiceContext:
     handlers = topology.handlers(settings)
     access = settings.kafka_access()
     broker = KafkaBroker(
-        access.bootstrap,
+        access.bootstrap.split(","),  # faststream takes a string as one address
         security=access.faststream_security(),
         client_id=topology.group_id,
         apply_types=False,  # the BatchConsumer validates each record itself
