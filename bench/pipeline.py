@@ -28,11 +28,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import json
 import os
 import platform
-import socket
 import statistics
 import time
 import uuid
@@ -44,9 +42,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from deploy.harness import _HANDED_OUT, Environment, ServiceProcesses, free_port
+from deploy.harness import Environment, ServiceProcesses, free_port
 from deploy.kafka_security import OPS, access
-from deploy.local_kafka import LocalKafka
+from deploy.local_kafka import LocalBrokers, LocalKafka
 from deploy.writers import Writers, writer_accesses
 from shared.contract import Topic
 from shared.kafka import topic_partitions
@@ -88,7 +86,7 @@ def quiet(extra: dict[str, str] | None = None) -> dict[str, str]:
 # --- 1. raw -----------------------------------------------------------------------------------
 
 
-async def raw_ceiling(kafka: LocalKafka, events: int) -> Figure:
+async def raw_ceiling(kafka: LocalBrokers, events: int) -> Figure:
     """One producer and one consumer on a topic of their own, both as the admin principal
     (authenticated as every client is: SASL/SCRAM, with the ACLs checked)."""
     return await _raw(kafka.admin_access().client_options(), events, "raw aiokafka")
@@ -154,7 +152,7 @@ async def _consumer_at_end(
     return consumer
 
 
-async def _answers_at_end(kafka: LocalKafka, topics: list[Topic]) -> AIOKafkaConsumer:
+async def _answers_at_end(kafka: LocalBrokers, topics: list[Topic]) -> AIOKafkaConsumer:
     """A consumer of the services' answers, as ops (who may read every topic)."""
     ops = access(kafka, OPS)
     return await _consumer_at_end(ops.client_options(), await topic_partitions(ops, topics))
@@ -192,7 +190,7 @@ def referral(index: int, tag: str) -> dict[str, Any]:
     }
 
 
-async def referral_pipeline(kafka: LocalKafka, events: int, name: str) -> Figure:
+async def referral_pipeline(kafka: LocalBrokers, events: int, name: str) -> Figure:
     tag = uuid.uuid4().hex[:8]
     inputs = [referral(i, tag) for i in range(events)]
     sent: dict[str, float] = {}
@@ -217,7 +215,7 @@ async def referral_pipeline(kafka: LocalKafka, events: int, name: str) -> Figure
 # --- 4. scaling: referrals, then aid requests of the enrolled ------------------------------
 
 
-async def referrals_then_aids(kafka: LocalKafka, referrals: int, aids: int,
+async def referrals_then_aids(kafka: LocalBrokers, referrals: int, aids: int,
                               label: str) -> tuple[Figure, Figure]:
     """N referrals decided (timed); the first A of them enrolled (not timed); one meal request
     per enrolled trainee decided (timed): the two stages a month-start wave loads most."""
@@ -252,7 +250,7 @@ def _base() -> dict[str, Any]:
             "schema_version": 1}
 
 
-async def _stage(kafka: LocalKafka, producer: Writers, topic: Topic, answers: Topic,
+async def _stage(kafka: LocalBrokers, producer: Writers, topic: Topic, answers: Topic,
                  inputs: list[tuple[str, dict[str, Any]]], name: str
                  ) -> tuple[Figure, dict[str, str | None]]:
     """Publishes every input at once, waits for every answer; returns the stage's figure and
@@ -299,7 +297,7 @@ async def _answers_to(consumer: AIOKafkaConsumer, wanted: set[str], received: di
 # --- 3. lifecycle -------------------------------------------------------------------------------
 
 
-async def lifecycle(kafka: LocalKafka, trainees: int) -> Figure:
+async def lifecycle(kafka: LocalBrokers, trainees: int) -> Figure:
     """Each young person: referral → enrollment → meals → exit, the next input published as
     soon as the previous answer arrives, all people at once."""
     tag = uuid.uuid4().hex[:8]
@@ -348,50 +346,22 @@ async def lifecycle(kafka: LocalKafka, trainees: int) -> Figure:
 # --- 5. three brokers ------------------------------------------------------------------------
 
 
-def cluster_class() -> type[Any] | None:
-    """`deploy.local_kafka.LocalKafkaCluster` where this build has it (issue 16), else None."""
-    module = importlib.import_module("deploy.local_kafka")
-    return getattr(module, "LocalKafkaCluster", None)
-
-
-def free_port_block(size: int) -> int:
-    """The first of `size` consecutive ports free now: a cluster numbers its nodes' ports
-    from its first one."""
-    while True:
-        first = free_port()
-        ports = range(first, first + size)
-        if all(_bindable(port) for port in ports):
-            _HANDED_OUT.update(ports)
-            return first
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def three_broker_runs(cluster_type: type[Any], events: int) -> list[Figure]:
-    """Raw aiokafka and the referral pipeline (1 instance, SQLite) on three KRaft nodes."""
-    env = Environment(BENCH_DIR / "cluster")
-    cluster = cluster_type(env.data / "nodes", brokers=3, first_port=free_port_block(10))
-    env.kafka = cluster  # the same environment, its broker a cluster: provisioned alike
+def three_broker_runs(events: int) -> list[Figure]:
+    """Raw aiokafka and the referral pipeline (1 instance, SQLite) on three KRaft nodes,
+    every topic with replication 3 and min.insync.replicas 2, every producer acks=all."""
+    env = Environment(BENCH_DIR / "cluster", brokers=3)
     env.start()
     try:
-        raw = asyncio.run(_raw(cluster.admin_access().client_options(), events,
-                               "raw aiokafka, 3 brokers (replication 3)", replication=3))
-        stack = start_services(env, "cluster", 1, postgres=False)
+        raw = asyncio.run(_raw(env.kafka.admin_access().client_options(), events,
+                               "raw aiokafka, 3 brokers", replication=3))
+        stack = start_services(env, "stack", 1, postgres=False)
         try:
             pipeline = asyncio.run(referral_pipeline(
-                cluster, events, "referrals (1 instance, SQLite), 3 brokers"))
+                env.kafka, events, "referrals (1 instance, SQLite), 3 brokers"))
         finally:
             stack.stop_all()
     finally:
         env.stop()
-        cluster.purge()
     return [raw, pipeline]
 
 
@@ -451,13 +421,11 @@ def main() -> None:
         env.stop()
     if not args.skip_scaling:
         scaling = [scaling_run(instances, args.events, args.aids) for instances in (1, 2, 3)]
-    cluster: list[Figure] | None = None
-    if not args.skip_cluster:
-        cluster_type = cluster_class()
-        if cluster_type is not None:
-            cluster = three_broker_runs(cluster_type, args.events)
-    report(figures, scaling, open_raw, cluster, skip_cluster=args.skip_cluster)
-    print(f"make bench-pipeline took {time.monotonic() - started:.0f} s")
+    cluster = None if args.skip_cluster else three_broker_runs(args.events)
+    report(figures, scaling, open_raw, cluster)
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    print(f"took {time.monotonic() - started:.0f} s; load average at the end {load} "
+          f"on {os.cpu_count()} cores (other work on the machine skews every figure)")
 
 
 def scaling_run(instances: int, referrals: int, aids: int) -> Scaled:
@@ -501,14 +469,7 @@ def print_scaling(scaling: list[Scaled]) -> None:
               f"{line.aids.per_second / cores:>10.0f}")
 
 
-def print_cluster(one_broker: list[Figure], cluster: list[Figure] | None,
-                  skip_cluster: bool) -> None:
-    if skip_cluster:
-        return
-    if cluster is None:
-        print("\n3 brokers: not available (no deploy.local_kafka.LocalKafkaCluster in this "
-              "build): no figures")
-        return
+def print_cluster(one_broker: list[Figure], cluster: list[Figure]) -> None:
     print()
     print_figures(cluster)
     for three, one in zip(cluster, one_broker, strict=True):
@@ -517,7 +478,7 @@ def print_cluster(one_broker: list[Figure], cluster: list[Figure] | None,
 
 
 def report(figures: list[Figure], scaling: list[Scaled], open_raw: Figure,
-           cluster: list[Figure] | None, skip_cluster: bool) -> None:
+           cluster: list[Figure] | None) -> None:
     print_figures([open_raw, *figures])
     ratio = figures[1].per_second / figures[0].per_second
     print(f"ratio {ratio:.2f}   (referral pipeline / raw aiokafka; the goal is 0.25 or more)")
@@ -528,7 +489,8 @@ def report(figures: list[Figure], scaling: list[Scaled], open_raw: Figure,
     print(f"authentication and ACLs cost raw aiokafka {cost:.0%} of its rate in this run")
     if scaling:
         print_scaling(scaling)
-    print_cluster(figures[:2], cluster, skip_cluster)
+    if cluster is not None:
+        print_cluster(figures[:2], cluster)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({
         "machine": machine(),
