@@ -38,7 +38,7 @@ docs: install                     ## docs/asyncapi.json, docs/schemas/, docs/ope
 
 bench: bench-pipeline bench-reports  ## the benchmarks (never tests): pipeline vs raw Kafka, report cost
 
-bench-pipeline: install system-deps  ## raw aiokafka vs referral pipeline vs lifecycle, scaling 1-3
+bench-pipeline: install system-deps  ## raw aiokafka vs referral pipeline vs lifecycle, 1-3 instances on PostgreSQL, 3 brokers
 	$(BIN)/python -m bench.pipeline $(ARGS)
 
 simulate: install

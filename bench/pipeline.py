@@ -12,7 +12,12 @@ var/bench/, then measures:
    as it is deployed by default (one instance, SQLite).
 3. lifecycle: T young people taken through referral, enrollment, one aid and their exit
    (4 inputs each, each published when the previous answer arrives).
-4. scaling: the referrals run again with 1, 2 and 3 instances sharing one PostgreSQL store.
+4. scaling: 1, 2 and 3 instances of each service sharing one PostgreSQL store; each
+   count decides N referrals (timed), enrolls them, then decides A aid requests of the
+   enrolled trainees (timed), printed as inputs/s and inputs/s per core of this machine.
+5. three brokers (`--skip-cluster` leaves it out): raw aiokafka and the referral pipeline
+   again on a cluster of three KRaft nodes (replication 3, min.insync.replicas 2,
+   acks=all), each printed as a ratio to the same run on the one broker above.
 
 Each line gives events per second (N / from the first publish to the last answer) and
 the p50/p99 latency from publish to answer. `ratio` is referrals / raw. The figures go to
@@ -39,7 +44,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from deploy.harness import Environment, ServiceProcesses, free_port
 from deploy.kafka_security import OPS, access
-from deploy.local_kafka import LocalKafka
+from deploy.local_kafka import LocalBrokers, LocalKafka
 from deploy.writers import Writers, writer_accesses
 from shared.contract import Topic
 from shared.kafka import topic_partitions
@@ -81,7 +86,7 @@ def quiet(extra: dict[str, str] | None = None) -> dict[str, str]:
 # --- 1. raw -----------------------------------------------------------------------------------
 
 
-async def raw_ceiling(kafka: LocalKafka, events: int) -> Figure:
+async def raw_ceiling(kafka: LocalBrokers, events: int) -> Figure:
     """One producer and one consumer on a topic of their own, both as the admin principal
     (authenticated as every client is: SASL/SCRAM, with the ACLs checked)."""
     return await _raw(kafka.admin_access().client_options(), events, "raw aiokafka")
@@ -100,11 +105,14 @@ async def raw_without_authentication(events: int) -> Figure:
         broker.purge()
 
 
-async def _raw(options: dict[str, Any], events: int, name: str) -> Figure:
+async def _raw(options: dict[str, Any], events: int, name: str,
+               replication: int = 1) -> Figure:
     topic = f"bench.raw.{uuid.uuid4().hex[:8]}"
     admin = AIOKafkaAdminClient(**options)
     await admin.start()
-    await admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])
+    configs = {"min.insync.replicas": str(min_insync(replication))}
+    await admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=replication,
+                                        topic_configs=configs)])
     await admin.close()
     padding = "x" * 420  # about the size of a referral
     sent: dict[str, float] = {}
@@ -127,6 +135,11 @@ async def _raw(options: dict[str, Any], events: int, name: str) -> Figure:
     return figure(name, sent, received)
 
 
+def min_insync(replication: int) -> int:
+    """The project's rule: with three replicas a write needs two of them."""
+    return 2 if replication >= 3 else 1
+
+
 async def _consumer_at_end(
     options: dict[str, Any], partitions: list[TopicPartition]
 ) -> AIOKafkaConsumer:
@@ -139,7 +152,7 @@ async def _consumer_at_end(
     return consumer
 
 
-async def _answers_at_end(kafka: LocalKafka, topics: list[Topic]) -> AIOKafkaConsumer:
+async def _answers_at_end(kafka: LocalBrokers, topics: list[Topic]) -> AIOKafkaConsumer:
     """A consumer of the services' answers, as ops (who may read every topic)."""
     ops = access(kafka, OPS)
     return await _consumer_at_end(ops.client_options(), await topic_partitions(ops, topics))
@@ -177,7 +190,7 @@ def referral(index: int, tag: str) -> dict[str, Any]:
     }
 
 
-async def referral_pipeline(kafka: LocalKafka, events: int, name: str) -> Figure:
+async def referral_pipeline(kafka: LocalBrokers, events: int, name: str) -> Figure:
     tag = uuid.uuid4().hex[:8]
     inputs = [referral(i, tag) for i in range(events)]
     sent: dict[str, float] = {}
@@ -199,10 +212,92 @@ async def referral_pipeline(kafka: LocalKafka, events: int, name: str) -> Figure
     return figure(name, sent, received)
 
 
+# --- 4. scaling: referrals, then aid requests of the enrolled ------------------------------
+
+
+async def referrals_then_aids(kafka: LocalBrokers, referrals: int, aids: int,
+                              label: str) -> tuple[Figure, Figure]:
+    """N referrals decided (timed); the first A of them enrolled (not timed); one meal request
+    per enrolled trainee decided (timed): the two stages a month-start wave loads most."""
+    tag = uuid.uuid4().hex[:8]
+    inputs = [referral(i, tag) for i in range(referrals)]
+    producer = Writers(writer_accesses(kafka), linger_ms=5, acks="all")
+    await producer.start()
+    try:
+        decided, trainees = await _stage(kafka, producer, Topic.REFERRALS_SUBMITTED,
+                                         Topic.REFERRALS_DECIDED,
+                                         [(e["referral_id"], e) for e in inputs],
+                                         f"referrals ({label})")
+        accepted = [ref for ref, trainee in trainees.items() if trainee][:aids]
+        enrollments = [(ref, {**_base(), "referral_id": ref, "school_id": "toulouse",
+                              "enrolled_on": "2024-04-02"}) for ref in accepted]
+        _, enrolled = await _stage(kafka, producer, Topic.ENROLLMENTS_SUBMITTED,
+                                   Topic.ENROLLMENTS_DECIDED, enrollments, "enrollments")
+        requests = [(trainee, {**_base(), "request_id": f"BA-{tag}-{index:07d}",
+                               "trainee_id": trainee, "kind": "meals", "quantity": 10,
+                               "amount_cents": None, "period_start": "2024-04-02",
+                               "period_end": "2024-04-30"})
+                    for index, trainee in enumerate(t for t in enrolled.values() if t)]
+        aid_figure, _ = await _stage(kafka, producer, Topic.AIDS_REQUESTED, Topic.AIDS_DECIDED,
+                                     requests, f"aid requests ({label})")
+    finally:
+        await producer.stop()
+    return decided, aid_figure
+
+
+def _base() -> dict[str, Any]:
+    return {"event_id": str(uuid.uuid4()), "occurred_at": "2024-05-01T09:00:00+02:00",
+            "schema_version": 1}
+
+
+async def _stage(kafka: LocalBrokers, producer: Writers, topic: Topic, answers: Topic,
+                 inputs: list[tuple[str, dict[str, Any]]], name: str
+                 ) -> tuple[Figure, dict[str, str | None]]:
+    """Publishes every input at once, waits for every answer; returns the stage's figure and
+    each input key's `trainee_id` in its answer (None when refused)."""
+    sent = {event["event_id"]: 0.0 for _, event in inputs}
+    received: dict[str, float] = {}
+    trainee_of_request: dict[str, str | None] = {}
+    consumer = await _answers_at_end(kafka, [answers])
+    reading = asyncio.create_task(_answers_to(consumer, set(sent), received,
+                                              trainee_of_request, name))
+    futures = []
+    for key, event in inputs:
+        sent[event["event_id"]] = time.time()
+        futures.append(await producer.send(topic, json.dumps(event).encode(),
+                                           key=key.encode()))
+    await asyncio.gather(*futures)
+    await asyncio.wait_for(reading, timeout=900)
+    await consumer.stop()
+    trainees = {key: trainee_of_request.get(event["event_id"]) for key, event in inputs}
+    return figure(name, sent, received), trainees
+
+
+async def _answers_to(consumer: AIOKafkaConsumer, wanted: set[str], received: dict[str, float],
+                      trainee_of_request: dict[str, str | None], name: str) -> None:
+    """Reads until every input in `wanted` is answered; answers to other inputs (none are
+    expected: each run has a broker of its own) are counted apart, never taken for ours."""
+    foreign: set[str] = set()
+    while not wanted <= received.keys():
+        batches = await consumer.getmany(timeout_ms=500, max_records=5000)
+        now = time.time()
+        for records in batches.values():
+            for record in records:
+                body = json.loads(record.value)
+                request = body.get("request_event_id")
+                if request in wanted and request not in received:
+                    received[request] = now
+                    trainee_of_request[request] = body.get("trainee_id")
+                elif request not in wanted:
+                    foreign.add(str(request))
+    if foreign:
+        print(f"{name}: {len(foreign)} answers to inputs of earlier runs seen meanwhile")
+
+
 # --- 3. lifecycle -------------------------------------------------------------------------------
 
 
-async def lifecycle(kafka: LocalKafka, trainees: int) -> Figure:
+async def lifecycle(kafka: LocalBrokers, trainees: int) -> Figure:
     """Each young person: referral → enrollment → meals → exit, the next input published as
     soon as the previous answer arrives, all people at once."""
     tag = uuid.uuid4().hex[:8]
@@ -248,6 +343,28 @@ async def lifecycle(kafka: LocalKafka, trainees: int) -> Figure:
     return figure("whole lifecycle (4 inputs each)", sent, received)
 
 
+# --- 5. three brokers ------------------------------------------------------------------------
+
+
+def three_broker_runs(events: int) -> list[Figure]:
+    """Raw aiokafka and the referral pipeline (1 instance, SQLite) on three KRaft nodes,
+    every topic with replication 3 and min.insync.replicas 2, every producer acks=all."""
+    env = Environment(BENCH_DIR / "cluster", brokers=3)
+    env.start()
+    try:
+        raw = asyncio.run(_raw(env.kafka.admin_access().client_options(), events,
+                               "raw aiokafka, 3 brokers", replication=3))
+        stack = start_services(env, "stack", 1, postgres=False)
+        try:
+            pipeline = asyncio.run(referral_pipeline(
+                env.kafka, events, "referrals (1 instance, SQLite), 3 brokers"))
+        finally:
+            stack.stop_all()
+    finally:
+        env.stop()
+    return [raw, pipeline]
+
+
 # --- the run ------------------------------------------------------------------------------------
 
 
@@ -282,12 +399,16 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=5000)
     parser.add_argument("--trainees", type=int, default=1000)
+    parser.add_argument("--aids", type=int, default=1000,
+                        help="aid requests per instance count in the scaling runs")
     parser.add_argument("--skip-scaling", action="store_true")
+    parser.add_argument("--skip-cluster", action="store_true")
     args = parser.parse_args()
+    started = time.monotonic()
     env = Environment(BENCH_DIR / "env")
     env.start()
     figures: list[Figure] = []
-    scaling: list[Figure] = []
+    scaling: list[Scaled] = []
     try:
         open_raw = asyncio.run(raw_without_authentication(args.events))
         figures.append(asyncio.run(raw_ceiling(env.kafka, args.events)))
@@ -296,24 +417,69 @@ def main() -> None:
             env.kafka, args.events, "referrals (1 instance, SQLite)")))
         figures.append(asyncio.run(lifecycle(env.kafka, args.trainees)))
         stack.stop_all()
-        if not args.skip_scaling:
-            for instances in (1, 2, 3):
-                stack = start_services(env, f"scale{instances}", instances, postgres=True)
-                scaling.append(asyncio.run(referral_pipeline(
-                    env.kafka, args.events,
-                    f"referrals ({instances} instance{'s' if instances > 1 else ''}, "
-                    "PostgreSQL)")))
-                stack.stop_all()
     finally:
         env.stop()
-    report(figures, scaling, open_raw)
+    if not args.skip_scaling:
+        scaling = [scaling_run(instances, args.events, args.aids) for instances in (1, 2, 3)]
+    cluster = None if args.skip_cluster else three_broker_runs(args.events)
+    report(figures, scaling, open_raw, cluster)
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    print(f"took {time.monotonic() - started:.0f} s; load average at the end {load} "
+          f"on {os.cpu_count()} cores (other work on the machine skews every figure)")
 
 
-def report(figures: list[Figure], scaling: list[Figure], open_raw: Figure) -> None:
-    print(f"{'run':<40}{'events':>8}{'events/s':>11}{'p50 ms':>9}{'p99 ms':>9}")
-    for line in [open_raw, *figures, *scaling]:
-        print(f"{line.name:<40}{line.events:>8}{line.per_second:>11.0f}"
+def scaling_run(instances: int, referrals: int, aids: int) -> Scaled:
+    """On a broker of its own: a service's offsets live in its store (exactly-once), so new
+    stores on a used broker would first replay every earlier run's inputs."""
+    env = Environment(BENCH_DIR / f"scale{instances}")
+    env.start()
+    try:
+        stack = start_services(env, "stack", instances, postgres=True)
+        try:
+            label = f"{instances} instance{'s' if instances > 1 else ''}, PostgreSQL"
+            return Scaled(instances, *asyncio.run(referrals_then_aids(
+                env.kafka, referrals, aids, label)))
+        finally:
+            stack.stop_all()
+    finally:
+        env.stop()
+
+
+@dataclass
+class Scaled:
+    instances: int
+    referrals: Figure
+    aids: Figure
+
+
+def print_figures(lines: list[Figure]) -> None:
+    print(f"{'run':<48}{'events':>8}{'events/s':>11}{'p50 ms':>9}{'p99 ms':>9}")
+    for line in lines:
+        print(f"{line.name:<48}{line.events:>8}{line.per_second:>11.0f}"
               f"{line.p50_ms:>9.1f}{line.p99_ms:>9.1f}")
+
+
+def print_scaling(scaling: list[Scaled]) -> None:
+    cores = os.cpu_count() or 1
+    print(f"\nscaling on one PostgreSQL store, {cores} cores shared by everything")
+    print(f"{'instances':>9}{'referrals/s':>13}{'per core':>10}{'aids/s':>9}{'per core':>10}")
+    for line in scaling:
+        print(f"{line.instances:>9}{line.referrals.per_second:>13.0f}"
+              f"{line.referrals.per_second / cores:>10.0f}{line.aids.per_second:>9.0f}"
+              f"{line.aids.per_second / cores:>10.0f}")
+
+
+def print_cluster(one_broker: list[Figure], cluster: list[Figure]) -> None:
+    print()
+    print_figures(cluster)
+    for three, one in zip(cluster, one_broker, strict=True):
+        print(f"ratio {three.per_second / one.per_second:.2f}   ({three.name} / the same on "
+              "1 broker)")
+
+
+def report(figures: list[Figure], scaling: list[Scaled], open_raw: Figure,
+           cluster: list[Figure] | None) -> None:
+    print_figures([open_raw, *figures])
     ratio = figures[1].per_second / figures[0].per_second
     print(f"ratio {ratio:.2f}   (referral pipeline / raw aiokafka; the goal is 0.25 or more)")
     open_ratio = figures[1].per_second / open_raw.per_second
@@ -321,11 +487,23 @@ def report(figures: list[Figure], scaling: list[Figure], open_raw: Figure) -> No
           "SASL nor ACLs)")
     cost = 1 - figures[0].per_second / open_raw.per_second
     print(f"authentication and ACLs cost raw aiokafka {cost:.0%} of its rate in this run")
+    if scaling:
+        print_scaling(scaling)
+    if cluster is not None:
+        print_cluster(figures[:2], cluster)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({
         "machine": machine(),
         "figures": [{**asdict(f), "per_second": f.per_second} for f in figures],
-        "scaling": [{**asdict(f), "per_second": f.per_second} for f in scaling],
+        "cores": os.cpu_count(),
+        "scaling": [{"instances": s.instances,
+                     "referrals": {**asdict(s.referrals), "per_second": s.referrals.per_second},
+                     "aids": {**asdict(s.aids), "per_second": s.aids.per_second}}
+                    for s in scaling],
+        "three_brokers": None if cluster is None else [
+            {**asdict(f), "per_second": f.per_second,
+             "ratio_to_one_broker": f.per_second / one.per_second}
+            for f, one in zip(cluster, figures[:2], strict=True)],
         "ratio": ratio,
         "raw_without_authentication": {**asdict(open_raw), "per_second": open_raw.per_second},
         "ratio_to_raw_without_authentication": open_ratio,
