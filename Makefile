@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 ARGS   ?=
 
-.PHONY: run test up down status demo simulate chaos install system-deps lint docs clean bench bench-pipeline bench-reports migration
+.PHONY: run test test-cluster up down status demo simulate chaos install system-deps lint docs clean bench bench-pipeline bench-reports migration
 
 run: install system-deps          ## start the whole stack and the console, simulate a small year through it, leave it running
 	$(BIN)/e2c stack up $(ARGS)
@@ -15,7 +15,10 @@ run: install system-deps          ## start the whole stack and the console, simu
 	@$(BIN)/e2c stack console
 
 test: install system-deps         ## the whole suite against real Kafka, Redis and PostgreSQL
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -m "not cluster_chaos" $(ARGS)
+
+test-cluster: install system-deps  ## the chaos year on three Kafka nodes (minutes; CI runs it after make test)
+	$(BIN)/python -m pytest -m cluster_chaos $(ARGS)
 
 up: install system-deps
 	$(BIN)/e2c stack up $(ARGS)

@@ -19,6 +19,7 @@ from shared.settings import PROJECT_ROOT
 pytestmark = pytest.mark.infra
 
 
+@pytest.mark.cluster_chaos
 def test_a_year_survives_losing_the_leader_of_the_busiest_partition() -> None:
     """Its own cluster, Redis, PostgreSQL and services (var/chaos/). The pause in decisions
     is printed, not asserted: a figure of this machine, not a property of the code."""
