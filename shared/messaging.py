@@ -159,6 +159,10 @@ class BatchScope:
       written in bulk when the batch ends. Until then they are not in the database: a
       store hands them out as read-only snapshots, and a handler that must change one asks
       the store, which calls `write_pending` first and reads the real row.
+    - `on_write` registers a store's flush: work the store keeps in memory during the batch
+      (running totals, rows it changes many times) and writes in a few grouped statements
+      when the pending rows are written. A flush empties what it wrote: it may run again
+      later in the same batch.
     If a handler raises (or asks for `NeedsIsolation`), the batch is rolled back and handled
     again with `isolated` True: each record in its own savepoint, no cache, rows written at
     once. Stores built outside a batch (HTTP, sweeps, commands) get no scope at all.
@@ -169,6 +173,19 @@ class BatchScope:
         self.isolated = isolated
         self.cache = cache
         self._pending: list[tuple[Table, dict[str, Any]]] = []
+        self._flushes: list[Callable[[], None]] = []
+
+    @property
+    def deferring(self) -> bool:
+        """Whether a store may keep work for the end of the batch now: on the fast path and
+        outside any savepoint (a savepoint rolled back could not take memory back with it)."""
+        return not self.isolated and not self.session.in_nested_transaction()
+
+    def on_write(self, flush: Callable[[], None]) -> None:
+        if self.isolated:
+            raise ValueError("nothing is deferred on the savepoint path")
+        if flush not in self._flushes:
+            self._flushes.append(flush)
 
     def insert(self, table: Table, row: dict[str, Any]) -> None:
         if self.isolated:
@@ -184,8 +201,9 @@ class BatchScope:
         del self._pending[mark:]
 
     def write_pending(self) -> None:
-        """Writes the collected rows now, table by table in the order they came."""
-        if not self._pending:
+        """Writes the collected rows now, table by table in the order they came, then runs
+        the stores' flushes."""
+        if not self._pending and not self._flushes:
             return
         if self.session.in_nested_transaction():
             # A savepoint rolled back later would take earlier records' rows with it.
@@ -196,6 +214,8 @@ class BatchScope:
         for table, rows in by_table.items():
             self.session.exec(insert(table), params=rows)  # type: ignore[call-overload]
         self._pending.clear()
+        for flush in self._flushes:
+            flush()
 
 
 class Store:

@@ -161,6 +161,31 @@ def test_pending_rows_are_never_written_inside_a_savepoint(engine: Engine) -> No
         assert session.exec(select(InboxEvent)).all()[0].key == "k"
 
 
+
+def test_a_store_flush_runs_after_the_pending_rows_and_only_where_deferring_is_safe(
+    engine: Engine,
+) -> None:
+    """A store's deferred work (`on_write`) is written with the pending rows, once per
+    registration; it is refused on the savepoint path and not offered inside a savepoint."""
+    seen: list[int] = []
+    with Session(engine) as session:
+        scope = BatchScope(session, isolated=False)
+        assert scope.deferring
+
+        def flush() -> None:  # sees the pending rows already written
+            seen.append(len(session.exec(select(InboxEvent)).all()))
+
+        scope.on_write(flush)
+        scope.on_write(flush)
+        scope.insert(InboxEvent.__table__, {"key": "k", "topic": "t",  # type: ignore[arg-type]
+                                            "processed_at": datetime.now(UTC)})
+        with session.begin_nested():
+            assert not scope.deferring
+        scope.write_pending()
+        assert seen == [1]
+        with Session(engine) as other, pytest.raises(ValueError):
+            BatchScope(other, isolated=True).on_write(flush)
+
 # --- (1.1) No message stalls anything -----------------------------------------------------
 
 
