@@ -32,10 +32,13 @@ def loose_bits(path: Path) -> int:
 
 def private_dir(path: Path) -> Path:
     """Create `path` (and missing parents) at 0700; tighten it when it exists with looser
-    bits and belongs to us (a folder of someone else's is left as it is)."""
+    bits and belongs to us. A folder of someone else's is left as it is, and so is a shared
+    drop with the sticky bit (`/tmp`: run as root, a store file put there must not close
+    it to every other user)."""
     path.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
     info = path.stat()
-    if info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) & 0o077:
+    shared_drop = bool(info.st_mode & stat.S_ISVTX)
+    if info.st_uid == os.geteuid() and not shared_drop and stat.S_IMODE(info.st_mode) & 0o077:
         path.chmod(stat.S_IMODE(info.st_mode) & ~0o077)
     return path
 

@@ -20,6 +20,7 @@ from shared.private_files import (
     private_dir,
     read_or_create_secret,
     read_secret,
+    touch_private,
     write_private,
 )
 
@@ -62,6 +63,19 @@ def test_a_looser_folder_of_ours_is_tightened_and_a_file_rewritten_tight(
     assert mode(folder) == 0o700
     assert mode(folder / "old.txt") == 0o600
 
+
+
+def test_a_shared_drop_with_the_sticky_bit_is_never_tightened(tmp_path: Path) -> None:
+    """A store file put in `/tmp` by a process running as root must leave `/tmp` open."""
+    drop = tmp_path / "tmp"
+    drop.mkdir()
+    drop.chmod(0o1777)
+
+    private_dir(drop)
+    touch_private(drop / "store.sqlite")
+
+    assert mode(drop) == 0o1777
+    assert mode(drop / "store.sqlite") == 0o600
 
 def test_a_secret_is_made_once_and_refused_when_others_may_read_it(tmp_path: Path) -> None:
     path = tmp_path / "redis" / "password"
