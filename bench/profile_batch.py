@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import io
 import json
 import os
@@ -57,6 +58,7 @@ class BatchFigure:
     cpu_seconds: float
     wall_seconds: float
     statements: int
+    gc_seconds: float  # CPU seconds of the garbage collector within the batch
 
     @property
     def per_cpu_second(self) -> float:
@@ -170,6 +172,25 @@ def counted_statements(engine: Engine) -> Iterator[list[int]]:
         event.remove(engine, "before_cursor_execute", before)
 
 
+@contextmanager
+def collector_seconds() -> Iterator[list[float]]:
+    """The CPU seconds the garbage collector runs while the block runs (`[seconds]`)."""
+    spent = [0.0]
+    started = [0.0]
+
+    def callback(phase: str, _info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[0] = time.process_time()
+        else:
+            spent[0] += time.process_time() - started[0]
+
+    gc.callbacks.append(callback)
+    try:
+        yield spent
+    finally:
+        gc.callbacks.remove(callback)
+
+
 def profile_batch(
     topology: ServiceTopology[Any, Any],
     engine: Engine,
@@ -186,8 +207,11 @@ def profile_batch(
     processor = topology.processor(engine, topology.handlers(Settings()))
     for records_ in seed:
         processor.process(list(records_))
-    profiler = cProfile.Profile() if profile else None
-    with counted_statements(engine) as count:
+    profiler = cProfile.Profile(time.process_time) if profile else None
+    # A full collection of the seeding's garbage would land in a random batch (0.1-0.2 s of
+    # CPU here, about a batch's own time): every measured batch starts from the same state.
+    gc.collect()
+    with counted_statements(engine) as count, collector_seconds() as collecting:
         wall, cpu = time.perf_counter(), time.process_time()
         if profiler is not None:
             profiler.enable()
@@ -198,7 +222,7 @@ def profile_batch(
     handled = sum(result.handled.values())
     if handled != len(batch):
         raise RuntimeError(f"{scenario}: {handled} of {len(batch)} records handled: {result}")
-    figure = BatchFigure(scenario, backend, len(batch), cpu, wall, count[0])
+    figure = BatchFigure(scenario, backend, len(batch), cpu, wall, count[0], collecting[0])
     return figure, _top(profiler) if profiler is not None else None
 
 
@@ -307,21 +331,24 @@ def print_figure(figure: BatchFigure) -> None:
     print(f"{figure.scenario:<13} {figure.backend:<10} {figure.records:>5} records  "
           f"cpu {figure.cpu_seconds:6.3f} s ({figure.per_cpu_second:7.0f}/s cpu)  "
           f"wall {figure.wall_seconds:6.3f} s ({figure.per_second:7.0f}/s)  "
-          f"{figure.statements_per_record:5.2f} statements/record", flush=True)
+          f"{figure.statements_per_record:5.2f} statements/record  "
+          f"gc {figure.gc_seconds:5.3f} s", flush=True)
 
 
 def print_summary(figures: list[BatchFigure]) -> None:
-    print("\nmedians (records/s: wall, cpu; statements/record), and the ratio to referrals:")
+    print("\nmedians (records/s: wall, cpu; statements/record), and the ratios to referrals:")
     groups: dict[tuple[str, str], list[BatchFigure]] = {}
     for figure in figures:
         groups.setdefault((figure.backend, figure.scenario), []).append(figure)
     walls = {key: statistics.median(f.per_second for f in group) for key, group in groups.items()}
+    cpus = {key: statistics.median(f.per_cpu_second for f in group)
+            for key, group in groups.items()}
     for (backend, scenario), group in groups.items():
-        wall = walls[(backend, scenario)]
-        cpu = statistics.median(f.per_cpu_second for f in group)
+        wall, cpu = walls[(backend, scenario)], cpus[(backend, scenario)]
         spread = (min(f.per_second for f in group), max(f.per_second for f in group))
-        reference = walls.get((backend, "referrals"))
-        ratio = f"  {wall / reference:4.2f} of referrals" if reference else ""
+        reference = (walls.get((backend, "referrals")), cpus.get((backend, "referrals")))
+        ratio = (f"  of referrals: {wall / reference[0]:4.2f} wall, {cpu / reference[1]:4.2f} cpu"
+                 if reference[0] and reference[1] else "")
         print(f"  {backend:<10} {scenario:<13} wall {wall:7.0f}/s "
               f"(min {spread[0]:.0f}, max {spread[1]:.0f}, n={len(group)})  cpu {cpu:7.0f}/s  "
               f"{group[0].statements_per_record:5.2f} statements/record{ratio}")
