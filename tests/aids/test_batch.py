@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, Table, select
+from sqlalchemy import Engine, Table, select, text
 from sqlmodel import Session
 
 from services.aids import domain
@@ -419,33 +419,59 @@ def test_enrollments_exits_budgets_and_requests_in_one_batch(engine: Engine) -> 
                                     (second, "nimes", None), (third, "toulouse", None)])
 
 
+def lock_waiters(engine: Engine) -> int:
+    """PostgreSQL: the sessions of the store waiting for a lock now."""
+    with engine.connect() as connection:
+        query = text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                     "AND datname = current_database()")
+        return int(connection.execute(query).scalar_one())
+
+
 def test_two_processors_on_one_store_never_overrun_an_envelope(engine: Engine) -> None:
-    """Two instances deciding batches against one envelope at once: the batch that comes
-    second waits for the first's locks and sees its grants."""
+    """Two instances deciding batches against one envelope: the first stops after its
+    `prepare` until the second waits for its locks (PostgreSQL; on SQLite the second waits
+    for the write lock at BEGIN) or has finished, so that the batches overlap; the second
+    then sees the first's grants."""
     cap, allowed = 30000, 7
-    trainees = [uuid.uuid4().hex for _ in range(20)]
+    trainees = [uuid.uuid4().hex for _ in range(21)]
     feed(engine, *enrollments(trainees),
-         (Topic.BUDGETS_SUBMITTED, budget("childcare", allowed * cap)))
+         (Topic.BUDGETS_SUBMITTED, budget("childcare", (allowed + 1) * cap)))
+    # A grant before: the locked total is a row both instances find (not one they create).
+    feed(engine, (Topic.AIDS_REQUESTED, aid_request(trainees.pop(), "childcare",
+                                                    amount_cents=cap)))
     requests = [aid_request(t, "childcare", amount_cents=cap, period_start="2024-05-01",
                             period_end="2024-05-31") for t in trainees]
-    halves = [requests[::2], requests[1::2]]
-    start = threading.Barrier(2)
+    first_prepared, second_done = threading.Event(), threading.Event()
     failures: list[BaseException] = []
+    postgresql = engine.dialect.name == "postgresql"
 
-    def instance(half: list[dict[str, Any]]) -> None:
+    def first_prepare(store: AidStore, events: list[Any]) -> Any:
+        cache = HANDLERS.prepare(store, events)
+        first_prepared.set()
+        while postgresql and not second_done.wait(0.01) and lock_waiters(engine) == 0:
+            pass  # until the second instance waits for a lock of ours, or is done
+        return cache
+
+    def instance(half: list[dict[str, Any]], done: threading.Event,
+                 prepare: Callable[[AidStore, list[Any]], Any] | None = None) -> None:
         processor = plumbing.processor(TOPOLOGY, engine, handlers=HANDLERS)
-        records = [inbound(Topic.AIDS_REQUESTED, r) for r in half]
-        start.wait()
+        if prepare is not None:
+            processor.prepare = prepare
         try:
-            processor.process(records)
+            processor.process([inbound(Topic.AIDS_REQUESTED, r) for r in half])
         except BaseException as error:  # reported below
             failures.append(error)
+        finally:
+            done.set()
 
-    threads = [threading.Thread(target=instance, args=(half,)) for half in halves]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    first = threading.Thread(target=instance,
+                             args=(requests[::2], threading.Event(), first_prepare))
+    second = threading.Thread(target=instance, args=(requests[1::2], second_done))
+    first.start()
+    assert first_prepared.wait(60)
+    second.start()
+    first.join(timeout=60)
+    second.join(timeout=60)
 
     assert failures == []
     got = answers(engine)
@@ -454,5 +480,5 @@ def test_two_processors_on_one_store_never_overrun_an_envelope(engine: Engine) -
     assert statuses.count(("rejected", "budget_exhausted")) == len(requests) - allowed
     with Session(engine) as session:
         childcare = AidStore(session).year_totals(2024).by_kind[AidKind.CHILDCARE]
-    assert (childcare.amount_cents, childcare.granted) == (allowed * cap, allowed)
-    assert sum(line[-1] for line in ledger(engine)) == allowed * cap
+    assert (childcare.amount_cents, childcare.granted) == ((allowed + 1) * cap, allowed + 1)
+    assert sum(line[-1] for line in ledger(engine)) == (allowed + 1) * cap
