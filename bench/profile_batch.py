@@ -9,6 +9,7 @@ Scenarios (each a store seeded first, then ONE measured batch of `--records` rec
 - `aid-requests`: trainees enrolled and budgets set, then aid requests (meals, laptops,
   childcare) of those trainees;
 - `enrollments`: enrollments of new trainees (what aids learns from them);
+- `held-released`: enrollments of which one in five releases a held request;
 - `referrals`: referral submissions of new people, through the referrals service (the pace
   the others are compared with).
 
@@ -132,6 +133,23 @@ def enrollments_scenario(size: int) -> Scenario:
                     records(Topic.ENROLLMENTS_DECIDED, enrollments))
 
 
+def held_scenario(size: int) -> Scenario:
+    """Enrollments of which one in five releases a request held before it (decided in its
+    own savepoint, as `release_each` does)."""
+    from services.aids.app import TOPOLOGY
+    from shared.contract import Topic
+
+    trainees = [uuid.uuid4().hex for _ in range(size)]
+    held = [aid_request(t, "meals", quantity=10, period_start="2024-03-01",
+                        period_end="2024-03-20") for t in trainees[::5]]
+    enrollments = [enrollment_decided(t, enrolled_on="2024-01-08", school_id=school)
+                   for t, school in zip(trainees, _schools(size), strict=True)]
+    budgets = [budget(kind, 10**12, year=2024) for kind in ("meals", "laptop", "childcare")]
+    return Scenario(TOPOLOGY, [records(Topic.BUDGETS_SUBMITTED, budgets),
+                               records(Topic.AIDS_REQUESTED, held)],
+                    records(Topic.ENROLLMENTS_DECIDED, enrollments))
+
+
 def referrals_scenario(size: int) -> Scenario:
     from services.referrals.app import TOPOLOGY
     from shared.contract import Topic
@@ -153,6 +171,7 @@ def _chunks(items: list[Inbound], size: int) -> Iterator[list[Inbound]]:
 SCENARIOS: dict[str, Callable[[int], Scenario]] = {
     "aid-requests": aid_requests_scenario,
     "enrollments": enrollments_scenario,
+    "held-released": held_scenario,
     "referrals": referrals_scenario,
 }
 
