@@ -138,3 +138,41 @@ def upsert_max(
     new.update({name: statement.excluded[name] for name in rows[0]
                 if name not in key and name != column})
     session.exec(statement.on_conflict_do_update(index_elements=key, set_=new))  # type: ignore[call-overload]
+
+
+def insert_ignore_many(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Inserts the rows whose key does not exist yet, in one statement (executemany); give
+    them in key order, so that two transactions lock new keys in the same order."""
+    if rows:
+        session.exec(_insert(session, table).on_conflict_do_nothing(), params=rows)  # type: ignore[call-overload]
+
+
+def add_to_many(
+    session: Session, table: Table, rows: list[dict[str, Any]], key: list[str]
+) -> None:
+    """`add_to` for many counter rows in one statement (executemany): each row's columns
+    outside `key` are added to the existing row's, or the row is created. Every row has the
+    same columns; one key appears once; give them in key order (lock order)."""
+    if not rows:
+        return
+    statement = _insert(session, table)
+    counters = [name for name in rows[0] if name not in key]
+    statement = statement.on_conflict_do_update(
+        index_elements=key,
+        set_={name: table.c[name] + statement.excluded[name] for name in counters},
+    )
+    session.exec(statement, params=rows)  # type: ignore[call-overload]
+
+
+def set_many(session: Session, table: Table, rows: list[dict[str, Any]], key: list[str]) -> None:
+    """Inserts the rows, or sets the existing ones' columns given in the rows (the others
+    are left as they are), in one statement (executemany). Every row has the same columns;
+    one key appears once; give them in key order (lock order)."""
+    if not rows:
+        return
+    statement = _insert(session, table)
+    statement = statement.on_conflict_do_update(
+        index_elements=key,
+        set_={name: statement.excluded[name] for name in rows[0] if name not in key},
+    )
+    session.exec(statement, params=rows)  # type: ignore[call-overload]

@@ -24,6 +24,7 @@ TOPOLOGY = ServiceTopology(
         Topic.EXITS_DECIDED: AidHandlers.on_exit,
     },
     produces=(Topic.AIDS_DECIDED,),
+    prepare=AidHandlers.prepare,
 )
 
 
