@@ -3,11 +3,16 @@ plus the exits it holds while their enrollment is not known yet."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Index, RowMapping, and_, or_, text
+from sqlalchemy import Date, Index, RowMapping, Select, and_, or_, text
 from sqlalchemy import select as core_select
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 from sqlmodel import Field, SQLModel, col, select
 
 from shared.contract import AgencyKind, AidKind, Outcome
@@ -199,6 +204,10 @@ class OutcomeStore(Store):
             ))
         return followed
 
+    def _rows(self, query: Select[Any]) -> Sequence[RowMapping]:
+        """All the rows at once, as mappings (Core: no ORM object built per row)."""
+        return self.session.connection().execute(query).mappings().all()
+
     def trainees_of_year(self, year: int) -> list[domain.Enrolled]:
         """Every trainee accompanied, entered or exited in `year` (`domain.accompanied_in`,
         `entered_in`, `exited_in`), and no trainee that none of them counts."""
@@ -207,15 +216,17 @@ class OutcomeStore(Store):
         query = core_select(_TRAINEE).where(or_(
             trainee.exited_on.between(start, end),
             and_(trainee.exited_on.is_(None), trainee.enrolled_on <= end),
-            and_(trainee.exited_on > end, trainee.enrolled_on <= end),  # there on 31 Dec.
+            # there on 31 December: by the exit index (enrolled_on read from it), never by the
+            # enrollment index (every earlier trainee), which SQLite's planner may prefer
+            and_(trainee.exited_on > end, _not_indexed(trainee.enrolled_on) <= end),
             trainee.enrolled_on.between(start, end),
         ))
-        return [_enrolled(row) for row in self.session.connection().execute(query).mappings()]
+        return [_enrolled(row) for row in self._rows(query)]
 
     def exits_of_year(self, year: int) -> list[domain.Enrolled]:
         """The trainees who exited in `year` (`domain.exited_in`)."""
         query = core_select(_TRAINEE).where(_TRAINEE.c.exited_on.between(*_year_span(year)))
-        return [_enrolled(row) for row in self.session.connection().execute(query).mappings()]
+        return [_enrolled(row) for row in self._rows(query)]
 
     def aided_exits_of_year(self, year: int) -> dict[AidKind, set[str]]:
         """`aided` for the trainees who exited in `year` only (a join, no other aid read)."""
@@ -251,7 +262,7 @@ class OutcomeStore(Store):
         )
         if agency_id is not None:
             query = query.where(referral.c.agency_id == agency_id)
-        return [_followed(row) for row in self.session.connection().execute(query).mappings()]
+        return [_followed(row) for row in self._rows(query)]
 
 
 # --- the reports' indexes and rows (revision 0003) ------------------------------------------
@@ -282,6 +293,29 @@ SELECT id FROM school WHERE id IS NOT NULL
 """
 
 
+class _not_indexed(FunctionElement[date]):
+    """A column in a condition no index is chosen for: `+column` on SQLite (its planner's
+    documented way to disqualify a term), the column itself on PostgreSQL (whose statistics
+    choose well)."""
+
+    type = Date()
+    inherit_cache = True
+
+
+@compiles(_not_indexed)
+def _column_itself(element: _not_indexed, compiler: SQLCompiler, **kw: Any) -> str:
+    return str(compiler.process(element.clauses, **kw))
+
+
+@compiles(_not_indexed, "sqlite")
+def _unary_plus(element: _not_indexed, compiler: SQLCompiler, **kw: Any) -> str:
+    return "+" + str(compiler.process(element.clauses, **kw))
+
+
+_AGENCY_KINDS = {kind.value: kind for kind in AgencyKind}  # cheaper than AgencyKind(value)
+_OUTCOMES = {outcome.value: outcome for outcome in Outcome}
+
+
 def _year_span(year: int) -> tuple[date, date]:
     return date(year, 1, 1), date(year, 12, 31)
 
@@ -293,13 +327,13 @@ def _enrolled(row: RowMapping) -> domain.Enrolled:
         trainee_id=row["trainee_id"],
         school_id=row["school_id"],
         enrolled_on=row["enrolled_on"],
-        agency_kind=AgencyKind(row["agency_kind"]),
+        agency_kind=_AGENCY_KINDS[row["agency_kind"]],
         age_at_entry=row["age_at_entry"],
         rqth=row["rqth"],
         qpv_resident=row["qpv_resident"],
         has_work_experience=row["has_work_experience"],
         exited_on=row["exited_on"],
-        outcome=Outcome(outcome) if outcome else None,
+        outcome=_OUTCOMES[outcome] if outcome else None,
         satisfied=row["satisfied"],
     )
 
