@@ -13,9 +13,10 @@ report is built both ways, runs interleaved, and their bytes compared:
   functions: the code of the reports on main;
 - after: `services.outcomes.reports.load_*`, which read the year's rows through indexes.
 
-Each figure is the median of the runs, wall-clock milliseconds; the CPU seconds of this
-process (`time.process_time`) are printed beside it for SQLite, where the whole query runs
-in-process. The query plans of the `after` queries are printed for the largest history.
+Each figure is the median of the runs (a few before, more after), wall-clock milliseconds;
+the CPU milliseconds of this process (`time.process_time`) are printed beside it: on SQLite
+they include the queries, on PostgreSQL the server's share is not in them. The query plans
+of the `after` queries are printed for the largest history.
 """
 
 from __future__ import annotations
@@ -190,6 +191,8 @@ class Timing:
     asked: str  # "last" (history behind it) or "first" (history after it)
     report: str
     bytes: int
+    rows_before: int  # the rows the full reads return
+    rows_after: int  # the rows the year reads return
     before_ms: float
     after_ms: float
     before_cpu_ms: float
@@ -205,8 +208,25 @@ def _timed(build: Build, engine: Engine, report: str, year: int,
     return (time.perf_counter() - wall) * 1000, (time.process_time() - cpu) * 1000
 
 
+def rows_read(engine: Engine, report: str, year: int) -> tuple[int, int]:
+    """How many rows each way reads: trainees (and aid counts), or referrals."""
+    with Session(engine) as session:
+        store = OutcomeStore(session)
+        if report == "outcomes":
+            return len(store.all_trainees()), len(store.trainees_of_year(year))
+        if report.startswith("funnel"):
+            agency = report.removeprefix("funnel").strip() or None
+            return len(store.referrals()), len(store.referrals_of_year(year, agency))
+        every = len(store.all_trainees()) + sum(len(ids) for ids in store.aided().values())
+        exits = store.exits_of_year(year)
+        aided = store.aided_exits_of_year(year)
+        return every, len(exits) + sum(len(ids) for ids in aided.values())
+
+
 def time_reports(backend: str, engine: Engine, history: int, schools: list[str],
-                 runs: int) -> list[Timing]:
+                 runs: int, before_runs: int) -> list[Timing]:
+    """`runs` of each report after, the first `before_runs` of them each followed by one
+    before (the full reads take seconds at 10 years: a few suffice for their median)."""
     asked = {"last": LAST_YEAR}
     if history > 1:
         asked["first"] = LAST_YEAR - history + 1
@@ -218,14 +238,17 @@ def time_reports(backend: str, engine: Engine, history: int, schools: list[str],
                 raise AssertionError(f"{backend} {history} years, {report} {year}: the bytes "
                                      "differ between the full reads and the year reads")
             samples: dict[str, list[tuple[float, float]]] = {"before": [], "after": []}
-            for _ in range(runs):  # interleaved: the same conditions for both
-                samples["before"].append(_timed(before, engine, report, year, schools))
-                samples["after"].append(_timed(after, engine, report, year, schools))
+            for run in range(max(runs, before_runs)):  # interleaved: the same conditions
+                if run < runs:
+                    samples["after"].append(_timed(after, engine, report, year, schools))
+                if run < before_runs:
+                    samples["before"].append(_timed(before, engine, report, year, schools))
             walls = {way: [wall for wall, _ in got] for way, got in samples.items()}
             cpus = {way: [cpu for _, cpu in got] for way, got in samples.items()}
+            rows_before, rows_after = rows_read(engine, report, year)
             timings.append(Timing(
                 backend=backend, history_years=history, year=year, asked=label, report=report,
-                bytes=len(new),
+                bytes=len(new), rows_before=rows_before, rows_after=rows_after,
                 before_ms=round(statistics.median(walls["before"]), 1),
                 after_ms=round(statistics.median(walls["after"]), 2),
                 before_cpu_ms=round(statistics.median(cpus["before"]), 1),
@@ -275,31 +298,33 @@ def _plan_line(row: Any) -> str:
 # --- Printing ---------------------------------------------------------------------------------
 
 
-def print_timings(timings: list[Timing], runs: int) -> None:
-    headers = ["backend", "history", "year asked", "report", "before ms", "after ms",
-               "after min/max", "x faster", "cpu ms before/after"]
+def print_timings(timings: list[Timing], runs: int, before_runs: int) -> None:
+    headers = ["backend", "history", "year asked", "report", "rows before/after",
+               "before ms", "after ms", "after min/max", "x faster", "cpu ms before/after"]
     rows = [
         [t.backend, f"{t.history_years} y", f"{t.year} ({t.asked})", t.report,
+         f"{t.rows_before:,}/{t.rows_after:,}",
          f"{t.before_ms}", f"{t.after_ms}", f"{t.after_min_ms}/{t.after_max_ms}",
          f"{t.before_ms / t.after_ms:.0f}" if t.after_ms else "-",
          f"{t.before_cpu_ms}/{t.after_cpu_ms}"]
         for t in timings
     ]
     widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
-    print(f"outcome reports, median of {runs} interleaved runs (wall ms; cpu: this process)")
+    print(f"outcome reports, wall ms, median of {before_runs} runs before and {runs} after, "
+          "interleaved (cpu: this process's; rows: what the full reads and the year reads "
+          "return)")
     for row in [headers, ["-" * w for w in widths], *rows]:
         print("  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)))
     print()
+    print("CPU ms of this process (steadier than wall-clock on a shared machine), per year "
+          "read (rows the year reads):")
     for backend in dict.fromkeys(t.backend for t in timings):
         for report in REPORTS:
-            mine = {t.history_years: t for t in timings
-                    if (t.backend, t.report, t.asked) == (backend, report, "last")}
-            if len(mine) < 2:
-                continue
-            small, large = mine[min(mine)], mine[max(mine)]
-            print(f"{backend} {report}: {large.history_years // small.history_years}x the "
-                  f"history -> before x{large.before_ms / small.before_ms:.1f}, "
-                  f"after x{large.after_ms / small.after_ms:.1f}")
+            mine = [t for t in timings if (t.backend, t.report) == (backend, report)]
+            figures = ", ".join(
+                f"{t.history_years} y {t.asked} {t.before_cpu_ms:.0f} -> {t.after_cpu_ms:.1f} "
+                f"({t.rows_after:,} rows)" for t in mine)
+            print(f"  {backend} {report}: before -> after: {figures}")
 
 
 def print_plans(backend: str, plans: list[tuple[str, list[str]]]) -> None:

@@ -377,8 +377,8 @@ def outcomes_url(postgres: str) -> str:
     return url.render_as_string(hide_password=False)
 
 
-def measure_outcomes(backend: str, url: str, history: int, runs: int, explain: bool
-                     ) -> list[outcome_reports.Timing]:
+def measure_outcomes(backend: str, url: str, history: int, runs: int, before_runs: int,
+                     explain: bool) -> list[outcome_reports.Timing]:
     schools = list(load_schools())
     if url.startswith("sqlite"):
         path = Path(url.split("///", 1)[1])
@@ -392,7 +392,8 @@ def measure_outcomes(backend: str, url: str, history: int, runs: int, explain: b
         print(f"    {filled.referrals:,} referrals, {filled.trainees:,} trainees "
               f"({filled.still_there:,} still there), {filled.aids:,} aid counts "
               f"in {fill_s:.1f} s", flush=True)
-        timings = outcome_reports.time_reports(backend, engine, history, schools, runs)
+        timings = outcome_reports.time_reports(backend, engine, history, schools, runs,
+                                               before_runs)
         if explain:
             plans = outcome_reports.query_plans(
                 engine, outcome_reports.LAST_YEAR - history + 1, schools)
@@ -435,6 +436,7 @@ def run_outcomes(args: argparse.Namespace, postgres: str | None
             url = url_for(history)
             try:
                 timings += measure_outcomes(backend, url, history, args.outcome_runs,
+                                            args.before_runs,
                                             explain=history == max(args.histories))
             except Exception as error:  # one failing history must not lose the others
                 first_line = str(error).strip().splitlines()[0]
@@ -457,7 +459,9 @@ def main(argv: list[str] | None = None) -> int:
                         default=list(outcome_reports.HISTORIES),
                         help="years of outcomes history (each ending in 2024)")
     parser.add_argument("--outcome-runs", type=int, default=7,
-                        help="runs of each outcome report, before and after, interleaved")
+                        help="runs of each outcome report as it is built now")
+    parser.add_argument("--before-runs", type=int, default=2,
+                        help="runs of each outcome report from the full reads (main's way)")
     parser.add_argument("--keep", action="store_true", help="keep the SQLite files")
     parser.add_argument(
         "--backend", choices=("all", "sqlite", "postgresql"), default="all",
@@ -490,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
         print_table(results, args.runs)
         print()
     if timings:
-        outcome_reports.print_timings(timings, args.outcome_runs)
+        outcome_reports.print_timings(timings, args.outcome_runs, args.before_runs)
     for failure in failures:
         print(f"FAILED {failure}")
     out = BENCH_DIR / "report-cost.json"
