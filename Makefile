@@ -50,7 +50,7 @@ simulate: install
 chaos: install system-deps         ## a whole year replayed under kills, a broker restart, Redis down, poison
 	$(BIN)/python -m deploy.chaos $(ARGS)
 
-bench-reports: install            ## finance report and CSV cost at 10k and 1M ledger lines (not a test)
+bench-reports: install            ## finance report and CSV cost at 10k and 1M ledger lines; outcome reports at 1 and 10 years (not a test)
 	$(BIN)/python -m bench.report_cost $(ARGS)
 
 install: $(STAMP)

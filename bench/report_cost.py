@@ -1,7 +1,9 @@
-"""What the finance report and the CSV export cost at 10 thousand and 1 million ledger lines.
+"""What the finance report and the CSV export cost at 10 thousand and 1 million ledger lines,
+and what the outcome reports cost with 1 and 10 years of history (bench/outcome_reports.py).
 
-    make bench-reports                 # SQLite, N = 10 000 and 1 000 000
+    make bench-reports                 # SQLite, N = 10 000 and 1 000 000; 1 and 10 years
     make bench-reports ARGS="--sizes 10000 100000 --runs 50"
+    make bench-reports ARGS="--part outcomes --histories 1 4 10 --outcome-runs 15"
     E2C_BENCH_POSTGRES_URL=postgresql+psycopg://user@127.0.0.1:5433/bench make bench-reports
 
 For each N, a fresh store (a SQLite file under var/bench/, or the aids tables of the
@@ -18,6 +20,11 @@ before anything is timed. Then:
   month): what the report would cost if it read the ledger instead of the totals;
 - CSV: the whole year through `reports.LedgerCsv`, what `GET /reports/finance.csv`
   streams, one run, bytes counted and thrown away.
+
+For the outcome reports (`--part outcomes`), see bench/outcome_reports.py: before (the full
+reads of main) and after (the year reads), interleaved, bytes compared, query plans printed.
+On PostgreSQL they use the schema `bench_outcomes` of the same database (made if missing,
+its outcome tables DROPPED and created again).
 
 This is a benchmark, not a test: figures depend on the machine, which it prints.
 """
@@ -39,9 +46,10 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, func, insert
+from sqlalchemy import Engine, func, insert, make_url, text
 from sqlmodel import Session, col, select
 
+from bench import outcome_reports
 from services.aids import reports
 from services.aids.store import (
     TABLES,
@@ -356,10 +364,104 @@ def print_table(results: list[Result], runs: int) -> None:
               f"({large.lines / large.csv_s:,.0f} lines/s)")
 
 
+def outcomes_url(postgres: str) -> str:
+    """The bench database with `bench_outcomes` first on the search path (made if missing),
+    so that the outcome tables and their revision mark never meet the aids ones."""
+    engine = make_engine(postgres)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("CREATE SCHEMA IF NOT EXISTS bench_outcomes"))
+    finally:
+        engine.dispose()
+    url = make_url(postgres).update_query_dict({"options": "-csearch_path=bench_outcomes"})
+    return url.render_as_string(hide_password=False)
+
+
+def measure_outcomes(backend: str, url: str, history: int, runs: int, before_runs: int,
+                     explain: bool) -> list[outcome_reports.Timing]:
+    schools = list(load_schools())
+    if url.startswith("sqlite"):
+        path = Path(url.split("///", 1)[1])
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+    engine = make_engine(url)
+    try:
+        outcome_reports.fresh_store(engine)
+        print(f"  {backend}: filling {history} year(s) of outcomes history...", flush=True)
+        fill_s, filled = timed(lambda: outcome_reports.fill(engine, history, schools))
+        print(f"    {filled.referrals:,} referrals, {filled.trainees:,} trainees "
+              f"({filled.still_there:,} still there), {filled.aids:,} aid counts "
+              f"in {fill_s:.1f} s", flush=True)
+        timings = outcome_reports.time_reports(backend, engine, history, schools, runs,
+                                               before_runs)
+        if explain:
+            plans = outcome_reports.query_plans(
+                engine, outcome_reports.LAST_YEAR - history + 1, schools)
+            outcome_reports.print_plans(backend, plans)
+        return timings
+    finally:
+        engine.dispose()
+
+
+def run_finance(args: argparse.Namespace, backends: list[tuple[str, Callable[[int], str]]]
+                ) -> tuple[list[Result], list[str]]:
+    results, failures = [], []
+    for backend, url_for in backends:
+        for n in args.sizes:
+            url = url_for(n)
+            try:
+                results.append(measure(backend, url, n, args.runs))
+            except Exception as error:  # one failing size must not lose the others' figures
+                first_line = str(error).strip().splitlines()[0]
+                failures.append(f"{backend} {n:,} lines: {type(error).__name__}: {first_line}")
+                print(f"  {failures[-1]}", flush=True)
+            finally:
+                if url.startswith("sqlite") and not args.keep:
+                    for suffix in ("", "-wal", "-shm"):
+                        Path(f"{url.split('///', 1)[1]}{suffix}").unlink(missing_ok=True)
+    return results, failures
+
+
+def run_outcomes(args: argparse.Namespace, postgres: str | None
+                 ) -> tuple[list[outcome_reports.Timing], list[str]]:
+    targets: list[tuple[str, Callable[[int], str]]] = []
+    if args.backend in ("all", "sqlite"):
+        targets.append(("sqlite", lambda h: f"sqlite:///{BENCH_DIR / f'outcomes-{h}y.db'}"))
+    if postgres and args.backend in ("all", "postgresql"):
+        schema_url = outcomes_url(postgres)
+        targets.append(("postgresql", lambda _h: schema_url))
+    timings, failures = [], []
+    for backend, url_for in targets:
+        for history in args.histories:
+            url = url_for(history)
+            try:
+                timings += measure_outcomes(backend, url, history, args.outcome_runs,
+                                            args.before_runs,
+                                            explain=history == max(args.histories))
+            except Exception as error:  # one failing history must not lose the others
+                first_line = str(error).strip().splitlines()[0]
+                failures.append(f"{backend} outcomes {history} years: "
+                                f"{type(error).__name__}: {first_line}")
+                print(f"  {failures[-1]}", flush=True)
+            finally:
+                if url.startswith("sqlite") and not args.keep:
+                    for suffix in ("", "-wal", "-shm"):
+                        Path(f"{url.split('///', 1)[1]}{suffix}").unlink(missing_ok=True)
+    return timings, failures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", choices=("all", "finance", "outcomes"), default="all")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--runs", type=int, default=20, help="report runs per size")
+    parser.add_argument("--histories", type=int, nargs="+",
+                        default=list(outcome_reports.HISTORIES),
+                        help="years of outcomes history (each ending in 2024)")
+    parser.add_argument("--outcome-runs", type=int, default=7,
+                        help="runs of each outcome report as it is built now")
+    parser.add_argument("--before-runs", type=int, default=2,
+                        help="runs of each outcome report from the full reads (main's way)")
     parser.add_argument("--keep", action="store_true", help="keep the SQLite files")
     parser.add_argument(
         "--backend", choices=("all", "sqlite", "postgresql"), default="all",
@@ -379,27 +481,26 @@ def main(argv: list[str] | None = None) -> int:
         backends.append(("postgresql", lambda _n: postgres))
     elif args.backend == "postgresql":
         parser.error("--backend postgresql needs E2C_BENCH_POSTGRES_URL")
-    results, failures = [], []
-    for backend, url_for in backends:
-        for n in args.sizes:
-            url = url_for(n)
-            try:
-                results.append(measure(backend, url, n, args.runs))
-            except Exception as error:  # one failing size must not lose the others' figures
-                first_line = str(error).strip().splitlines()[0]
-                failures.append(f"{backend} {n:,} lines: {type(error).__name__}: {first_line}")
-                print(f"  {failures[-1]}", flush=True)
-            finally:
-                if url.startswith("sqlite") and not args.keep:
-                    for suffix in ("", "-wal", "-shm"):
-                        Path(f"{url.split('///', 1)[1]}{suffix}").unlink(missing_ok=True)
+    results: list[Result] = []
+    timings: list[outcome_reports.Timing] = []
+    failures: list[str] = []
+    if args.part in ("all", "finance"):
+        results, failures = run_finance(args, backends)
+    if args.part in ("all", "outcomes"):
+        timings, outcome_failures = run_outcomes(args, postgres)
+        failures += outcome_failures
     print()
-    print_table(results, args.runs)
+    if results:
+        print_table(results, args.runs)
+        print()
+    if timings:
+        outcome_reports.print_timings(timings, args.outcome_runs, args.before_runs)
     for failure in failures:
         print(f"FAILED {failure}")
     out = BENCH_DIR / "report-cost.json"
     out.write_text(json.dumps({"machine": about, "year": YEAR, "failures": failures,
-                               "results": [asdict(r) for r in results]}, indent=2) + "\n")
+                               "results": [asdict(r) for r in results],
+                               "outcomes": [asdict(t) for t in timings]}, indent=2) + "\n")
     print(f"\n(figures also in {out.relative_to(PROJECT_ROOT)})")
     return 1 if failures else 0
 

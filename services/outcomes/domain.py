@@ -4,6 +4,7 @@ funnel. Pure functions over plain facts, no I/O."""
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -86,25 +87,27 @@ def outcomes_report(
     accompanied = [t for t in trainees if accompanied_in(t, year)]
     entries = [t for t in trainees if entered_in(t, year)]
     exits = [t for t in trainees if exited_in(t, year)]
+    solutions = [t for t in exits if _solution(t)]
     by_school = {
         school: {"accompanied": 0, "entries": 0, "exits": 0, "solutions": 0}
         for school in sorted({*schools, *(t.school_id for t in trainees)})
     }
-    for group, name in ((accompanied, "accompanied"), (entries, "entries"), (exits, "exits")):
+    for group, name in ((accompanied, "accompanied"), (entries, "entries"), (exits, "exits"),
+                        (solutions, "solutions")):
         for trainee in group:
             by_school[trainee.school_id][name] += 1
-    for trainee in exits:
-        by_school[trainee.school_id]["solutions"] += int(_solution(trainee))
+    # one pass per count (the counters), not one pass per outcome, category or kind
+    outcomes = Counter(t.outcome for t in exits)
+    categories = Counter(t.category for t in exits)
+    agency_kinds = Counter(t.agency_kind for t in entries)
     return {
         "year": year,
         "accompanied": len(accompanied),
         "entries": len(entries),
         "exits": len(exits),
-        "exits_by_outcome": {o.value: sum(t.outcome is o for t in exits) for o in Outcome},
-        "exits_by_category": {
-            c.value: sum(t.category is c for t in exits) for c in OutcomeCategory
-        },
-        "solutions": sum(_solution(t) for t in exits),
+        "exits_by_outcome": {o.value: outcomes[o] for o in Outcome},
+        "exits_by_category": {c.value: categories[c] for c in OutcomeCategory},
+        "solutions": len(solutions),
         "satisfaction": {
             "answered": sum(t.satisfied is not None for t in exits),
             "satisfied": sum(t.satisfied is True for t in exits),
@@ -116,9 +119,7 @@ def outcomes_report(
             "qpv_resident": sum(t.qpv_resident for t in accompanied),
             "no_work_experience": sum(not t.has_work_experience for t in accompanied),
         },
-        "entries_by_agency_kind": {
-            k.value: sum(t.agency_kind is k for t in entries) for k in AgencyKind
-        },
+        "entries_by_agency_kind": {k.value: agency_kinds[k] for k in AgencyKind},
         "by_school": by_school,
     }
 
@@ -135,15 +136,15 @@ def aids_and_outcomes(
 ) -> dict[str, dict[str, dict[str, int]]]:
     """For the year's exits: exits and solutions of those who received each aid kind, and of
     those who did not. Counts, not claims: whatever explains a difference is not here."""
-    exits = [t for t in trainees if exited_in(t, year)]
+    exits = [(t.trainee_id, _solution(t)) for t in trainees if exited_in(t, year)]
     report: dict[str, dict[str, dict[str, int]]] = {}
     for kind in AidKind:
         received = aided.get(kind, set())
-        groups: dict[str, list[Enrolled]] = {"with_aid": [], "without_aid": []}
-        for trainee in exits:
-            groups["with_aid" if trainee.trainee_id in received else "without_aid"].append(trainee)
+        groups: dict[str, list[bool]] = {"with_aid": [], "without_aid": []}
+        for trainee_id, solution in exits:
+            groups["with_aid" if trainee_id in received else "without_aid"].append(solution)
         report[kind.value] = {
-            name: {"exits": len(group), "solutions": sum(_solution(t) for t in group)}
+            name: {"exits": len(group), "solutions": sum(group)}
             for name, group in groups.items()
         }
     return report

@@ -94,23 +94,27 @@ def aids_outcomes_report(year: int, by_kind: dict[str, dict[str, dict[str, int]]
 
 
 def load_outcomes_report(engine: Engine, year: int, schools: Iterable[str]) -> Json:
+    """The year's trainees only (those it counts), and every school ever seen (the report
+    lists them all, with zeros): what it costs follows the year, not the history."""
     with Session(report_engine(engine)) as session:
-        trainees = OutcomeStore(session).all_trainees()
-    return domain.outcomes_report(trainees, year, list(schools))
+        store = OutcomeStore(session)
+        trainees, seen = store.trainees_of_year(year), store.school_ids()
+    return domain.outcomes_report(trainees, year, [*schools, *seen])
 
 
 def load_funnel(engine: Engine, year: int, agency_id: str | None = None) -> Json:
     """The funnel of `year`; only `agency_id`'s referrals when given (a partner's view)."""
     with Session(report_engine(engine)) as session:
-        referrals = OutcomeStore(session).referrals()
+        referrals = OutcomeStore(session).referrals_of_year(year, agency_id)
     return domain.funnel_report(referrals, year, agency_id=agency_id)
 
 
 def load_aids_outcomes(engine: Engine, year: int) -> Json:
+    """The year's exits and the aids of those trainees only."""
     with Session(report_engine(engine)) as session:
         store = OutcomeStore(session)
-        trainees, aided = store.all_trainees(), store.aided()
-    return aids_outcomes_report(year, domain.aids_and_outcomes(trainees, aided, year))
+        exits, aided = store.exits_of_year(year), store.aided_exits_of_year(year)
+    return aids_outcomes_report(year, domain.aids_and_outcomes(exits, aided, year))
 
 
 # --- The bodies: `GET /reports/...` and `e2c report ... --json` both print these bytes -----

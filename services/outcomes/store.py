@@ -3,9 +3,16 @@ plus the exits it holds while their enrollment is not known yet."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
+from sqlalchemy import Date, Index, RowMapping, Select, and_, or_, text
+from sqlalchemy import select as core_select
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 from sqlmodel import Field, SQLModel, col, select
 
 from shared.contract import AgencyKind, AidKind, Outcome
@@ -163,6 +170,9 @@ class OutcomeStore(Store):
         return HeldQueue(self.session, HeldExit)
 
     # --- what the reports read ------------------------------------------------------------
+    # The full reads (`all_trainees`, `aided`, `referrals`) cost the whole history; the
+    # `*_of_year` reads below fetch only the rows that can count for one year, through the
+    # indexes of `REPORT_INDEXES` (revision 0003).
 
     def all_trainees(self) -> list[domain.Enrolled]:
         query = select(TraineeView).order_by(col(TraineeView.trainee_id))
@@ -193,3 +203,152 @@ class OutcomeStore(Store):
                           if enrolled and trainee and trainee.category else None),
             ))
         return followed
+
+    def _rows(self, query: Select[Any]) -> Sequence[RowMapping]:
+        """All the rows at once, as mappings (Core: no ORM object built per row)."""
+        return self.session.connection().execute(query).mappings().all()
+
+    def trainees_of_year(self, year: int) -> list[domain.Enrolled]:
+        """Every trainee accompanied, entered or exited in `year` (`domain.accompanied_in`,
+        `entered_in`, `exited_in`), and no trainee that none of them counts."""
+        start, end = _year_span(year)
+        trainee = _TRAINEE.c
+        query = core_select(_TRAINEE).where(or_(
+            trainee.exited_on.between(start, end),
+            and_(trainee.exited_on.is_(None), trainee.enrolled_on <= end),
+            # there on 31 December: by the exit index (enrolled_on read from it), never by the
+            # enrollment index (every earlier trainee), which SQLite's planner may prefer
+            and_(trainee.exited_on > end, _not_indexed(trainee.enrolled_on) <= end),
+            trainee.enrolled_on.between(start, end),
+        ))
+        return [_enrolled(row) for row in self._rows(query)]
+
+    def exits_of_year(self, year: int) -> list[domain.Enrolled]:
+        """The trainees who exited in `year` (`domain.exited_in`)."""
+        query = core_select(_TRAINEE).where(_TRAINEE.c.exited_on.between(*_year_span(year)))
+        return [_enrolled(row) for row in self._rows(query)]
+
+    def aided_exits_of_year(self, year: int) -> dict[AidKind, set[str]]:
+        """`aided` for the trainees who exited in `year` only (a join, no other aid read)."""
+        aid = TraineeAid.__table__  # type: ignore[attr-defined]
+        query = (
+            core_select(aid.c.trainee_id, aid.c.kind)
+            .join(_TRAINEE, _TRAINEE.c.trainee_id == aid.c.trainee_id)
+            .where(_TRAINEE.c.exited_on.between(*_year_span(year)))
+        )
+        found: dict[AidKind, set[str]] = {}
+        for trainee_id, kind in self.session.connection().execute(query):
+            found.setdefault(AidKind(kind), set()).add(trainee_id)
+        return found
+
+    def school_ids(self) -> list[str]:
+        """Every school a trainee was ever enrolled at, one index seek per school (a loose
+        index scan: SELECT DISTINCT would read the whole index on both backends)."""
+        return list(self.session.connection().execute(text(_SCHOOL_IDS)).scalars())
+
+    def referrals_of_year(self, year: int, agency_id: str | None = None) -> list[domain.Referred]:
+        """`referrals` received in `year` (in Europe/Paris), only `agency_id`'s when given.
+        The SQL bounds are a day wider than the Paris year (a safe superset); the exact cut is
+        `domain.funnel_report`'s, on the Paris date."""
+        referral = ReferralView.__table__  # type: ignore[attr-defined]
+        received = referral.c.received_at
+        query = (
+            core_select(referral, _TRAINEE.c.referral_id.label("enrolled_referral_id"),
+                        _TRAINEE.c.enrolled_on, _TRAINEE.c.exited_on, _TRAINEE.c.category)
+            .outerjoin(_TRAINEE, _TRAINEE.c.trainee_id == referral.c.trainee_id)
+            .where(received >= datetime(year - 1, 12, 31, tzinfo=UTC),
+                   received < datetime(year + 1, 1, 2, tzinfo=UTC))
+            .order_by(referral.c.referral_id)
+        )
+        if agency_id is not None:
+            query = query.where(referral.c.agency_id == agency_id)
+        return [_followed(row) for row in self._rows(query)]
+
+
+# --- the reports' indexes and rows (revision 0003) ------------------------------------------
+
+_TRAINEE = TraineeView.__table__  # type: ignore[attr-defined]
+_REFERRAL = ReferralView.__table__  # type: ignore[attr-defined]
+
+REPORT_INDEXES = (
+    # exits of a year (a range), the never exited enrolled by its end (NULL, then a range),
+    # those still there on its 31 December (a range, enrolled_on read from the index)
+    Index("ix_outcome_trainee_exited_on_enrolled_on",
+          _TRAINEE.c.exited_on, _TRAINEE.c.enrolled_on),
+    Index("ix_outcome_trainee_enrolled_on", _TRAINEE.c.enrolled_on),  # entries of a year
+    Index("ix_outcome_trainee_school_id", _TRAINEE.c.school_id),  # `school_ids`
+    Index("ix_outcome_referral_received_at", _REFERRAL.c.received_at),  # the network's funnel
+    Index("ix_outcome_referral_agency_id_received_at",  # a partner's funnel
+          _REFERRAL.c.agency_id, _REFERRAL.c.received_at),
+)
+
+_SCHOOL_IDS = """
+WITH RECURSIVE school(id) AS (
+    SELECT MIN(school_id) FROM outcome_trainee
+    UNION ALL
+    SELECT (SELECT MIN(school_id) FROM outcome_trainee WHERE school_id > school.id)
+    FROM school WHERE school.id IS NOT NULL
+)
+SELECT id FROM school WHERE id IS NOT NULL
+"""
+
+
+class _not_indexed(FunctionElement[date]):
+    """A column in a condition no index is chosen for: `+column` on SQLite (its planner's
+    documented way to disqualify a term), the column itself on PostgreSQL (whose statistics
+    choose well)."""
+
+    type = Date()
+    inherit_cache = True
+
+
+@compiles(_not_indexed)
+def _column_itself(element: _not_indexed, compiler: SQLCompiler, **kw: Any) -> str:
+    return str(compiler.process(element.clauses, **kw))
+
+
+@compiles(_not_indexed, "sqlite")
+def _unary_plus(element: _not_indexed, compiler: SQLCompiler, **kw: Any) -> str:
+    return "+" + str(compiler.process(element.clauses, **kw))
+
+
+_AGENCY_KINDS = {kind.value: kind for kind in AgencyKind}  # cheaper than AgencyKind(value)
+_OUTCOMES = {outcome.value: outcome for outcome in Outcome}
+
+
+def _year_span(year: int) -> tuple[date, date]:
+    return date(year, 1, 1), date(year, 12, 31)
+
+
+def _enrolled(row: RowMapping) -> domain.Enrolled:
+    """`TraineeView.as_domain` from a Core row (no ORM object built per row)."""
+    outcome = row["outcome"]
+    return domain.Enrolled(
+        trainee_id=row["trainee_id"],
+        school_id=row["school_id"],
+        enrolled_on=row["enrolled_on"],
+        agency_kind=_AGENCY_KINDS[row["agency_kind"]],
+        age_at_entry=row["age_at_entry"],
+        rqth=row["rqth"],
+        qpv_resident=row["qpv_resident"],
+        has_work_experience=row["has_work_experience"],
+        exited_on=row["exited_on"],
+        outcome=_OUTCOMES[outcome] if outcome else None,
+        satisfied=row["satisfied"],
+    )
+
+
+def _followed(row: RowMapping) -> domain.Referred:
+    """A referral with its trainee (`referrals`' rule: the trainee enrolled from it)."""
+    enrolled = row["enrolled_referral_id"] == row["referral_id"]
+    accepted_at, category = row["accepted_at"], row["category"]
+    return domain.Referred(
+        referral_id=row["referral_id"],
+        agency_id=row["agency_id"],
+        school_id=row["school_id"],
+        received_on=paris_date(row["received_at"]),
+        accepted_on=paris_date(accepted_at) if accepted_at else None,
+        enrolled_on=row["enrolled_on"] if enrolled else None,
+        exited_on=row["exited_on"] if enrolled else None,
+        solution=domain.is_solution(category) if enrolled and category else None,
+    )
