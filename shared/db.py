@@ -138,3 +138,19 @@ def upsert_max(
     new.update({name: statement.excluded[name] for name in rows[0]
                 if name not in key and name != column})
     session.exec(statement.on_conflict_do_update(index_elements=key, set_=new))  # type: ignore[call-overload]
+
+
+def upsert_rows_adding(
+    session: Session, table: Table, key: list[str], rows: list[dict[str, Any]]
+) -> None:
+    """Adds each row's other columns to the counters of the row of the same `key`, creating
+    it: one statement for all the rows (each key at most once in `rows`)."""
+    if not rows:
+        return
+    statement = _insert(session, table).values(rows)
+    counters = [name for name in rows[0] if name not in key]
+    statement = statement.on_conflict_do_update(
+        index_elements=key,
+        set_={name: table.c[name] + statement.excluded[name] for name in counters},
+    )
+    session.exec(statement)  # type: ignore[call-overload]

@@ -3,15 +3,20 @@ plus the exits it holds while their enrollment is not known yet."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlmodel import Field, SQLModel, col, select
+from sqlalchemy import Table, bindparam, insert, update
+from sqlalchemy import select as core_select
+from sqlmodel import Field, Session, SQLModel, col, select
 
 from shared.contract import AgencyKind, AidKind, Outcome
-from shared.db import UtcDateTime, add_to, insert_ignore
+from shared.db import UtcDateTime, add_to, insert_ignore, upsert_rows_adding
 from shared.held import HeldInput, HeldQueue
-from shared.messaging import Store
+from shared.messaging import NeedsIsolation, Store
 
 from . import domain
 
@@ -103,11 +108,167 @@ TABLES = tuple(
 )
 
 
+@dataclass
+class OutcomeBatch:
+    """What a batch's handlers read, loaded at once (`OutcomeStore.load_batch`), and what
+    they change, kept here until the batch's rows are written (`write`).
+
+    Rows are plain copies, not attached to the session: trainees and referrals by id (None:
+    known to be absent), submissions by event id (their `decided` flag), and the trainees
+    that have held exits. A row created by the batch is in `new_*` until written; a row
+    that existed and changed is in `changed_*`. An entry is dropped when a write goes to
+    the database directly (inside a savepoint): the next read loads it again.
+    """
+
+    session: Session
+    trainees: dict[str, TraineeView | None] = field(default_factory=dict)
+    referrals: dict[str, ReferralView | None] = field(default_factory=dict)
+    submissions: dict[str, bool | None] = field(default_factory=dict)
+    with_held: set[str] = field(default_factory=set)
+    new_trainees: set[str] = field(default_factory=set)
+    changed_trainees: set[str] = field(default_factory=set)
+    new_referrals: set[str] = field(default_factory=set)
+    changed_referrals: set[str] = field(default_factory=set)
+    new_submissions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    decided: set[str] = field(default_factory=set)  # existing submissions now decided
+    aid_grants: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def write(self) -> None:
+        """The batch's changes in a few grouped statements (a `BatchScope.on_write` flush)."""
+        self._write_rows(TraineeView, self.trainees, self.new_trainees, self.changed_trainees)
+        self._write_rows(ReferralView, self.referrals, self.new_referrals,
+                         self.changed_referrals)
+        submissions = ExitSubmission.__table__  # type: ignore[attr-defined]
+        if self.new_submissions:
+            self.session.exec(insert(submissions),  # type: ignore[call-overload]
+                              params=list(self.new_submissions.values()))
+            for event_id, row in self.new_submissions.items():
+                self.submissions[event_id] = row["decided"]
+            self.new_submissions.clear()
+        update_rows(self.session, submissions, "event_id",
+                    [{"event_id": event_id, "decided": True} for event_id in sorted(self.decided)])
+        self.decided.clear()
+        upsert_rows_adding(
+            self.session, TraineeAid.__table__, ["trainee_id", "kind"],  # type: ignore[arg-type]
+            [{"trainee_id": trainee, "kind": kind, "grants": grants}
+             for (trainee, kind), grants in sorted(self.aid_grants.items())])
+        self.aid_grants.clear()
+
+    def _write_rows(self, model: Any, rows: dict[str, Any], new: set[str],
+                    changed: set[str]) -> None:
+        table = model.__table__
+        [key] = [column.name for column in table.primary_key.columns]
+        if new:
+            self.session.exec(insert(table),  # type: ignore[call-overload]
+                              params=[_values(table, rows[name]) for name in sorted(new)])
+        update_rows(self.session, table, key,
+                    [_values(table, rows[name]) for name in sorted(changed - new)])
+        new.clear()
+        changed.clear()
+
+
+def _values(table: Table, row: Any) -> dict[str, Any]:
+    return {column.name: getattr(row, column.name) for column in table.columns}
+
+
+def update_rows(session: Session, table: Table, key: str, rows: list[dict[str, Any]]) -> None:
+    """Sets each row's values on the row of the same `key`: one statement, many parameters."""
+    if not rows:
+        return
+    statement = update(table).where(table.c[key] == bindparam(f"b_{key}")).values(
+        {name: bindparam(f"b_{name}") for name in rows[0] if name != key})
+    session.connection().execute(
+        statement, [{f"b_{name}": value for name, value in row.items()} for row in rows])
+
+
+def follow_referral(view: ReferralView, status: str, trainee_id: str | None,
+                    at: datetime) -> None:
+    """The referral as a new decision leaves it: its status, its trainee once known, the
+    moment it was first accepted."""
+    view.status = status
+    view.trainee_id = trainee_id or view.trainee_id
+    if status == "accepted" and view.accepted_at is None:
+        view.accepted_at = at
+
+
 class OutcomeStore(Store):
+    """On the batch's fast path the store reads what the batch loaded at once
+    (`OutcomeBatch`) and keeps its changes for the batch's grouped writes; everywhere else
+    (HTTP, sweeps, the rebuild, the savepoint path, a held exit's savepoint) it reads and
+    writes at once."""
+
+    @property
+    def deferred(self) -> OutcomeBatch | None:
+        """The batch's state while changes may wait for the batch's write: never inside a
+        savepoint, whose rollback could not take memory back with it."""
+        if self.batch is None or not self.batch.deferring:
+            return None
+        cache: OutcomeBatch | None = self.batch.cache
+        return cache
+
+    @property
+    def _cache(self) -> OutcomeBatch | None:
+        cache: OutcomeBatch | None = self.batch.cache if self.batch is not None else None
+        return cache
+
+    def load_batch(
+        self, trainee_ids: set[str], referral_ids: set[str], submission_ids: set[str],
+        enrolling: set[str],
+    ) -> OutcomeBatch:
+        """A few queries for the whole batch (its `prepare`): the trainees it reads, locked
+        (PostgreSQL) in their ids' order, the referrals it changes, locked too, the exit
+        submissions it already knows and which of the enrolling trainees have held exits."""
+        cache = OutcomeBatch(self.session)
+        cache.trainees = dict.fromkeys(trainee_ids)
+        cache.trainees.update(self._load(TraineeView, trainee_ids))
+        cache.referrals = dict.fromkeys(referral_ids)
+        cache.referrals.update(self._load(ReferralView, referral_ids))
+        cache.submissions = dict.fromkeys(submission_ids)
+        if submission_ids:
+            known = select(ExitSubmission.event_id, ExitSubmission.decided).where(
+                col(ExitSubmission.event_id).in_(submission_ids))
+            cache.submissions.update(dict(self.session.exec(known).all()))  # type: ignore[arg-type]
+        if enrolling:
+            held = select(HeldExit.trainee_id).where(
+                col(HeldExit.trainee_id).in_(enrolling)).distinct()
+            cache.with_held = set(self.session.exec(held).all())
+        if self.batch is not None:
+            self.batch.on_write(cache.write)
+        return cache
+
+    def _load(self, model: Any, ids: set[str]) -> dict[str, Any]:
+        """Copies of the rows of `ids`, locked in their order (not in the session)."""
+        if not ids:
+            return {}
+        table = model.__table__
+        [key] = list(table.primary_key.columns)
+        query = core_select(table).where(key.in_(ids)).order_by(key).with_for_update()
+        return {row[key.name]: model(**row) for row in self.session.exec(query).mappings()}
+
+    def _cached(self, cache: OutcomeBatch, model: Any, rows: dict[str, Any], key: str) -> Any:
+        if key not in rows:  # not foreseen by `prepare`, or dropped after a direct write
+            rows[key] = self._load(model, {key}).get(key)
+        return rows[key]
+
+    # --- trainees ---------------------------------------------------------------------------
+
     def trainee(self, trainee_id: str, for_update: bool = False) -> TraineeView | None:
-        return self.session.get(TraineeView, trainee_id, with_for_update=for_update)
+        """The trainee; on the fast path a copy the batch writes back (`record_exit`)."""
+        cache = self.deferred
+        if cache is not None:
+            found: TraineeView | None = self._cached(cache, TraineeView, cache.trainees,
+                                                     trainee_id)
+            return found
+        return self.session.get(TraineeView, trainee_id, with_for_update=for_update,
+                                populate_existing=self._cache is not None)
 
     def add_trainee(self, trainee: TraineeView) -> None:
+        cache = self.deferred
+        if cache is not None:
+            if self._cached(cache, TraineeView, cache.trainees, trainee.trainee_id) is None:
+                cache.trainees[trainee.trainee_id] = trainee
+                cache.new_trainees.add(trainee.trainee_id)
+            return
         if self.session.get(TraineeView, trainee.trainee_id) is None:
             self.session.add(trainee)
 
@@ -117,40 +278,103 @@ class OutcomeStore(Store):
         trainee.exited_on, trainee.outcome = exited_on, outcome.value
         trainee.category = domain.category_of(outcome).value
         trainee.satisfied = satisfied
+        cache = self.deferred
+        if cache is not None:
+            cache.changed_trainees.add(trainee.trainee_id)
+            return
         self.session.add(trainee)
+        self._forget(lambda c: c.trainees, trainee.trainee_id)
+
+    def _forget(self, rows: Callable[[OutcomeBatch], dict[str, Any]], key: str) -> None:
+        """A row written at once (in a savepoint) is read from the database again by the
+        rest of the batch; the batch's own changes were written before (`held_exits`)."""
+        cache = self._cache
+        if cache is None:
+            return
+        if key in cache.new_trainees | cache.changed_trainees | cache.new_referrals \
+                | cache.changed_referrals | set(cache.new_submissions) | cache.decided:
+            raise NeedsIsolation(f"{key} changed by the batch and at once")
+        rows(cache).pop(key, None)
+
+    # --- referrals --------------------------------------------------------------------------
 
     def learn_referral(
         self, referral_id: str, agency_id: str, school_id: str, status: str,
         trainee_id: str | None, at: datetime,
     ) -> None:
+        cache = self.deferred
+        if cache is not None:
+            view = self._cached(cache, ReferralView, cache.referrals, referral_id)
+            if view is None:
+                view = ReferralView(referral_id=referral_id, agency_id=agency_id,
+                                    school_id=school_id, received_at=at, status=status)
+                cache.referrals[referral_id] = view
+                cache.new_referrals.add(referral_id)
+            cache.changed_referrals.add(referral_id)
+            follow_referral(view, status, trainee_id, at)
+            return
         insert_ignore(self.session, ReferralView.__table__, {  # type: ignore[arg-type]
             "referral_id": referral_id, "agency_id": agency_id, "school_id": school_id,
             "received_at": at, "status": status,
         })
-        view = self.session.get(ReferralView, referral_id, with_for_update=True)
+        view = self.session.get(ReferralView, referral_id, with_for_update=True,
+                                populate_existing=self._cache is not None)
         assert view is not None
-        view.status = status
-        view.trainee_id = trainee_id or view.trainee_id
-        if status == "accepted" and view.accepted_at is None:
-            view.accepted_at = at
+        follow_referral(view, status, trainee_id, at)
         self.session.add(view)
+        self._forget(lambda c: c.referrals, referral_id)
+
+    # --- aids -------------------------------------------------------------------------------
 
     def count_aid(self, trainee_id: str, kind: AidKind) -> None:
+        cache = self.deferred
+        if cache is not None:
+            key = (trainee_id, kind.value)
+            cache.aid_grants[key] = cache.aid_grants.get(key, 0) + 1
+            return
         add_to(self.session, TraineeAid.__table__,  # type: ignore[arg-type]
                {"trainee_id": trainee_id, "kind": kind.value}, {"grants": 1})
 
+    # --- exit submissions -------------------------------------------------------------------
+
     def remember_submission(self, event_id: str, trainee_id: str, payload: str) -> None:
+        cache = self.deferred
+        if cache is not None:
+            if self._known_submission(cache, event_id) is None:
+                cache.new_submissions[event_id] = {
+                    "event_id": event_id, "trainee_id": trainee_id, "payload": payload,
+                    "decided": False}
+                cache.submissions[event_id] = False
+            return
         insert_ignore(self.session, ExitSubmission.__table__,  # type: ignore[arg-type]
                       {"event_id": event_id, "trainee_id": trainee_id, "payload": payload})
+
+    def _known_submission(self, cache: OutcomeBatch, event_id: str) -> bool | None:
+        """Whether the submission is decided; None when it is not stored."""
+        if event_id not in cache.submissions:
+            found = select(ExitSubmission.decided).where(ExitSubmission.event_id == event_id)
+            cache.submissions[event_id] = self.session.exec(found).first()
+        return cache.submissions[event_id]
 
     def submission(self, event_id: str) -> ExitSubmission | None:
         return self.session.get(ExitSubmission, event_id)
 
     def mark_decided(self, event_id: str) -> None:
-        submission = self.submission(event_id)
+        cache = self.deferred
+        if cache is not None:
+            if event_id in cache.new_submissions:
+                cache.new_submissions[event_id]["decided"] = True
+            elif self._known_submission(cache, event_id) is not None:
+                cache.decided.add(event_id)
+            if cache.submissions.get(event_id) is not None:
+                cache.submissions[event_id] = True
+            return
+        submission = self.session.get(ExitSubmission, event_id,
+                                      populate_existing=self._cache is not None)
         if submission is not None:
             submission.decided = True
             self.session.add(submission)
+        self._forget(lambda c: c.submissions, event_id)
 
     def undecided_submissions(self) -> list[ExitSubmission]:
         query = select(ExitSubmission).where(col(ExitSubmission.decided).is_(False))
@@ -161,6 +385,29 @@ class OutcomeStore(Store):
     @property
     def held(self) -> HeldQueue[HeldExit]:
         return HeldQueue(self.session, HeldExit)
+
+    def hold_exit(self, trainee_id: str, payload: str) -> None:
+        """Keeps an exit until its trainee's enrollment arrives (or the sweep refuses it)."""
+        cache = self.deferred
+        if cache is not None:
+            assert self.batch is not None
+            self.batch.insert(HeldExit.__table__, {  # type: ignore[arg-type]
+                "trainee_id": trainee_id, "payload": payload, "received_at": now()})
+            cache.with_held.add(trainee_id)
+            return
+        self.held.hold(trainee_id, payload)
+
+    def held_exits(self, trainee_id: str) -> list[HeldExit]:
+        """The trainee's held exits, to decide each in its savepoint: on the fast path the
+        batch's rows are written first, so that the savepoints read and change real rows."""
+        cache = self.deferred
+        if cache is not None:
+            if trainee_id not in cache.with_held:
+                return []
+            cache.with_held.discard(trainee_id)
+            assert self.batch is not None
+            self.batch.write_pending()
+        return self.held.for_trainee(trainee_id)
 
     # --- what the reports read ------------------------------------------------------------
 
