@@ -12,7 +12,9 @@ batch of referrals.submitted through the referrals service. Each round uses new 
 store that already holds `--history` trainees. Printed per batch: records/s (wall clock),
 CPU seconds of this process (`time.process_time`: the database server's work on PostgreSQL
 is not in it), and SQL statements per record (an executemany counts once). With
-`--profile KIND` the cProfile of the first batch of that kind is printed.
+`--profile KIND` the cProfile of the first batch of that kind is printed. With `--direct`
+each outcomes batch is also handled, in the same round, by the processor without its batch
+loading (every read and write at once: the service before it batched), on its own store.
 
 PostgreSQL: the database E2C_BENCH_POSTGRES_URL names is DROPPED and created again; without
 it a local cluster (durable settings) is started under var/bench/. A benchmark, never a
@@ -162,38 +164,48 @@ def timed(processor: BatchProcessor, counter: StatementCounter, batch: list[Inbo
 def run_backend(
     backend: str, url_for: Callable[[str], str], args: argparse.Namespace
 ) -> list[Measure]:
-    outcome_engine = make_engine(url_for("bench_outcomes_batch"))
-    referral_engine = make_engine(url_for("bench_referrals_batch"))
+    """The batches of each kind, round by round; with `args.direct` each outcomes batch is
+    also handled, in the same round, by the processor without the batch's loading (every
+    read and write at once, as the service did before it batched) on a store of its own."""
+    stores = ["outcomes", "referrals", *(["direct"] if args.direct else [])]
+    engines = {name: make_engine(url_for(f"bench_{name}_batch")) for name in stores}
     try:
-        migrate_store(outcome_engine, "outcomes")
-        migrate_store(referral_engine, "referrals")
-        outcomes = OUTCOMES.processor(outcome_engine, OUTCOMES.handlers(Settings()))
-        referrals = REFERRALS.processor(referral_engine, REFERRALS.handlers(Settings()))
-        counters = {id(outcomes): StatementCounter(outcome_engine),
-                    id(referrals): StatementCounter(referral_engine)}
-        for _ in range(0, args.history, args.batch):  # a store that is not empty
+        processors: dict[str, BatchProcessor] = {}
+        for name, engine in engines.items():
+            topology = REFERRALS if name == "referrals" else OUTCOMES
+            migrate_store(engine, topology.name)
+            processors[name] = topology.processor(engine, topology.handlers(Settings()))
+        if args.direct:
+            processors["direct"].prepare = None
+        counters = {name: StatementCounter(engine) for name, engine in engines.items()}
+        outcome_stores = [name for name in stores if name != "referrals"]
+        for _ in range(0, args.history, args.batch):  # stores that are not empty
             cohort = Cohort(args.batch)
             for batch in (cohort.referrals_decided(), cohort.enrollments(), cohort.aids()):
-                timed(outcomes, counters[id(outcomes)], batch, None, False)
-        measures = {kind: Measure(backend, kind, args.batch) for kind in KINDS}
+                for name in outcome_stores:
+                    timed(processors[name], counters[name], batch, None, False)
+        measures: dict[str, Measure] = {}
         for round_ in range(args.repeat):
             cohort = Cohort(args.batch)
-            batches: list[tuple[str, BatchProcessor, list[Inbound]]] = [
-                ("referrals_decided", outcomes, cohort.referrals_decided()),
-                ("enrollments", outcomes, cohort.enrollments()),
-                ("aids", outcomes, cohort.aids()),
-                ("exits", outcomes, cohort.exits()),
-                ("referrals", referrals, referral_submissions(args.batch)),
-            ]
-            for kind, processor, batch in batches:
-                profile = round_ == 0 and kind in args.profile
-                if profile:
-                    print(f"--- cProfile: {backend} {kind}, {len(batch)} records")
-                timed(processor, counters[id(processor)], batch, measures[kind], profile)
+            batches = [(kind, "outcomes", batch) for kind, batch in (
+                ("referrals_decided", cohort.referrals_decided()),
+                ("enrollments", cohort.enrollments()),
+                ("aids", cohort.aids()),
+                ("exits", cohort.exits()),
+            )] + [("referrals", "referrals", referral_submissions(args.batch))]
+            for kind, store, batch in batches:
+                for name in ([store, "direct"] if store == "outcomes" and args.direct
+                             else [store]):
+                    label = f"{kind} (direct)" if name == "direct" else kind
+                    measure = measures.setdefault(label, Measure(backend, label, args.batch))
+                    profile = round_ == 0 and kind in args.profile
+                    if profile:
+                        print(f"--- cProfile: {backend} {label}, {len(batch)} records")
+                    timed(processors[name], counters[name], batch, measure, profile)
         return list(measures.values())
     finally:
-        outcome_engine.dispose()
-        referral_engine.dispose()
+        for engine in engines.values():
+            engine.dispose()
 
 
 def recreate(admin_url: str) -> Callable[[str], str]:
@@ -244,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--history", type=int, default=2000, help="trainees stored before")
     parser.add_argument("--backend", choices=("all", "sqlite", "postgresql"), default="all")
     parser.add_argument("--profile", nargs="*", default=[], choices=KINDS)
+    parser.add_argument("--direct", action="store_true",
+                        help="also each outcomes batch without its batch loading (before)")
     args = parser.parse_args(argv)
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     results: list[Measure] = []
@@ -256,12 +270,12 @@ def main(argv: list[str] | None = None) -> int:
           f"({args.history} trainees stored before):")
     for measure in results:
         print(measure.line())
-    for backend in {m.backend for m in results}:
+    for backend in sorted({m.backend for m in results}):
         rates = {m.kind: m.rate for m in results if m.backend == backend}
         cpu_rates = {m.kind: m.cpu_rate for m in results if m.backend == backend}
         ratios = ", ".join(f"{kind} {rates[kind] / rates['referrals']:.2f}"
                            f" ({cpu_rates[kind] / cpu_rates['referrals']:.2f})"
-                           for kind in KINDS[:-1])
+                           for kind in rates if kind != "referrals")
         print(f"{backend}: ratio to referrals.submitted, wall (cpu): {ratios}")
     out = BENCH_DIR / "profile-outcomes-batch.json"
     out.write_text(json.dumps([{**m.__dict__, "rate": m.rate, "cpu_rate": m.cpu_rate}

@@ -144,13 +144,13 @@ def upsert_rows_adding(
     session: Session, table: Table, key: list[str], rows: list[dict[str, Any]]
 ) -> None:
     """Adds each row's other columns to the counters of the row of the same `key`, creating
-    it: one statement for all the rows (each key at most once in `rows`)."""
+    it: one statement run with many parameter sets (each key at most once in `rows`)."""
     if not rows:
         return
-    statement = _insert(session, table).values(rows)
+    statement = _insert(session, table)
     counters = [name for name in rows[0] if name not in key]
     statement = statement.on_conflict_do_update(
         index_elements=key,
         set_={name: table.c[name] + statement.excluded[name] for name in counters},
     )
-    session.exec(statement)  # type: ignore[call-overload]
+    session.exec(statement, params=rows)  # type: ignore[call-overload]

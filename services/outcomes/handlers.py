@@ -26,7 +26,7 @@ from shared.messaging import UnitOfWork
 from shared.settings import Settings
 
 from . import domain
-from .store import HeldExit, OutcomeBatch, OutcomeStore, TraineeView, now
+from .store import HeldExit, OutcomeBatch, OutcomeStore, Trainee, TraineeView, now
 
 Work = UnitOfWork[OutcomeStore]
 
@@ -165,7 +165,7 @@ def trainee_view(event: EnrollmentDecided) -> TraineeView:
 
 
 def exit_decided(
-    event: ExitSubmitted, trainee: TraineeView | None, reason: ExitReason | None
+    event: ExitSubmitted, trainee: Trainee | None, reason: ExitReason | None
 ) -> ExitDecided:
     return ExitDecided(
         **new_event_fields(),

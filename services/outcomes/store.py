@@ -3,9 +3,10 @@ plus the exits it holds while their enrollment is not known yet."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from types import SimpleNamespace
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -65,6 +66,27 @@ class TraineeView(SQLModel, table=True):
         )
 
 
+class TraineeCopy(SimpleNamespace):
+    """A trainee's row as a batch reads and changes it: a plain copy of its columns, whatever
+    they are (the ORM's instrumented attributes cost more than the rest of a decision)."""
+
+    trainee_id: str
+    school_id: str
+    exited_on: date | None
+    outcome: str | None
+    category: str | None
+    satisfied: bool | None
+
+    def as_domain(self) -> domain.Enrolled:
+        return TraineeView.as_domain(self)  # type: ignore[arg-type]
+
+
+Trainee = TraineeView | TraineeCopy
+# What an exit changes on its trainee's row.
+EXIT_COLUMNS = ("exited_on", "outcome", "category", "satisfied")
+REFERRAL_COLUMNS = ("status", "trainee_id", "accepted_at")
+
+
 class ReferralView(SQLModel, table=True):
     """A referral as the funnel follows it, from referrals.decided."""
 
@@ -121,7 +143,7 @@ class OutcomeBatch:
     """
 
     session: Session
-    trainees: dict[str, TraineeView | None] = field(default_factory=dict)
+    trainees: dict[str, Trainee | None] = field(default_factory=dict)
     referrals: dict[str, ReferralView | None] = field(default_factory=dict)
     submissions: dict[str, bool | None] = field(default_factory=dict)
     with_held: set[str] = field(default_factory=set)
@@ -135,9 +157,10 @@ class OutcomeBatch:
 
     def write(self) -> None:
         """The batch's changes in a few grouped statements (a `BatchScope.on_write` flush)."""
-        self._write_rows(TraineeView, self.trainees, self.new_trainees, self.changed_trainees)
+        self._write_rows(TraineeView, self.trainees, self.new_trainees, self.changed_trainees,
+                         EXIT_COLUMNS)
         self._write_rows(ReferralView, self.referrals, self.new_referrals,
-                         self.changed_referrals)
+                         self.changed_referrals, REFERRAL_COLUMNS)
         submissions = ExitSubmission.__table__  # type: ignore[attr-defined]
         if self.new_submissions:
             self.session.exec(insert(submissions),  # type: ignore[call-overload]
@@ -155,20 +178,22 @@ class OutcomeBatch:
         self.aid_grants.clear()
 
     def _write_rows(self, model: Any, rows: dict[str, Any], new: set[str],
-                    changed: set[str]) -> None:
+                    changed: set[str], changing: tuple[str, ...]) -> None:
+        """Inserts the `new` rows whole; sets the `changing` columns of the `changed` ones."""
         table = model.__table__
         [key] = [column.name for column in table.primary_key.columns]
         if new:
+            names = [column.name for column in table.columns]
             self.session.exec(insert(table),  # type: ignore[call-overload]
-                              params=[_values(table, rows[name]) for name in sorted(new)])
+                              params=[_values(rows[name], names) for name in sorted(new)])
         update_rows(self.session, table, key,
-                    [_values(table, rows[name]) for name in sorted(changed - new)])
+                    [_values(rows[name], (key, *changing)) for name in sorted(changed - new)])
         new.clear()
         changed.clear()
 
 
-def _values(table: Table, row: Any) -> dict[str, Any]:
-    return {column.name: getattr(row, column.name) for column in table.columns}
+def _values(row: Any, names: Sequence[str]) -> dict[str, Any]:
+    return {name: getattr(row, name) for name in names}
 
 
 def update_rows(session: Session, table: Table, key: str, rows: list[dict[str, Any]]) -> None:
@@ -243,21 +268,21 @@ class OutcomeStore(Store):
         table = model.__table__
         [key] = list(table.primary_key.columns)
         query = core_select(table).where(key.in_(ids)).order_by(key).with_for_update()
-        return {row[key.name]: model(**row) for row in self.session.exec(query).mappings()}
+        copy = TraineeCopy if model is TraineeView else model
+        return {row[key.name]: copy(**row) for row in self.session.exec(query).mappings()}
 
-    def _cached(self, cache: OutcomeBatch, model: Any, rows: dict[str, Any], key: str) -> Any:
+    def _cached(self, model: Any, rows: dict[str, Any], key: str) -> Any:
         if key not in rows:  # not foreseen by `prepare`, or dropped after a direct write
             rows[key] = self._load(model, {key}).get(key)
         return rows[key]
 
     # --- trainees ---------------------------------------------------------------------------
 
-    def trainee(self, trainee_id: str, for_update: bool = False) -> TraineeView | None:
+    def trainee(self, trainee_id: str, for_update: bool = False) -> Trainee | None:
         """The trainee; on the fast path a copy the batch writes back (`record_exit`)."""
         cache = self.deferred
         if cache is not None:
-            found: TraineeView | None = self._cached(cache, TraineeView, cache.trainees,
-                                                     trainee_id)
+            found: Trainee | None = self._cached(TraineeView, cache.trainees, trainee_id)
             return found
         return self.session.get(TraineeView, trainee_id, with_for_update=for_update,
                                 populate_existing=self._cache is not None)
@@ -265,7 +290,7 @@ class OutcomeStore(Store):
     def add_trainee(self, trainee: TraineeView) -> None:
         cache = self.deferred
         if cache is not None:
-            if self._cached(cache, TraineeView, cache.trainees, trainee.trainee_id) is None:
+            if self._cached(TraineeView, cache.trainees, trainee.trainee_id) is None:
                 cache.trainees[trainee.trainee_id] = trainee
                 cache.new_trainees.add(trainee.trainee_id)
             return
@@ -273,7 +298,7 @@ class OutcomeStore(Store):
             self.session.add(trainee)
 
     def record_exit(
-        self, trainee: TraineeView, exited_on: date, outcome: Outcome, satisfied: bool | None
+        self, trainee: Trainee, exited_on: date, outcome: Outcome, satisfied: bool | None
     ) -> None:
         trainee.exited_on, trainee.outcome = exited_on, outcome.value
         trainee.category = domain.category_of(outcome).value
@@ -282,6 +307,7 @@ class OutcomeStore(Store):
         if cache is not None:
             cache.changed_trainees.add(trainee.trainee_id)
             return
+        assert isinstance(trainee, TraineeView), "a copy is only handed out to be deferred"
         self.session.add(trainee)
         self._forget(lambda c: c.trainees, trainee.trainee_id)
 
@@ -304,7 +330,7 @@ class OutcomeStore(Store):
     ) -> None:
         cache = self.deferred
         if cache is not None:
-            view = self._cached(cache, ReferralView, cache.referrals, referral_id)
+            view = self._cached(ReferralView, cache.referrals, referral_id)
             if view is None:
                 view = ReferralView(referral_id=referral_id, agency_id=agency_id,
                                     school_id=school_id, received_at=at, status=status)
