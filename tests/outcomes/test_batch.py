@@ -304,3 +304,38 @@ def test_an_exit_whose_submission_is_stored_already_is_marked_decided(
     with unit_of_work(batched, OutcomeStore, "outcomes") as uow:
         assert uow.store.undecided_submissions() == []
     assert state(batched) == state(reference)
+
+
+def test_rows_an_earlier_batch_wrote_are_changed_by_a_later_one(
+    engines: tuple[Engine, Engine],
+) -> None:
+    """A referral's status, a trainee's exit and an aid count stored by one batch are
+    changed by the next as they are record by record."""
+    batched, reference = engines
+    trainee = uuid.uuid4().hex
+    referral = f"R-{trainee[:10]}"
+    first = records_of(
+        (Topic.REFERRALS_DECIDED, referral_decided(referral, trainee_id=None,
+                                                   status="pending_derogation")),
+        (Topic.ENROLLMENTS_DECIDED, enrollment_decided(trainee, referral_id=referral)),
+        (Topic.AIDS_DECIDED, aid_decided(trainee, "meals")),
+    )
+    then = records_of(
+        (Topic.REFERRALS_DECIDED, referral_decided(referral, trainee_id=trainee)),
+        (Topic.AIDS_DECIDED, aid_decided(trainee, "meals")),
+        (Topic.AIDS_DECIDED, aid_decided(trainee, "laptop")),
+        (Topic.EXITS_SUBMITTED, exit_submitted(trainee)),
+    )
+
+    for records in (first, then):
+        in_one_batch(batched, records)
+        one_by_one(reference, records)
+
+    found = state(batched)
+    assert found == state(reference)
+    assert sorted((row["kind"], row["grants"]) for row in found["outcome_trainee_aid"]) == [
+        ("laptop", 1), ("meals", 2)]
+    [view] = found["outcome_referral"]
+    assert (view["status"], view["trainee_id"]) == ("accepted", trainee)
+    [row] = found["outcome_trainee"]
+    assert (row["outcome"], row["category"]) == ("durable_employment", "employment")
