@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -26,7 +27,7 @@ from shared.messaging import UnitOfWork
 from shared.settings import Settings
 
 from . import domain
-from .store import HeldExit, OutcomeBatch, OutcomeStore, Trainee, TraineeView, now
+from .store import HeldExit, OutcomeBatch, OutcomeStore, Trainee, now
 
 Work = UnitOfWork[OutcomeStore]
 
@@ -130,7 +131,7 @@ class OutcomeHandlers:
     def on_enrollment(self, uow: Work, event: EnrollmentDecided) -> None:
         if not enrolls(event) or event.trainee_id is None:
             return
-        uow.store.add_trainee(trainee_view(event))
+        uow.store.add_trainee(trainee_columns(event))
         self._decide_held(uow, uow.store.held_exits(event.trainee_id))
 
     def on_aid_decided(self, uow: Work, event: AidDecided) -> None:
@@ -148,20 +149,22 @@ def enrolls(event: EnrollmentDecided) -> bool:
     return event.status is EnrollmentStatus.ENROLLED and event.trainee_id is not None
 
 
-def trainee_view(event: EnrollmentDecided) -> TraineeView:
+def trainee_columns(event: EnrollmentDecided) -> dict[str, Any]:
+    """The trainee's row as its enrollment makes it (no exit yet)."""
     assert event.trainee_id and event.school_id and event.enrolled_on and event.agency_kind
     assert event.age_at_entry is not None
-    return TraineeView(
-        trainee_id=event.trainee_id,
-        referral_id=event.referral_id,
-        school_id=event.school_id,
-        enrolled_on=event.enrolled_on,
-        agency_kind=event.agency_kind.value,
-        age_at_entry=event.age_at_entry,
-        rqth=bool(event.rqth),
-        qpv_resident=bool(event.qpv_resident),
-        has_work_experience=bool(event.has_work_experience),
-    )
+    return {
+        "trainee_id": event.trainee_id,
+        "referral_id": event.referral_id,
+        "school_id": event.school_id,
+        "enrolled_on": event.enrolled_on,
+        "agency_kind": event.agency_kind.value,
+        "age_at_entry": event.age_at_entry,
+        "rqth": bool(event.rqth),
+        "qpv_resident": bool(event.qpv_resident),
+        "has_work_experience": bool(event.has_work_experience),
+        "exited_on": None, "outcome": None, "category": None, "satisfied": None,
+    }
 
 
 def exit_decided(

@@ -287,15 +287,17 @@ class OutcomeStore(Store):
         return self.session.get(TraineeView, trainee_id, with_for_update=for_update,
                                 populate_existing=self._cache is not None)
 
-    def add_trainee(self, trainee: TraineeView) -> None:
+    def add_trainee(self, columns: dict[str, Any]) -> None:
+        """A trainee enrolled (`columns`: its row); one already known stays as it is."""
+        trainee_id = columns["trainee_id"]
         cache = self.deferred
         if cache is not None:
-            if self._cached(TraineeView, cache.trainees, trainee.trainee_id) is None:
-                cache.trainees[trainee.trainee_id] = trainee
-                cache.new_trainees.add(trainee.trainee_id)
+            if self._cached(TraineeView, cache.trainees, trainee_id) is None:
+                cache.trainees[trainee_id] = TraineeCopy(**columns)
+                cache.new_trainees.add(trainee_id)
             return
-        if self.session.get(TraineeView, trainee.trainee_id) is None:
-            self.session.add(trainee)
+        if self.session.get(TraineeView, trainee_id) is None:
+            self.session.add(TraineeView(**columns))
 
     def record_exit(
         self, trainee: Trainee, exited_on: date, outcome: Outcome, satisfied: bool | None
