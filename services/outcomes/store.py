@@ -193,7 +193,9 @@ class OutcomeBatch:
 
 
 def _values(row: Any, names: Sequence[str]) -> dict[str, Any]:
-    return {name: getattr(row, name) for name in names}
+    """The row's values of `names`; a column a copy does not hold (one added to the table
+    later) is left to the table's default rather than failing the batch's write."""
+    return {name: getattr(row, name) for name in names if hasattr(row, name)}
 
 
 def update_rows(session: Session, table: Table, key: str, rows: list[dict[str, Any]]) -> None:
