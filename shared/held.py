@@ -16,7 +16,13 @@ from sqlmodel import Field, Session, SQLModel, col, delete, select
 from shared.contract import Topic
 from shared.db import UtcDateTime
 from shared.logsafe import describe_error
-from shared.messaging import Inbound, UnitOfWork, build_dead_letter, describe_validation_error
+from shared.messaging import (
+    Inbound,
+    NeedsIsolation,
+    UnitOfWork,
+    build_dead_letter,
+    describe_validation_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +100,8 @@ def release_each(
                 decide(held)
         except (DataError, ValidationError) as error:
             _undecidable(unit, queue, held, source_topic, error, emitted, pending)
-        except SQLAlchemyError:
-            raise
+        except (SQLAlchemyError, NeedsIsolation):
+            raise  # the whole batch is done again (record by record for NeedsIsolation)
         except Exception as error:  # a bug must not hold the others back
             _undecidable(unit, queue, held, source_topic, error, emitted, pending)
 

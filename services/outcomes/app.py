@@ -26,6 +26,7 @@ TOPOLOGY = ServiceTopology(
         Topic.AIDS_DECIDED: OutcomeHandlers.on_aid_decided,
     },
     produces=(Topic.EXITS_DECIDED,),
+    prepare=OutcomeHandlers.prepare,
     # Submissions first (their answers), then what the view is made of, trainees before
     # the exits that need them; the exits as they were decided, nothing decided again.
     rebuild=Rebuild(

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel
 
 from shared.contract import (
     AidDecided,
@@ -24,7 +27,7 @@ from shared.messaging import UnitOfWork
 from shared.settings import Settings
 
 from . import domain
-from .store import HeldExit, OutcomeStore, TraineeView, now
+from .store import HeldExit, OutcomeBatch, OutcomeStore, Trainee, now
 
 Work = UnitOfWork[OutcomeStore]
 
@@ -34,6 +37,20 @@ class OutcomeHandlers:
     def from_settings(cls, settings: Settings) -> OutcomeHandlers:
         return cls()
 
+    def prepare(self, store: OutcomeStore, events: list[BaseModel]) -> OutcomeBatch:
+        """Loads what the batch's handlers will read, so that they query nothing."""
+        exits = [e for e in events if isinstance(e, ExitSubmitted)]
+        enrolling = {e.trainee_id for e in events
+                     if isinstance(e, EnrollmentDecided) and enrolls(e) and e.trainee_id}
+        referral_ids = {e.referral_id for e in events
+                        if isinstance(e, ReferralDecided) and changes_referral(e)}
+        return store.load_batch(
+            trainee_ids={e.trainee_id for e in exits} | enrolling,
+            referral_ids=referral_ids,
+            submission_ids={str(e.event_id) for e in exits},
+            enrolling=enrolling,
+        )
+
     # --- exits ----------------------------------------------------------------------------
 
     def on_exit(self, uow: Work, event: ExitSubmitted) -> None:
@@ -41,7 +58,7 @@ class OutcomeHandlers:
         payload = event.model_dump_json()
         store.remember_submission(str(event.event_id), event.trainee_id, payload)
         if store.trainee(event.trainee_id) is None:
-            store.held.hold(event.trainee_id, payload)  # its enrollment may follow
+            store.hold_exit(event.trainee_id, payload)  # its enrollment may follow
             return
         self.decide(uow, event)
 
@@ -81,7 +98,7 @@ class OutcomeHandlers:
         for submission in uow.store.undecided_submissions():
             event = ExitSubmitted.model_validate_json(submission.payload)
             if uow.store.trainee(event.trainee_id) is None:
-                uow.store.held.hold(submission.trainee_id, submission.payload)
+                uow.store.hold_exit(submission.trainee_id, submission.payload)
                 held += 1
             else:
                 self.decide(uow, event)
@@ -104,42 +121,54 @@ class OutcomeHandlers:
     # --- the view -------------------------------------------------------------------------
 
     def on_referral_decided(self, uow: Work, event: ReferralDecided) -> None:
-        if ReferralReason.NOT_PENDING in event.reasons:
-            return  # an answer that changed nothing on the referral
+        if not changes_referral(event):
+            return
         uow.store.learn_referral(
             event.referral_id, event.agency_id, event.school_id, event.status.value,
             event.trainee_id, event.occurred_at,
         )
 
     def on_enrollment(self, uow: Work, event: EnrollmentDecided) -> None:
-        if event.status is not EnrollmentStatus.ENROLLED or event.trainee_id is None:
+        if not enrolls(event) or event.trainee_id is None:
             return
-        uow.store.add_trainee(trainee_view(event))
-        self._decide_held(uow, uow.store.held.for_trainee(event.trainee_id))
+        uow.store.add_trainee(trainee_columns(event))
+        self._decide_held(uow, uow.store.held_exits(event.trainee_id))
 
     def on_aid_decided(self, uow: Work, event: AidDecided) -> None:
         if event.status is AidStatus.GRANTED:
             uow.store.count_aid(event.trainee_id, event.kind)
 
 
-def trainee_view(event: EnrollmentDecided) -> TraineeView:
+def changes_referral(event: ReferralDecided) -> bool:
+    """Whether the view follows this answer: one that changed nothing on the referral
+    (it was not pending any more) is left out."""
+    return ReferralReason.NOT_PENDING not in event.reasons
+
+
+def enrolls(event: EnrollmentDecided) -> bool:
+    return event.status is EnrollmentStatus.ENROLLED and event.trainee_id is not None
+
+
+def trainee_columns(event: EnrollmentDecided) -> dict[str, Any]:
+    """The trainee's row as its enrollment makes it (no exit yet)."""
     assert event.trainee_id and event.school_id and event.enrolled_on and event.agency_kind
     assert event.age_at_entry is not None
-    return TraineeView(
-        trainee_id=event.trainee_id,
-        referral_id=event.referral_id,
-        school_id=event.school_id,
-        enrolled_on=event.enrolled_on,
-        agency_kind=event.agency_kind.value,
-        age_at_entry=event.age_at_entry,
-        rqth=bool(event.rqth),
-        qpv_resident=bool(event.qpv_resident),
-        has_work_experience=bool(event.has_work_experience),
-    )
+    return {
+        "trainee_id": event.trainee_id,
+        "referral_id": event.referral_id,
+        "school_id": event.school_id,
+        "enrolled_on": event.enrolled_on,
+        "agency_kind": event.agency_kind.value,
+        "age_at_entry": event.age_at_entry,
+        "rqth": bool(event.rqth),
+        "qpv_resident": bool(event.qpv_resident),
+        "has_work_experience": bool(event.has_work_experience),
+        "exited_on": None, "outcome": None, "category": None, "satisfied": None,
+    }
 
 
 def exit_decided(
-    event: ExitSubmitted, trainee: TraineeView | None, reason: ExitReason | None
+    event: ExitSubmitted, trainee: Trainee | None, reason: ExitReason | None
 ) -> ExitDecided:
     return ExitDecided(
         **new_event_fields(),
