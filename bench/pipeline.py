@@ -445,18 +445,25 @@ SERVICES = ("referrals", "aids", "outcomes")
 # relay's, which runs beside the consumer (its seconds overlap the batches').
 CONSUMER_COLUMNS = ("decode", "prepare", "handle", "write", "commit", "ack", "dispatch")
 RELAY_COLUMNS = ("publish", "relay_store")
+CPU_COLUMNS = ("decode", "prepare", "handle", "write", "commit")
 
 
-def stage_seconds(stack: ServiceProcesses) -> dict[str, dict[str, float]]:
-    """Per service (its instances summed), `e2c_batch_seconds_total` by stage, from /metrics."""
-    totals: dict[str, dict[str, float]] = {name: {} for name in SERVICES}
+ELAPSED, CPU = "e2c_batch_seconds_total", "e2c_batch_cpu_seconds_total"
+Seconds = dict[str, dict[str, float]]  # service -> stage -> seconds
+
+
+def stage_seconds(stack: ServiceProcesses) -> dict[str, Seconds]:
+    """Per counter (`ELAPSED`, `CPU`), per service (its instances summed), the seconds by
+    stage, from each instance's /metrics."""
+    totals: dict[str, Seconds] = {metric: {name: {} for name in SERVICES}
+                                  for metric in (ELAPSED, CPU)}
     for service in stack.services.values():
         text = httpx.get(f"{service.url}/metrics", timeout=5).text
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if sample.name == "e2c_batch_seconds_total":
+                if sample.name in totals:
+                    own = totals[sample.name][service.name]
                     stage = sample.labels["stage"]
-                    own = totals[service.name]
                     own[stage] = own.get(stage, 0.0) + sample.value
     return totals
 
@@ -475,12 +482,19 @@ def time_table(before: dict[str, dict[str, float]], after: dict[str, dict[str, f
     return table
 
 
+def cpu_table(before: Seconds, after: Seconds) -> Seconds:
+    """Per service, the CPU seconds of its batch-handling thread per stage during a run."""
+    return {name: {stage: after[name].get(stage, 0.0) - before[name].get(stage, 0.0)
+                   for stage in CPU_COLUMNS} for name in SERVICES}
+
+
 async def timed_lifecycle(stack: ServiceProcesses, kafka: LocalBrokers, trainees: int
-                          ) -> tuple[Figure, dict[str, dict[str, float]]]:
+                          ) -> tuple[Figure, Seconds, Seconds]:
     before = await asyncio.to_thread(stage_seconds, stack)
     figure_ = await lifecycle(kafka, trainees)
     after = await asyncio.to_thread(stage_seconds, stack)
-    return figure_, time_table(before, after, figure_.seconds)
+    return (figure_, time_table(before[ELAPSED], after[ELAPSED], figure_.seconds),
+            cpu_table(before[CPU], after[CPU]))
 
 
 def print_time_table(table: dict[str, dict[str, float]], title: str) -> None:
@@ -497,6 +511,13 @@ def print_time_table(table: dict[str, dict[str, float]], title: str) -> None:
           "(publish, relay db) runs beside the consumer")
 
 
+def print_cpu_table(table: Seconds) -> None:
+    print("CPU seconds of each service's batch thread (the same stages, without the waits)")
+    print(f"{'service':<10}" + "".join(f"{c:>9}" for c in CPU_COLUMNS))
+    for name, row in table.items():
+        print(f"{name:<10}" + "".join(f"{row[c]:>9.3f}" for c in CPU_COLUMNS))
+
+
 # --- one run of the figures, repeated -------------------------------------------------------
 
 
@@ -505,7 +526,8 @@ class Run:
     """One run of the default figures: each by name, and the lifecycle's time table."""
 
     figures: dict[str, Figure]
-    times: dict[str, dict[str, float]]
+    times: Seconds  # the lifecycle's elapsed seconds per service and stage, and idle
+    cpu: Seconds  # its CPU seconds per service and batch stage
     statuses: dict[str, dict[str, dict[str, int]]]  # store -> stage -> answers by status
 
     def rate(self, name: str) -> float:
@@ -547,7 +569,7 @@ def one_run(events: int, trainees: int, later: int) -> Run:
             staged = asyncio.run(stages(env.kafka, events, later, "1 instance, SQLite"))
             figures += staged.figures()
             statuses["SQLite"] = staged.statuses
-            whole, times = asyncio.run(timed_lifecycle(stack, env.kafka, trainees))
+            whole, times, cpu = asyncio.run(timed_lifecycle(stack, env.kafka, trainees))
             figures.append(whole)
         finally:
             stack.stop_all()
@@ -567,7 +589,7 @@ def one_run(events: int, trainees: int, later: int) -> Run:
             stack.stop_all()
     finally:
         env.stop()
-    return Run({f.name: f for f in figures}, times, statuses)
+    return Run({f.name: f for f in figures}, times, cpu, statuses)
 
 
 def main() -> None:
@@ -657,10 +679,10 @@ def print_ratios(runs: list[Run]) -> dict[str, float]:
     return medians
 
 
-def median_times(runs: list[Run]) -> dict[str, dict[str, float]]:
-    return {service: {stage: statistics.median(run.times[service][stage] for run in runs)
-                      for stage in runs[0].times[service]}
-            for service in runs[0].times}
+def median_table(tables: list[Seconds]) -> Seconds:
+    return {service: {stage: statistics.median(table[service][stage] for table in tables)
+                      for stage in tables[0][service]}
+            for service in tables[0]}
 
 
 def print_scaling(scaling: list[Scaled]) -> None:
@@ -697,9 +719,11 @@ def report(runs: list[Run], scaling: list[Scaled], cluster: list[Figure] | None)
     medians = print_ratios(runs)
     cost = 1 - statistics.median(run.rate(RAW) / run.rate(OPEN_RAW) for run in runs)
     print(f"authentication and ACLs cost raw aiokafka {cost:.0%} of its rate (median)")
-    times = median_times(runs)
+    times = median_table([run.times for run in runs])
+    cpu = median_table([run.cpu for run in runs])
     print_time_table(times, "the lifecycle" + (f", median of {len(runs)} runs"
                                                if len(runs) > 1 else ""))
+    print_cpu_table(cpu)
     if scaling:
         print_scaling(scaling)
     one_broker = [statistics.median(run.rate(name) for run in runs)
@@ -712,11 +736,13 @@ def report(runs: list[Run], scaling: list[Scaled], cluster: list[Figure] | None)
         "cores": os.cpu_count(),
         "runs": [{"figures": [as_json(f) for f in run.figures.values()],
                   "ratios": ratios(run), "lifecycle_seconds": run.times,
+                  "lifecycle_cpu_seconds": run.cpu,
                   "answers": run.statuses} for run in runs],
         "medians": {name: statistics.median(run.rate(name) for run in runs)
                     for name in last.figures},
         "ratio_medians": medians,
         "lifecycle_seconds_median": times,
+        "lifecycle_cpu_seconds_median": cpu,
         "scaling": [{"instances": s.instances, "referrals": as_json(s.referrals),
                      "aids": as_json(s.aids)} for s in scaling],
         "three_brokers": None if cluster is None else [

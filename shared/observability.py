@@ -66,6 +66,14 @@ class ServiceMetrics:
             ["service", "stage"],
             registry=registry,
         )
+        self.stage_cpu_seconds = Counter(
+            "e2c_batch_cpu_seconds",
+            "CPU seconds of the thread that handles consumed batches, per stage (decode, "
+            "prepare, handle, write, commit): the part of e2c_batch_seconds_total not spent "
+            "waiting (for the store, a lock, or a CPU busy with other work).",
+            ["service", "stage"],
+            registry=registry,
+        )
         self.batch_size = Histogram(
             "e2c_batch_records",
             "Records per consumed batch.",
@@ -160,6 +168,8 @@ class ServiceMetrics:
         self.outbox_parked.labels(service)  # visible at zero: an alert can watch it
         for stage in (*CONSUMER_STAGES, *RELAY_STAGES):
             self.stage_seconds.labels(service, stage)
+        for stage in BATCH_STAGES:
+            self.stage_cpu_seconds.labels(service, stage)
 
     def watch_webhooks(self) -> None:
         """Makes the webhook series visible at zero (a service that sends webhooks)."""
@@ -203,6 +213,8 @@ class ServiceMetrics:
         for stage, spent in result.seconds.items():
             self.add_seconds(stage, spent)
         self.add_seconds("dispatch", seconds - sum(result.seconds.values()))
+        for stage, spent in result.cpu_seconds.items():
+            self.stage_cpu_seconds.labels(self.service, stage).inc(max(spent, 0.0))
         self.batch_size.labels(self.service).observe(size)
         for topic, count in result.dead_letters.items():
             self.dead_letters.labels(self.service, topic).inc(count)

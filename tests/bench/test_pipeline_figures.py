@@ -35,7 +35,7 @@ def test_each_stage_is_divided_by_the_raw_rate_and_aids_and_exits_by_the_referra
              "exits (1 instance, SQLite)": 3_000, "referrals (1 instance, PostgreSQL)": 2_000,
              "aid requests (1 instance, PostgreSQL)": 1_800,
              "exits (1 instance, PostgreSQL)": 500}
-    run = Run({name: figure(name, rate, 1.0) for name, rate in rates.items()}, {}, {})
+    run = Run({name: figure(name, rate, 1.0) for name, rate in rates.items()}, {}, {}, {})
 
     found = ratios(run)
 

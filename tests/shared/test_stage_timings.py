@@ -38,9 +38,12 @@ def test_a_processed_batch_reports_the_seconds_of_each_stage(engine: Engine) -> 
     result = processor(engine).process(records)
     elapsed = time.perf_counter() - started
 
-    assert set(result.seconds) == set(BATCH_STAGES)
+    assert set(result.seconds) == set(BATCH_STAGES) == set(result.cpu_seconds)
     assert all(seconds > 0 for seconds in result.seconds.values())
     assert sum(result.seconds.values()) <= elapsed
+    assert sum(result.cpu_seconds.values()) > 0  # the thread did the work
+    for stage in BATCH_STAGES:  # on the CPU no longer than elapsed (a little clock slack)
+        assert result.cpu_seconds[stage] <= result.seconds[stage] + 0.001
 
 
 def test_a_batch_done_again_counts_both_passes(engine: Engine) -> None:
@@ -68,7 +71,8 @@ def test_the_counters_add_a_batch_stages_and_the_rest_as_dispatch() -> None:
     registry = CollectorRegistry()
     metrics = ServiceMetrics("timed", registry)
     result = BatchResult(seconds={"decode": 0.25, "prepare": 0.5, "handle": 1.0,
-                                  "write": 0.125, "commit": 0.0625})
+                                  "write": 0.125, "commit": 0.0625},
+                         cpu_seconds={"decode": 0.25, "handle": 0.75})
 
     metrics.record_batch(result, 2.5, size=10)
     metrics.record_batch(result, 2.5, size=10)
@@ -80,6 +84,10 @@ def test_the_counters_add_a_batch_stages_and_the_rest_as_dispatch() -> None:
     assert [value(s) for s in BATCH_STAGES] == [0.5, 1.0, 2.0, 0.25, 0.125]
     assert value("dispatch") == pytest.approx(2 * (2.5 - 1.9375))
     assert value("ack") == 0.0 and value("publish") == 0.0  # visible before anything moved
+    cpu = {stage: registry.get_sample_value("e2c_batch_cpu_seconds_total",
+                                            {"service": "timed", "stage": stage})
+           for stage in BATCH_STAGES}
+    assert cpu == {"decode": 0.5, "prepare": 0.0, "handle": 1.5, "write": 0.0, "commit": 0.0}
 
 
 def stage_totals(stack: ServiceProcesses, service: str) -> dict[str, float]:
