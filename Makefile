@@ -4,6 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 ARGS   ?=
+REPORT_ARGS ?=
 
 .PHONY: run test test-cluster up down status demo simulate chaos install system-deps lint docs clean bench bench-pipeline bench-reports migration
 
@@ -39,9 +40,10 @@ docs: install                     ## docs/asyncapi.json, docs/schemas/, docs/ope
 	$(BIN)/python -m deploy.contract_docs $(ARGS)
 	$(BIN)/python -m deploy.kubernetes_manifests $(ARGS)
 
-bench: bench-pipeline bench-reports  ## the benchmarks (never tests): pipeline vs raw Kafka, report cost
+bench: bench-pipeline              ## the benchmarks (never tests): ARGS to the pipeline's (e.g. ARGS="--repeat 5"), REPORT_ARGS to the reports'
+	$(MAKE) --no-print-directory bench-reports ARGS="$(REPORT_ARGS)"
 
-bench-pipeline: install system-deps  ## raw aiokafka vs referral pipeline vs lifecycle, 1-3 instances on PostgreSQL, 3 brokers
+bench-pipeline: install system-deps  ## raw aiokafka vs each stage (SQLite, PostgreSQL) vs lifecycle and its time per service, 1-3 instances, 3 brokers
 	$(BIN)/python -m bench.pipeline $(ARGS)
 
 simulate: install

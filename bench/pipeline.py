@@ -1,26 +1,36 @@
 """Throughput and latency of the pipeline against the raw Kafka ceiling, on this machine.
 
     make bench                       # everything, with the default sizes
-    make bench ARGS="--events 2000 --trainees 300 --skip-scaling"
+    make bench ARGS="--repeat 5"     # the default figures five times: values and medians
+    make bench-pipeline ARGS="--events 2000 --trainees 300 --skip-scaling --skip-cluster"
 
-One run starts its own broker, Redis and (for the scaling runs) PostgreSQL under
+One run starts its own broker, Redis and (for the PostgreSQL runs) PostgreSQL under
 var/bench/, then measures:
 
 1. raw: aiokafka alone, one producer and one consumer, N small JSON messages (the size of
-   a referral) through the same broker: the ceiling.
-2. referrals: N referrals published, N decisions received, through the referrals service
-   as it is deployed by default (one instance, SQLite).
-3. lifecycle: T young people taken through referral, enrollment, one aid and their exit
-   (4 inputs each, each published when the previous answer arrives).
-4. scaling: 1, 2 and 3 instances of each service sharing one PostgreSQL store; each
-   count decides N referrals (timed), enrolls them, then decides A aid requests of the
-   enrolled trainees (timed), printed as inputs/s and inputs/s per core of this machine.
+   a referral) through the same broker: the ceiling (and on a second broker of the same
+   build without SASL nor ACLs).
+2. per stage, on SQLite (the services as deployed by default, one instance each) then on
+   PostgreSQL (a broker of its own): N referrals published at once, timed to their last
+   decision; A of the trainees enrolled (not timed); then A aid requests alone, and A exits
+   alone, each published at once and timed from the first publish to the last answer.
+3. lifecycle (on the SQLite stack): T young people taken through referral, enrollment, one
+   aid and their exit (4 inputs each, each published when the previous answer arrives),
+   and where its time went: each service's `e2c_batch_seconds_total` (its /metrics) read
+   before and after, per stage (decode, prepare, handle, write, commit, ack, dispatch; the
+   relay's publish and store work beside them) and idle.
+4. scaling (`--skip-scaling` leaves it out): 1, 2 and 3 instances of each service sharing
+   one PostgreSQL store; each count decides N referrals (timed), enrolls them, then decides
+   A aid requests of the enrolled trainees (timed), printed as inputs/s and per core.
 5. three brokers (`--skip-cluster` leaves it out): raw aiokafka and the referral pipeline
    again on a cluster of three KRaft nodes (replication 3, min.insync.replicas 2,
    acks=all), each printed as a ratio to the same run on the one broker above.
 
+`--repeat R` runs 1 to 3 R times (each on fresh brokers and stores) and prints each
+figure's R values and median, and each ratio's median; scaling and the cluster run once.
 Each line gives events per second (N / from the first publish to the last answer) and
-the p50/p99 latency from publish to answer. `ratio` is referrals / raw. The figures go to
+the p50/p99 latency from publish to answer. Ratios: each stage / raw in the same run, and
+aid requests and exits / the referrals on the same store. The figures go to
 var/bench/pipeline.json. A benchmark, never a test: nothing here asserts a timing.
 """
 
@@ -35,12 +45,14 @@ import statistics
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.harness import Environment, ServiceProcesses, free_port
 from deploy.kafka_security import OPS, access
@@ -212,37 +224,63 @@ async def referral_pipeline(kafka: LocalBrokers, events: int, name: str) -> Figu
     return figure(name, sent, received)
 
 
-# --- 4. scaling: referrals, then aid requests of the enrolled ------------------------------
+# --- 2b. per stage: referrals, aid requests alone, exits alone ---------------------------
 
 
-async def referrals_then_aids(kafka: LocalBrokers, referrals: int, aids: int,
-                              label: str) -> tuple[Figure, Figure]:
+@dataclass
+class Staged:
+    """The timed stages of one store: referrals, then aid requests alone, then (unless left
+    out) exits alone, each published at once and timed from its first publish to its last
+    answer; the trainees the later stages need made first (enrollments, not timed)."""
+
+    referrals: Figure
+    aids: Figure
+    exits: Figure | None = None
+    statuses: dict[str, dict[str, int]] = field(default_factory=dict)  # stage -> answers
+
+    def figures(self) -> list[Figure]:
+        return [self.referrals, self.aids, *([self.exits] if self.exits else [])]
+
+
+async def stages(kafka: LocalBrokers, referrals: int, later: int, label: str,
+                 exits: bool = True) -> Staged:
     """N referrals decided (timed); the first A of them enrolled (not timed); one meal request
-    per enrolled trainee decided (timed): the two stages a month-start wave loads most."""
+    per enrolled trainee decided (timed), then (`exits`) each of them exits (timed): the
+    stages a month-start wave and the year's end load most, each alone."""
     tag = uuid.uuid4().hex[:8]
     inputs = [referral(i, tag) for i in range(referrals)]
     producer = Writers(writer_accesses(kafka), linger_ms=5, acks="all")
     await producer.start()
+    statuses: dict[str, dict[str, int]] = {"referrals": {}, "aids": {}, "exits": {}}
     try:
         decided, trainees = await _stage(kafka, producer, Topic.REFERRALS_SUBMITTED,
                                          Topic.REFERRALS_DECIDED,
                                          [(e["referral_id"], e) for e in inputs],
-                                         f"referrals ({label})")
-        accepted = [ref for ref, trainee in trainees.items() if trainee][:aids]
+                                         f"referrals ({label})", statuses["referrals"])
+        accepted = [ref for ref, trainee in trainees.items() if trainee][:later]
         enrollments = [(ref, {**_base(), "referral_id": ref, "school_id": "toulouse",
                               "enrolled_on": "2024-04-02"}) for ref in accepted]
         _, enrolled = await _stage(kafka, producer, Topic.ENROLLMENTS_SUBMITTED,
                                    Topic.ENROLLMENTS_DECIDED, enrollments, "enrollments")
+        people = [t for t in enrolled.values() if t]
         requests = [(trainee, {**_base(), "request_id": f"BA-{tag}-{index:07d}",
                                "trainee_id": trainee, "kind": "meals", "quantity": 10,
                                "amount_cents": None, "period_start": "2024-04-02",
                                "period_end": "2024-04-30"})
-                    for index, trainee in enumerate(t for t in enrolled.values() if t)]
+                    for index, trainee in enumerate(people)]
         aid_figure, _ = await _stage(kafka, producer, Topic.AIDS_REQUESTED, Topic.AIDS_DECIDED,
-                                     requests, f"aid requests ({label})")
+                                     requests, f"aid requests ({label})", statuses["aids"])
+        exit_figure = None
+        if exits:
+            leaving = [(trainee, {**_base(), "trainee_id": trainee, "exited_on": "2024-09-30",
+                                  "outcome": "durable_employment", "satisfied": True})
+                       for trainee in people]
+            exit_figure, _ = await _stage(kafka, producer, Topic.EXITS_SUBMITTED,
+                                          Topic.EXITS_DECIDED, leaving, f"exits ({label})",
+                                          statuses["exits"])
     finally:
         await producer.stop()
-    return decided, aid_figure
+    return Staged(decided, aid_figure, exit_figure, statuses)
 
 
 def _base() -> dict[str, Any]:
@@ -251,16 +289,18 @@ def _base() -> dict[str, Any]:
 
 
 async def _stage(kafka: LocalBrokers, producer: Writers, topic: Topic, answers: Topic,
-                 inputs: list[tuple[str, dict[str, Any]]], name: str
+                 inputs: list[tuple[str, dict[str, Any]]], name: str,
+                 statuses: dict[str, int] | None = None,
                  ) -> tuple[Figure, dict[str, str | None]]:
     """Publishes every input at once, waits for every answer; returns the stage's figure and
-    each input key's `trainee_id` in its answer (None when refused)."""
+    each input key's `trainee_id` in its answer (None when refused). `statuses`, if given,
+    counts the answers by their `status`."""
     sent = {event["event_id"]: 0.0 for _, event in inputs}
     received: dict[str, float] = {}
     trainee_of_request: dict[str, str | None] = {}
     consumer = await _answers_at_end(kafka, [answers])
     reading = asyncio.create_task(_answers_to(consumer, set(sent), received,
-                                              trainee_of_request, name))
+                                              trainee_of_request, name, statuses))
     futures = []
     for key, event in inputs:
         sent[event["event_id"]] = time.time()
@@ -274,7 +314,8 @@ async def _stage(kafka: LocalBrokers, producer: Writers, topic: Topic, answers: 
 
 
 async def _answers_to(consumer: AIOKafkaConsumer, wanted: set[str], received: dict[str, float],
-                      trainee_of_request: dict[str, str | None], name: str) -> None:
+                      trainee_of_request: dict[str, str | None], name: str,
+                      statuses: dict[str, int] | None = None) -> None:
     """Reads until every input in `wanted` is answered; answers to other inputs (none are
     expected: each run has a broker of its own) are counted apart, never taken for ours."""
     foreign: set[str] = set()
@@ -288,6 +329,9 @@ async def _answers_to(consumer: AIOKafkaConsumer, wanted: set[str], received: di
                 if request in wanted and request not in received:
                     received[request] = now
                     trainee_of_request[request] = body.get("trainee_id")
+                    if statuses is not None:
+                        status = str(body.get("status"))
+                        statuses[status] = statuses.get(status, 0) + 1
                 elif request not in wanted:
                     foreign.add(str(request))
     if foreign:
@@ -394,35 +438,187 @@ def machine() -> dict[str, Any]:
             "platform": platform.platform()}
 
 
+# --- where the lifecycle's time goes ------------------------------------------------------------
+
+SERVICES = ("referrals", "aids", "outcomes")
+# Columns of the time table: the consumer's stages (see shared.observability), then the
+# relay's, which runs beside the consumer (its seconds overlap the batches').
+CONSUMER_COLUMNS = ("decode", "prepare", "handle", "write", "commit", "ack", "dispatch")
+RELAY_COLUMNS = ("publish", "relay_store")
+CPU_COLUMNS = ("decode", "prepare", "handle", "write", "commit")
+
+
+ELAPSED, CPU = "e2c_batch_seconds_total", "e2c_batch_cpu_seconds_total"
+Seconds = dict[str, dict[str, float]]  # service -> stage -> seconds
+
+
+def stage_seconds(stack: ServiceProcesses) -> dict[str, Seconds]:
+    """Per counter (`ELAPSED`, `CPU`), per service (its instances summed), the seconds by
+    stage, from each instance's /metrics."""
+    totals: dict[str, Seconds] = {metric: {name: {} for name in SERVICES}
+                                  for metric in (ELAPSED, CPU)}
+    for service in stack.services.values():
+        text = httpx.get(f"{service.url}/metrics", timeout=5).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name in totals:
+                    own = totals[sample.name][service.name]
+                    stage = sample.labels["stage"]
+                    own[stage] = own.get(stage, 0.0) + sample.value
+    return totals
+
+
+def time_table(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]],
+               wall: float) -> dict[str, dict[str, float]]:
+    """Per service, the seconds each stage took during a run of `wall` seconds, and `idle`:
+    the wall time its consumer spent on no batch (waiting for records)."""
+    table: dict[str, dict[str, float]] = {}
+    for name in SERVICES:
+        row = {stage: after[name].get(stage, 0.0) - before[name].get(stage, 0.0)
+               for stage in (*CONSUMER_COLUMNS, *RELAY_COLUMNS)}
+        row["idle"] = max(wall - sum(row[stage] for stage in CONSUMER_COLUMNS), 0.0)
+        row["wall"] = wall
+        table[name] = row
+    return table
+
+
+def cpu_table(before: Seconds, after: Seconds) -> Seconds:
+    """Per service, the CPU seconds of its batch-handling thread per stage during a run."""
+    return {name: {stage: after[name].get(stage, 0.0) - before[name].get(stage, 0.0)
+                   for stage in CPU_COLUMNS} for name in SERVICES}
+
+
+async def timed_lifecycle(stack: ServiceProcesses, kafka: LocalBrokers, trainees: int
+                          ) -> tuple[Figure, Seconds, Seconds]:
+    before = await asyncio.to_thread(stage_seconds, stack)
+    figure_ = await lifecycle(kafka, trainees)
+    after = await asyncio.to_thread(stage_seconds, stack)
+    return (figure_, time_table(before[ELAPSED], after[ELAPSED], figure_.seconds),
+            cpu_table(before[CPU], after[CPU]))
+
+
+def print_time_table(table: dict[str, dict[str, float]], title: str) -> None:
+    columns = (*CONSUMER_COLUMNS, "idle", *RELAY_COLUMNS)
+    print(f"\n{title}: seconds per service and stage over the run's "
+          f"{next(iter(table.values()))['wall']:.1f} s")
+    print(f"{'service':<10}" + "".join(f"{c:>9}" for c in ("decode", "prepare", "handle",
+                                                           "write", "commit", "ack",
+                                                           "dispatch", "idle", "publish",
+                                                           "relay db")))
+    for name, row in table.items():
+        print(f"{name:<10}" + "".join(f"{row[c]:>9.3f}" for c in columns))
+    print("store = prepare + handle + write; idle = wall - the consumer's stages; the relay "
+          "(publish, relay db) runs beside the consumer")
+
+
+def print_cpu_table(table: Seconds) -> None:
+    print("CPU seconds of each service's batch thread (the same stages, without the waits)")
+    print(f"{'service':<10}" + "".join(f"{c:>9}" for c in CPU_COLUMNS))
+    for name, row in table.items():
+        print(f"{name:<10}" + "".join(f"{row[c]:>9.3f}" for c in CPU_COLUMNS))
+
+
+# --- one run of the figures, repeated -------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """One run of the default figures: each by name, and the lifecycle's time table."""
+
+    figures: dict[str, Figure]
+    times: Seconds  # the lifecycle's elapsed seconds per service and stage, and idle
+    cpu: Seconds  # its CPU seconds per service and batch stage
+    statuses: dict[str, dict[str, dict[str, int]]]  # store -> stage -> answers by status
+
+    def rate(self, name: str) -> float:
+        return self.figures[name].per_second
+
+
+RAW, OPEN_RAW = "raw aiokafka", "raw aiokafka, no authentication"
+STORES = ("SQLite", "PostgreSQL")
+
+
+def stage_name(stage: str, store: str) -> str:
+    return f"{stage} (1 instance, {store})"
+
+
+def ratios(run: Run) -> dict[str, float]:
+    """Each pipeline figure over the raw ceiling of the same run; aids and exits over the
+    referrals of the same store (the issue's goal: 0.8 or more)."""
+    raw = run.rate(RAW)
+    found = {f"{name} / raw": run.rate(name) / raw
+             for name in run.figures if name not in (RAW, OPEN_RAW)}
+    found[f"{stage_name('referrals', 'SQLite')} / raw without authentication"] = (
+        run.rate(stage_name("referrals", "SQLite")) / run.rate(OPEN_RAW))
+    for store in STORES:
+        referrals = run.rate(stage_name("referrals", store))
+        for stage in ("aid requests", "exits"):
+            found[f"{stage} / referrals ({store})"] = run.rate(stage_name(stage, store)) / referrals
+    return found
+
+
+def one_run(events: int, trainees: int, later: int) -> Run:
+    figures: list[Figure] = [asyncio.run(raw_without_authentication(events))]
+    statuses: dict[str, dict[str, dict[str, int]]] = {}
+    env = Environment(BENCH_DIR / "env")
+    env.start()
+    try:
+        figures.append(asyncio.run(raw_ceiling(env.kafka, events)))
+        stack = start_services(env, "default", 1, postgres=False)
+        try:
+            staged = asyncio.run(stages(env.kafka, events, later, "1 instance, SQLite"))
+            figures += staged.figures()
+            statuses["SQLite"] = staged.statuses
+            whole, times, cpu = asyncio.run(timed_lifecycle(stack, env.kafka, trainees))
+            figures.append(whole)
+        finally:
+            stack.stop_all()
+    finally:
+        env.stop()
+    # On a broker of its own: a service keeps its offsets in its store, so a new store on a
+    # used broker would first replay every earlier input.
+    env = Environment(BENCH_DIR / "postgres")
+    env.start()
+    try:
+        stack = start_services(env, "stack", 1, postgres=True)
+        try:
+            staged = asyncio.run(stages(env.kafka, events, later, "1 instance, PostgreSQL"))
+            figures += staged.figures()
+            statuses["PostgreSQL"] = staged.statuses
+        finally:
+            stack.stop_all()
+    finally:
+        env.stop()
+    return Run({f.name: f for f in figures}, times, cpu, statuses)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=5000)
-    parser.add_argument("--trainees", type=int, default=1000)
+    parser.add_argument("--events", type=int, default=5000,
+                        help="records of the raw runs, referrals of each store")
+    parser.add_argument("--trainees", type=int, default=1000, help="people of the lifecycle")
     parser.add_argument("--aids", type=int, default=1000,
-                        help="aid requests per instance count in the scaling runs")
+                        help="aid requests (and exits) of each stage run, and aid requests "
+                             "per instance count in the scaling runs")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs of the default figures (not scaling nor cluster): each "
+                             "figure's values and median, each ratio's median")
     parser.add_argument("--skip-scaling", action="store_true")
     parser.add_argument("--skip-cluster", action="store_true")
     args = parser.parse_args()
     started = time.monotonic()
-    env = Environment(BENCH_DIR / "env")
-    env.start()
-    figures: list[Figure] = []
+    runs: list[Run] = []
+    for index in range(args.repeat):
+        began = time.monotonic()
+        runs.append(one_run(args.events, args.trainees, args.aids))
+        if args.repeat > 1:
+            print(f"run {index + 1}/{args.repeat} took {time.monotonic() - began:.0f} s")
     scaling: list[Scaled] = []
-    try:
-        open_raw = asyncio.run(raw_without_authentication(args.events))
-        figures.append(asyncio.run(raw_ceiling(env.kafka, args.events)))
-        stack = start_services(env, "default", 1, postgres=False)
-        figures.append(asyncio.run(referral_pipeline(
-            env.kafka, args.events, "referrals (1 instance, SQLite)")))
-        figures.append(asyncio.run(lifecycle(env.kafka, args.trainees)))
-        stack.stop_all()
-    finally:
-        env.stop()
     if not args.skip_scaling:
         scaling = [scaling_run(instances, args.events, args.aids) for instances in (1, 2, 3)]
     cluster = None if args.skip_cluster else three_broker_runs(args.events)
-    report(figures, scaling, open_raw, cluster)
+    report(runs, scaling, cluster)
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     print(f"took {time.monotonic() - started:.0f} s; load average at the end {load} "
           f"on {os.cpu_count()} cores (other work on the machine skews every figure)")
@@ -437,8 +633,8 @@ def scaling_run(instances: int, referrals: int, aids: int) -> Scaled:
         stack = start_services(env, "stack", instances, postgres=True)
         try:
             label = f"{instances} instance{'s' if instances > 1 else ''}, PostgreSQL"
-            return Scaled(instances, *asyncio.run(referrals_then_aids(
-                env.kafka, referrals, aids, label)))
+            staged = asyncio.run(stages(env.kafka, referrals, aids, label, exits=False))
+            return Scaled(instances, staged.referrals, staged.aids)
         finally:
             stack.stop_all()
     finally:
@@ -459,6 +655,36 @@ def print_figures(lines: list[Figure]) -> None:
               f"{line.p50_ms:>9.1f}{line.p99_ms:>9.1f}")
 
 
+def print_medians(runs: list[Run]) -> None:
+    """Per figure, each run's events/s and their median."""
+    print(f"\nevents/s in each of {len(runs)} runs, and their median")
+    for name in runs[0].figures:
+        values = [run.rate(name) for run in runs]
+        shown = " ".join(f"{v:>6.0f}" for v in values)
+        print(f"{name:<48}{shown}   median {statistics.median(values):.0f}")
+
+
+def print_ratios(runs: list[Run]) -> dict[str, float]:
+    each = [ratios(run) for run in runs]
+    medians = {name: statistics.median(r[name] for r in each) for name in each[0]}
+    print(f"\nratios (median of {len(runs)} run{'s' if len(runs) > 1 else ''}"
+          f"{': each run' if len(runs) > 1 else ''})")
+    for name, value in medians.items():
+        values = "  (" + " ".join(f"{r[name]:.2f}" for r in each) + ")" if len(runs) > 1 else ""
+        print(f"ratio {value:.2f}   {name}{values}")
+    headline = stage_name("referrals", "SQLite") + " / raw"
+    print(f"the referral pipeline / raw aiokafka: median {medians[headline]:.2f} over "
+          f"{len(runs)} run{'s' if len(runs) > 1 else ''} (the goal is 0.5); aids and exits "
+          "/ referrals: the goal is 0.8")
+    return medians
+
+
+def median_table(tables: list[Seconds]) -> Seconds:
+    return {service: {stage: statistics.median(table[service][stage] for table in tables)
+                      for stage in tables[0][service]}
+            for service in tables[0]}
+
+
 def print_scaling(scaling: list[Scaled]) -> None:
     cores = os.cpu_count() or 1
     print(f"\nscaling on one PostgreSQL store, {cores} cores shared by everything")
@@ -469,44 +695,59 @@ def print_scaling(scaling: list[Scaled]) -> None:
               f"{line.aids.per_second / cores:>10.0f}")
 
 
-def print_cluster(one_broker: list[Figure], cluster: list[Figure]) -> None:
+def print_cluster(one_broker: list[float], cluster: list[Figure]) -> None:
     print()
     print_figures(cluster)
     for three, one in zip(cluster, one_broker, strict=True):
-        print(f"ratio {three.per_second / one.per_second:.2f}   ({three.name} / the same on "
-              "1 broker)")
+        print(f"ratio {three.per_second / one:.2f}   ({three.name} / the same on 1 broker, "
+              "median)")
 
 
-def report(figures: list[Figure], scaling: list[Scaled], open_raw: Figure,
-           cluster: list[Figure] | None) -> None:
-    print_figures([open_raw, *figures])
-    ratio = figures[1].per_second / figures[0].per_second
-    print(f"ratio {ratio:.2f}   (referral pipeline / raw aiokafka; the goal is 0.25 or more)")
-    open_ratio = figures[1].per_second / open_raw.per_second
-    print(f"ratio {open_ratio:.2f}   (the same pipeline / raw aiokafka on a broker without "
-          "SASL nor ACLs)")
-    cost = 1 - figures[0].per_second / open_raw.per_second
-    print(f"authentication and ACLs cost raw aiokafka {cost:.0%} of its rate in this run")
+def as_json(figure_: Figure) -> dict[str, Any]:
+    return {**asdict(figure_), "per_second": figure_.per_second}
+
+
+def report(runs: list[Run], scaling: list[Scaled], cluster: list[Figure] | None) -> None:
+    last = runs[-1]
+    print_figures(list(last.figures.values()))
+    for store, statuses in last.statuses.items():
+        print(f"answers on {store}: " + "; ".join(
+            f"{stage} " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+            for stage, counts in statuses.items() if counts))
+    if len(runs) > 1:
+        print_medians(runs)
+    medians = print_ratios(runs)
+    cost = 1 - statistics.median(run.rate(RAW) / run.rate(OPEN_RAW) for run in runs)
+    print(f"authentication and ACLs cost raw aiokafka {cost:.0%} of its rate (median)")
+    times = median_table([run.times for run in runs])
+    cpu = median_table([run.cpu for run in runs])
+    print_time_table(times, "the lifecycle" + (f", median of {len(runs)} runs"
+                                               if len(runs) > 1 else ""))
+    print_cpu_table(cpu)
     if scaling:
         print_scaling(scaling)
+    one_broker = [statistics.median(run.rate(name) for run in runs)
+                  for name in (RAW, stage_name("referrals", "SQLite"))]
     if cluster is not None:
-        print_cluster(figures[:2], cluster)
+        print_cluster(one_broker, cluster)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({
         "machine": machine(),
-        "figures": [{**asdict(f), "per_second": f.per_second} for f in figures],
         "cores": os.cpu_count(),
-        "scaling": [{"instances": s.instances,
-                     "referrals": {**asdict(s.referrals), "per_second": s.referrals.per_second},
-                     "aids": {**asdict(s.aids), "per_second": s.aids.per_second}}
-                    for s in scaling],
+        "runs": [{"figures": [as_json(f) for f in run.figures.values()],
+                  "ratios": ratios(run), "lifecycle_seconds": run.times,
+                  "lifecycle_cpu_seconds": run.cpu,
+                  "answers": run.statuses} for run in runs],
+        "medians": {name: statistics.median(run.rate(name) for run in runs)
+                    for name in last.figures},
+        "ratio_medians": medians,
+        "lifecycle_seconds_median": times,
+        "lifecycle_cpu_seconds_median": cpu,
+        "scaling": [{"instances": s.instances, "referrals": as_json(s.referrals),
+                     "aids": as_json(s.aids)} for s in scaling],
         "three_brokers": None if cluster is None else [
-            {**asdict(f), "per_second": f.per_second,
-             "ratio_to_one_broker": f.per_second / one.per_second}
-            for f, one in zip(cluster, figures[:2], strict=True)],
-        "ratio": ratio,
-        "raw_without_authentication": {**asdict(open_raw), "per_second": open_raw.per_second},
-        "ratio_to_raw_without_authentication": open_ratio,
+            {**as_json(f), "ratio_to_one_broker": f.per_second / one}
+            for f, one in zip(cluster, one_broker, strict=True)],
     }, indent=2))
     print(f"figures written to {RESULTS}")
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import Callable, Collection, Sequence
-from typing import Any, Union
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from typing import Any, TypeVar, Union
 
 import anyio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -336,7 +337,9 @@ class BatchConsumer:
         self.metrics.record_batch(result, time.perf_counter() - started, len(inbound))
         if self.after_db_commit is not None:
             self.after_db_commit()
+        acking = time.perf_counter()
         await msg.ack()
+        self.metrics.add_seconds("ack", time.perf_counter() - acking)
         self.on_committed()
 
 
@@ -361,6 +364,38 @@ def _raise_if_transient(error: BaseException) -> None:
 
 def _refusal(error: KafkaError) -> str:
     return f"{type(error).__name__}: {str(error)[:300]}"
+
+
+R = TypeVar("R")
+
+
+def _timed(stage: str) -> Callable[[Callable[..., R]], Callable[..., R]]:
+    """Adds the seconds of each call of a relay's method to `stage` of its metrics."""
+    def wrap(method: Callable[..., R]) -> Callable[..., R]:
+        @functools.wraps(method)
+        def timed(self: OutboxRelay, *args: Any) -> R:
+            started = time.perf_counter()
+            try:
+                return method(self, *args)
+            finally:
+                self.metrics.add_seconds(stage, time.perf_counter() - started)
+        return timed
+    return wrap
+
+
+def _timed_async(
+    stage: str,
+) -> Callable[[Callable[..., Awaitable[R]]], Callable[..., Awaitable[R]]]:
+    def wrap(method: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
+        @functools.wraps(method)
+        async def timed(self: OutboxRelay, *args: Any) -> R:
+            started = time.perf_counter()
+            try:
+                return await method(self, *args)
+            finally:
+                self.metrics.add_seconds(stage, time.perf_counter() - started)
+        return timed
+    return wrap
 
 
 class OutboxRelay:
@@ -452,6 +487,7 @@ class OutboxRelay:
         self.metrics.outbox_backlog.labels(self.metrics.service).set(backlog)
         return published
 
+    @_timed_async("publish")
     async def _publish(self, rows: list[Row]) -> dict[int, str]:
         """Sends the rows; returns those refused for good (id -> error)."""
         refused: dict[int, str] = {}
@@ -518,6 +554,7 @@ class OutboxRelay:
             self.metrics.outbox_parked.labels(self.metrics.service).inc()
             log.error("outbox row %s refused by the broker for good, parked: %s", row_id, error)
 
+    @_timed("relay_store")
     def _claim(self) -> tuple[Session, list[Row]] | None:
         """Opens the round's transaction and reads the oldest rows in it.
 
@@ -539,8 +576,8 @@ class OutboxRelay:
             return None
         return session, pending_outbox_rows(session, self.batch_size)
 
-    @staticmethod
-    def _settle(session: Session, rows: list[Row], refused: dict[int, str]) -> None:
+    @_timed("relay_store")
+    def _settle(self, session: Session, rows: list[Row], refused: dict[int, str]) -> None:
         """Deletes the published rows and parks the refused ones, in the round's transaction."""
         published = [row_id for row_id, *_ in rows if row_id not in refused]
         if published:
@@ -549,6 +586,7 @@ class OutboxRelay:
             park_outbox(session, refused)
         session.commit()
 
+    @_timed("relay_store")
     def _backlog(self) -> int:
         with Session(self.engine) as session:
             return outbox_backlog(session)

@@ -8,7 +8,15 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from shared.messaging import BatchResult
+from shared.messaging import BATCH_STAGES, BatchResult
+
+# Where a service's time goes, beside the batch's own stages (`BATCH_STAGES`): the hop to
+# and from the worker thread and the Kafka offset commit of the consumer loop (`dispatch`,
+# `ack`); the outbox relay's sends (`publish`) and its store work (`relay_store`: reading,
+# deleting and counting outbox rows). The relay runs beside the consumer: its seconds
+# overlap the batches'.
+CONSUMER_STAGES = (*BATCH_STAGES, "dispatch", "ack")
+RELAY_STAGES = ("publish", "relay_store")
 
 
 def configure_logging(service: str, level: str = "INFO") -> None:
@@ -48,6 +56,23 @@ class ServiceMetrics:
             ["service"],
             registry=registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.stage_seconds = Counter(
+            "e2c_batch_seconds",
+            "Seconds spent per stage: a consumed batch's decode, prepare (inbox lookup and "
+            "the service's reads), handle, write, commit (the store's), dispatch (to and from "
+            "the worker thread), ack (Kafka offsets); the outbox relay's publish and "
+            "relay_store.",
+            ["service", "stage"],
+            registry=registry,
+        )
+        self.stage_cpu_seconds = Counter(
+            "e2c_batch_cpu_seconds",
+            "CPU seconds of the thread that handles consumed batches, per stage (decode, "
+            "prepare, handle, write, commit): the part of e2c_batch_seconds_total not spent "
+            "waiting (for the store, a lock, or a CPU busy with other work).",
+            ["service", "stage"],
+            registry=registry,
         )
         self.batch_size = Histogram(
             "e2c_batch_records",
@@ -141,6 +166,10 @@ class ServiceMetrics:
         )
         self._last_processed_at: float | None = None
         self.outbox_parked.labels(service)  # visible at zero: an alert can watch it
+        for stage in (*CONSUMER_STAGES, *RELAY_STAGES):
+            self.stage_seconds.labels(service, stage)
+        for stage in BATCH_STAGES:
+            self.stage_cpu_seconds.labels(service, stage)
 
     def watch_webhooks(self) -> None:
         """Makes the webhook series visible at zero (a service that sends webhooks)."""
@@ -174,8 +203,18 @@ class ServiceMetrics:
                 float(row["lag"])  # type: ignore[arg-type]
             )
 
+    def add_seconds(self, stage: str, seconds: float) -> None:
+        self.stage_seconds.labels(self.service, stage).inc(max(seconds, 0.0))
+
     def record_batch(self, result: BatchResult, seconds: float, size: int) -> None:
+        """A committed batch: `seconds` from the consumer handing it to the worker thread to
+        its result coming back (the batch's stages, and the rest counted as `dispatch`)."""
         self.batch_seconds.labels(self.service).observe(seconds)
+        for stage, spent in result.seconds.items():
+            self.add_seconds(stage, spent)
+        self.add_seconds("dispatch", seconds - sum(result.seconds.values()))
+        for stage, spent in result.cpu_seconds.items():
+            self.stage_cpu_seconds.labels(self.service, stage).inc(max(spent, 0.0))
         self.batch_size.labels(self.service).observe(size)
         for topic, count in result.dead_letters.items():
             self.dead_letters.labels(self.service, topic).inc(count)
