@@ -342,6 +342,9 @@ class BatchCache:
     claims: dict[str, str | None] = field(default_factory=dict)
     webhook_agencies: frozenset[str] = frozenset()  # the agencies with a webhook
     erased: dict[str, ReferralErasure] = field(default_factory=dict)  # of the batch's ids
+    # The person digest of each candidate of the batch (first name, last name, birth date):
+    # keyed hashing costs as much as a query's share, done once per candidate.
+    person_digests: dict[tuple[str, str, date], str] = field(default_factory=dict)
 
 
 class ReferralStore(Store):
