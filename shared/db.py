@@ -14,9 +14,6 @@ from sqlmodel import Session, create_engine
 
 from shared.private_files import private_dir, touch_private
 
-# The execution option of an engine whose transactions only read (see `read_only`).
-READ_ONLY = "e2c_read_only"
-
 
 def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     if url.startswith("sqlite"):
@@ -29,15 +26,6 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
 
 def is_postgresql(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
-
-
-def read_only(engine: Engine) -> Engine:
-    """The engine for transactions that only read. On SQLite they take no write lock (a
-    deferred BEGIN reads a WAL snapshot of what is committed, waiting for no writer); a
-    write in one may fail at once instead of waiting. Elsewhere: `engine` itself."""
-    if engine.dialect.name != "sqlite":
-        return engine
-    return engine.execution_options(**{READ_ONLY: True})
 
 
 def _sqlite_engine(url: str) -> Engine:
@@ -70,8 +58,7 @@ def _sqlite_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        reads_only = connection.get_execution_options().get(READ_ONLY, False)
-        connection.exec_driver_sql("BEGIN" if reads_only else "BEGIN IMMEDIATE")
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 

@@ -22,7 +22,7 @@ from sqlalchemy import Engine, text
 from sqlmodel import Session
 
 from shared.contract import Topic
-from shared.db import is_postgresql, read_only
+from shared.db import is_postgresql
 from shared.erasure import ErasureBound
 from shared.kafka_access import KafkaAccess
 from shared.logsafe import describe_error
@@ -525,15 +525,14 @@ class OutboxRelay:
         advisory lock held while the rows are published, then deleted), so the outbox
         leaves in commit order and no row is published twice by two instances.
         """
+        session = Session(self.engine)
         if not is_postgresql(self.engine):
             # SQLite: holding its single write lock while publishing would stall the
-            # consumer; the read takes none (instances sharing one file may then publish
-            # a row twice, with its event_id: consumers drop the repeat). The rows are
-            # deleted later in a transaction of their own.
-            with Session(read_only(self.engine)) as reader:
-                rows = pending_outbox_rows(reader, self.batch_size)
-            return Session(self.engine), rows
-        session = Session(self.engine)
+            # consumer; the read ends at once (instances sharing one file may then publish
+            # a row twice, with its event_id: consumers drop the repeat).
+            rows = pending_outbox_rows(session, self.batch_size)
+            session.commit()
+            return session, rows
         lock = text("SELECT pg_try_advisory_xact_lock(:key)")
         if not session.exec(lock, params={"key": OUTBOX_LOCK_KEY}).one()[0]:  # type: ignore[call-overload]
             session.close()
@@ -551,5 +550,5 @@ class OutboxRelay:
         session.commit()
 
     def _backlog(self) -> int:
-        with Session(read_only(self.engine)) as session:
+        with Session(self.engine) as session:
             return outbox_backlog(session)
