@@ -46,7 +46,10 @@ def _sqlite_engine(url: str) -> Engine:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        # FULL: WAL is synced at each commit. NORMAL syncs it at checkpoints only: a power
+        # loss could undo a committed batch whose outbox was already published, and the
+        # batch decided again draws new random ids under the same event ids.
+        cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA foreign_keys=ON")
         # Deleted rows (erased personal data) are overwritten, not left in free pages.

@@ -369,10 +369,11 @@ class _Decoded:
     inbound: Inbound
     event: BaseModel | None
     error: str | None
+    event_id: str | None = field(init=False)  # as text: read several times per record
 
-    @property
-    def event_id(self) -> str | None:
-        return str(self.event.event_id) if self.event is not None else None  # type: ignore[attr-defined]
+    def __post_init__(self) -> None:
+        event_id = str(self.event.event_id) if self.event is not None else None  # type: ignore[attr-defined]
+        object.__setattr__(self, "event_id", event_id)
 
 
 class _HandlerFailed(Exception):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import socket
@@ -62,6 +63,10 @@ from shared.topology import ServiceTopology
 
 log = logging.getLogger(__name__)
 TOPICS_WAIT_SECONDS = 60.0  # a service started with the stack waits for its topics
+# Allocations between two young collections (CPython's default: 700). A batch keeps tens
+# of thousands of objects alive while it is handled: with the default each of them is
+# traversed and promoted several times, then again by the full collections they trigger.
+GC_YOUNG_THRESHOLD = 50_000
 
 
 @dataclass(frozen=True)
@@ -319,7 +324,18 @@ def main(create_app: Callable[[], ServiceApp]) -> None:
         app = create_app()
     except (TokensFileError, StoreTooNew) as error:
         sys.exit(f"cannot start: {error}")
+    tune_garbage_collector()
     run(app)
+
+
+def tune_garbage_collector() -> None:
+    """Moves what start-up built (modules, classes, the app) out of the collector's sight,
+    so that a full collection traverses only what the running service made, and collects
+    the young objects less often (they mostly die by reference counting before)."""
+    gc.collect()
+    gc.freeze()
+    _young, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 def run(app: ServiceApp) -> None:

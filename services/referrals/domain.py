@@ -76,6 +76,8 @@ def person_key(first_name: str, last_name: str, birth_date: date) -> str:
 
 
 def _fold(name: str) -> str:
+    if name.isascii():  # nothing to decompose, no accent to drop: the same result, faster
+        return "".join(name.casefold().split())
     decomposed = unicodedata.normalize("NFKD", name)
     without_accents = "".join(c for c in decomposed if not unicodedata.combining(c))
     return "".join(without_accents.casefold().split())

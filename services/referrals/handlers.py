@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
@@ -66,14 +66,26 @@ class ReferralHandlers:
                         if isinstance(e, ReferralSubmitted | DerogationSubmitted
                                       | EnrollmentSubmitted)}
         trainee_ids = {e.trainee_id for e in events if isinstance(e, ExitDecided)}
-        digests = {store.person_digest(self._person_key(e)) for e in events
+        digests = {self._identity(e): store.person_digest(self._person_key(e)) for e in events
                    if isinstance(e, ReferralSubmitted)}
-        return store.load_batch(referral_ids, trainee_ids, digests)
+        cache = store.load_batch(referral_ids, trainee_ids, set(digests.values()))
+        cache.person_digests = digests
+        return cache
+
+    @staticmethod
+    def _identity(event: ReferralSubmitted) -> tuple[str, str, date]:
+        candidate = event.candidate
+        return candidate.first_name, candidate.last_name, candidate.birth_date
 
     @staticmethod
     def _person_key(event: ReferralSubmitted) -> str:
         candidate = event.candidate
         return domain.person_key(candidate.first_name, candidate.last_name, candidate.birth_date)
+
+    def _person_digest(self, store: ReferralStore, event: ReferralSubmitted) -> str:
+        """The candidate's person key as stored, from the batch's `prepare` when it has it."""
+        known = store.cache.person_digests.get(self._identity(event)) if store.cache else None
+        return known if known is not None else store.person_digest(self._person_key(event))
 
     def submit(self, uow: Work, event: ReferralSubmitted) -> Received | None:
         """(1.1) A referral received over HTTP: recorded, and published on
@@ -112,7 +124,7 @@ class ReferralHandlers:
                    referral_decided(existing, event.event_id))
             return
         candidate = event.candidate
-        key = store.person_digest(self._person_key(event))
+        key = self._person_digest(store, event)
         live = store.live_referral_of(key)
         decision = domain.decide_referral(
             domain.Applicant(

@@ -14,7 +14,7 @@ from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import DDL, Index, event, func, or_, update
+from sqlalchemy import DDL, URL, Index, event, func, or_, update
 from sqlmodel import Field, SQLModel, col, delete, select
 
 from shared.contract import ReferralStatus, Topic
@@ -299,7 +299,7 @@ TABLES = (
 JOB_LOCKS = {"expiry": 0x6532_6365_7870_0001, "retention": 0x6532_6365_7870_0002}
 PERSON_KEY_SECRET = "person_key"
 CANDIDATE_SECRET = "candidate"
-_secrets: dict[str, bytes] = {}
+_secrets: dict[tuple[URL, str], bytes] = {}  # (the store's URL, the secret's name)
 
 class Stage(StrEnum):
     """Where a referral is: its decision, or enrolled / exited after it (`Referral.stage`)."""
@@ -342,6 +342,9 @@ class BatchCache:
     claims: dict[str, str | None] = field(default_factory=dict)
     webhook_agencies: frozenset[str] = frozenset()  # the agencies with a webhook
     erased: dict[str, ReferralErasure] = field(default_factory=dict)  # of the batch's ids
+    # The person digest of each candidate of the batch (first name, last name, birth date):
+    # keyed hashing costs as much as a query's share, done once per candidate.
+    person_digests: dict[tuple[str, str, date], str] = field(default_factory=dict)
 
 
 class ReferralStore(Store):
@@ -445,8 +448,7 @@ class ReferralStore(Store):
         return self.session.exec(query).first()
 
     def _secret(self, name: str) -> bytes:
-        bind = str(self.session.get_bind().url)
-        cache_key = f"{bind}#{name}"
+        cache_key = (self.session.get_bind().url, name)  # no URL rendered per call
         if cache_key not in _secrets:
             row = self.session.get(StoreSecret, name)
             if row is None:

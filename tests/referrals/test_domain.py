@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
@@ -327,3 +328,18 @@ def test_an_expired_referral_cannot_be_enrolled_nor_derogated() -> None:
         refusal = decide_derogation(ReferralStatus.EXPIRED, granted)
         assert (refusal.status, refusal.reasons) == (
             ReferralStatus.REJECTED, (ReferralReason.NOT_PENDING,))
+
+
+def _folded_by_unicode(name: str) -> str:
+    """The rule spelled out: compatibility decomposition, accents dropped, case folded,
+    whitespace removed."""
+    decomposed = unicodedata.normalize("NFKD", name)
+    kept = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return "".join(kept.casefold().split())
+
+
+def test_person_key_of_ascii_names_follows_the_unicode_rule() -> None:
+    every_ascii = "".join(chr(code) for code in range(128))
+    for name in (every_ascii, "O'Neil-Smith", "  DE\tla\x1cFONTAINE "):
+        assert person_key(name, "X", date(2006, 5, 17)) == (
+            f"{_folded_by_unicode(name)}|x|2006-05-17")
