@@ -598,15 +598,18 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=5000,
                         help="records of the raw runs, referrals of each store")
     parser.add_argument("--trainees", type=int, default=1000, help="people of the lifecycle")
-    parser.add_argument("--aids", type=int, default=1000,
+    parser.add_argument("--aids", type=int, default=None,
                         help="aid requests (and exits) of each stage run, and aid requests "
-                             "per instance count in the scaling runs")
+                             "per instance count in the scaling runs (default: --events, so "
+                             "that every stage's rate is taken over a burst of one size)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs of the default figures (not scaling nor cluster): each "
                              "figure's values and median, each ratio's median")
     parser.add_argument("--skip-scaling", action="store_true")
     parser.add_argument("--skip-cluster", action="store_true")
     args = parser.parse_args()
+    if args.aids is None:
+        args.aids = args.events
     started = time.monotonic()
     runs: list[Run] = []
     for index in range(args.repeat):
