@@ -31,7 +31,8 @@ def now() -> datetime:
 
 
 class AidTrainee(SQLModel, table=True):
-    """Learnt from enrollments.decided (school, date) and exits.decided (exit date)."""
+    """Learnt from enrollments.decided (school, date) and exits.decided (exit date); read
+    as a `TraineeRow`."""
 
     __tablename__ = "aid_trainee"
 
@@ -39,11 +40,6 @@ class AidTrainee(SQLModel, table=True):
     school_id: str | None = Field(default=None, max_length=100)
     enrolled_on: date | None = None
     exited_on: date | None = None
-
-    def as_domain(self) -> domain.Trainee | None:
-        if self.enrolled_on is None or self.school_id is None:
-            return None
-        return domain.Trainee(self.school_id, self.enrolled_on, self.exited_on)
 
 
 class HeldRequest(HeldInput, table=True):
