@@ -351,14 +351,19 @@ def _top(profiler: cProfile.Profile, lines: int = 30) -> str:
 # --- the stores -------------------------------------------------------------------------------
 
 
-@contextmanager
-def sqlite_store(name: str) -> Iterator[Engine]:
+def sqlite_url(name: str) -> str:
+    """The URL of a fresh SQLite store under var/bench/profile/."""
     folder = BENCH_DIR / "profile"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.db"
     for suffix in ("", "-wal", "-shm"):
         path.with_name(path.name + suffix).unlink(missing_ok=True)
-    engine = make_engine(f"sqlite:///{path}")
+    return f"sqlite:///{path}"
+
+
+@contextmanager
+def opened(url: str) -> Iterator[Engine]:
+    engine = make_engine(url)
     try:
         yield engine
     finally:
@@ -400,15 +405,6 @@ def _database_factory(admin_url: str) -> Callable[[str], str]:
 
 
 @contextmanager
-def postgres_store(create: Callable[[str], str], name: str) -> Iterator[Engine]:
-    engine = make_engine(create(f"e2c_profile_{name.replace('-', '_')}"))
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-
-
-@contextmanager
 def _no_server() -> Iterator[Callable[[str], str]]:
     def refuse(_name: str) -> str:
         raise RuntimeError("no PostgreSQL in this run")
@@ -442,9 +438,9 @@ def run(names: list[str], options: Options) -> list[BatchFigure]:
                     for direct in variants:
                         label = f"{name} (direct)" if direct else name
                         scenario = KINDS[name].scenario(options.size, options.history)
-                        store = (sqlite_store(name) if backend == "sqlite"
-                                 else postgres_store(create, name))
-                        with store as engine:
+                        url = (sqlite_url(name) if backend == "sqlite"
+                               else create(f"e2c_profile_{name.replace('-', '_')}"))
+                        with opened(url) as engine:
                             figure, top = profile_batch(scenario, engine, label, backend,
                                                         options.profile and round_ == 0,
                                                         direct)
