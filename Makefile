@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 ARGS   ?=
 REPORT_ARGS ?=
 
-.PHONY: run test test-cluster up down status demo simulate chaos install system-deps lint docs clean bench bench-pipeline bench-reports migration
+.PHONY: run test test-cluster up down status demo simulate chaos install system-deps lint docs clean bench bench-pipeline bench-reports bench-batch migration
 
 run: install system-deps          ## start the whole stack and the console, simulate a small year through it, leave it running
 	$(BIN)/e2c stack up $(ARGS)
@@ -45,6 +45,9 @@ bench: bench-pipeline              ## the benchmarks (never tests): ARGS to the 
 
 bench-pipeline: install system-deps  ## raw aiokafka vs each stage (SQLite, PostgreSQL) vs lifecycle and its time per service, 1-3 instances, 3 brokers
 	$(BIN)/python -m bench.pipeline $(ARGS)
+
+bench-batch: install system-deps   ## one consumed batch per service's input, no broker (SQLite, PostgreSQL): records/s, CPU, statements per record, ratio to referrals (not a test)
+	$(BIN)/python -m bench.profile_batch $(ARGS)
 
 simulate: install
 	$(BIN)/e2c simulate $(ARGS)
